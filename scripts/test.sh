@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The test command: installs and starts what the tests need (PostgreSQL from the distribution,
+# a single-node Garage S3 server, Python readers for interop tests), runs the whole suite, and
+# stops what it started. Works on a fresh Debian machine; reuses what is already installed.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -E 'test(drift)'  # extra arguments go to cargo nextest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+WORK=$(mktemp -d /tmp/mirrorctl-test.XXXXXX)
+STARTED_PG=""
+GARAGE_PID=""
+
+log() { printf '== %s\n' "$*" >&2; }
+
+cleanup() {
+  [ -n "$GARAGE_PID" ] && kill "$GARAGE_PID" 2>/dev/null || true
+  [ -n "$STARTED_PG" ] && pg_ctlcluster "$STARTED_PG" main stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+APT_UPDATED=""
+apt_install() {
+  [ -n "$APT_UPDATED" ] || { as_root apt-get update -qq >/dev/null; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+if ! command -v pg_ctlcluster >/dev/null || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  log "installing PostgreSQL"
+  apt_install postgresql
+fi
+PG_VERSION=$(ls /usr/lib/postgresql | sort -n | tail -1)
+if ! pg_lsclusters -h 2>/dev/null | grep -q "^$PG_VERSION main"; then
+  as_root pg_createcluster "$PG_VERSION" main >/dev/null
+fi
+if ! pg_lsclusters -h | grep -q "^$PG_VERSION main .* online"; then
+  log "starting PostgreSQL $PG_VERSION"
+  as_root pg_ctlcluster "$PG_VERSION" main start
+  STARTED_PG=$PG_VERSION
+fi
+PG_PORT=$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1==v && $2=="main" {print $3}')
+as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_roles WHERE rolname='mirrorctl'\" | grep -q 1 || psql -q -p $PG_PORT -c \"CREATE ROLE mirrorctl LOGIN CREATEDB PASSWORD 'mirrorctl'\""
+as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_database WHERE datname='mirrorctl_test'\" | grep -q 1 || psql -q -p $PG_PORT -c 'CREATE DATABASE mirrorctl_test OWNER mirrorctl'"
+export MIRRORCTL_TEST_DATABASE_URL="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT/mirrorctl_test"
+
+# --- Garage (an independent S3 implementation, out of process) --------------------------------
+GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
+if [ ! -x "$GARAGE" ]; then
+  log "installing Garage (cargo install, ~13 min on 2 cores)"
+  cargo install garage --version 2.5.0 --locked --quiet
+fi
+GARAGE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+RPC_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$WORK/garage.toml" <<TOML
+metadata_dir = "$WORK/garage/meta"
+data_dir = "$WORK/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$RPC_PORT"
+rpc_public_addr = "127.0.0.1:$RPC_PORT"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$GARAGE_PORT"
+TOML
+log "starting Garage on 127.0.0.1:$GARAGE_PORT"
+RUST_LOG=warn "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
+GARAGE_PID=$!
+g() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
+for _ in $(seq 1 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
+NODE=$(g node id -q 2>/dev/null | cut -d@ -f1)
+g layout assign -z dc1 -c 1G "$NODE" >/dev/null
+g layout apply --version 1 >/dev/null
+GK="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+GS=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+g key import --yes -n test "$GK" "$GS" >/dev/null
+g key allow --create-bucket test >/dev/null
+export MIRRORCTL_TEST_GARAGE_ENDPOINT="http://127.0.0.1:$GARAGE_PORT"
+export MIRRORCTL_TEST_GARAGE_KEY="$GK"
+export MIRRORCTL_TEST_GARAGE_SECRET="$GS"
+
+# --- Python readers for the archive interop test ----------------------------------------------
+if ! python3 -c 'import pyarrow' 2>/dev/null; then
+  log "installing pyarrow"
+  python3 -m pip install -q pyarrow >/dev/null 2>&1 || log "pyarrow not installed: the interop test will fail"
+fi
+
+# --- The suite ---------------------------------------------------------------------------------
+log "running the tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

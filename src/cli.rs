@@ -1,0 +1,163 @@
+//! Command-line definitions (clap). Parsing only: `main.rs` decides what runs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  mirrorctl --demo                          open the terminal UI on the embedded demo
+  mirrorctl --demo --headless stats         hit rate and storage of the demo, as a table
+  mirrorctl --headless stats --window 7d -o json
+  mirrorctl --headless files --sort size --limit 20
+  mirrorctl --headless file mods/4123/90007/maps-v2.zip
+  mirrorctl migrate                         create or upgrade the database schema
+
+Configuration: --config PATH, else $MIRRORCTL_CONFIG, else the user config dir
+(config.toml). MIRRORCTL_DATABASE_URL overrides database.url.
+
+Exit codes: 0 done and nothing wrong; 1 runtime failure (unreachable server, I/O,
+busy lock); 2 usage, config or refused; 3 done and problems were found.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrorctl",
+    version,
+    about = "See and run an S3 mirror/cache: hit rate, staleness, purges, drift and archives",
+    long_about = "mirrorctl connects to the mirror's database (PostgreSQL or SQLite) and its buckets \
+(any S3-compatible endpoint). Without --headless it opens a live terminal UI; with --headless \
+it runs one command and prints a table or JSON for scripts and cron.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Config file (default: $MIRRORCTL_CONFIG, else the user config dir's mirrorctl/config.toml)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Use the embedded demo: no config or servers needed
+    #[arg(long, global = true)]
+    pub demo: bool,
+
+    /// Refuse every mutating action
+    #[arg(long, global = true)]
+    pub read_only: bool,
+
+    /// Run one command and exit instead of opening the terminal UI
+    #[arg(long, global = true)]
+    pub headless: bool,
+
+    /// Output format of headless commands
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    /// Prometheus text format (stats only)
+    Prometheus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SortArg {
+    Downloads,
+    Size,
+    LastDownloaded,
+    Name,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Hit rate, requests, bandwidth saved, storage, stale files and errors
+    Stats {
+        /// Time window: 24h, 7d, 30d or all
+        #[arg(long, short = 'w', default_value = "24h")]
+        window: String,
+    },
+    /// The per-file table
+    Files {
+        #[arg(long, short = 's', value_enum, default_value_t = SortArg::Downloads)]
+        sort: SortArg,
+        /// Only files marked stale
+        #[arg(long)]
+        stale: bool,
+        /// Only keys containing this text (case-insensitive)
+        #[arg(long, short = 'f')]
+        filter: Option<String>,
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+    /// One file: metadata, origin vs mirror, downloads per day
+    File {
+        /// Mirrored file id or object key
+        id: String,
+        /// Also ask the origin and the mirror bucket what they hold now
+        #[arg(long)]
+        live: bool,
+        /// Days of downloads-per-day to show
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+    },
+    /// The audit log of every action
+    History {
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: i64,
+    },
+    /// A time-limited download URL for a mirrored file
+    Presign {
+        /// Mirrored file id or object key
+        id: String,
+        /// How long the URL works (e.g. 15m, 1h, 7d; at most 7d)
+        #[arg(long, default_value = "1h")]
+        expires: String,
+    },
+    /// Apply the database schema migrations
+    Migrate,
+    /// The embedded demo environment
+    Demo {
+        #[command(subcommand)]
+        action: DemoAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoAction {
+    /// Serve the demo's S3 endpoint and origin in the foreground (prints export lines first)
+    Up {
+        /// Port of the S3 endpoint (0: any free port)
+        #[arg(long, default_value_t = 0)]
+        s3_port: u16,
+        /// Port of the HTTP origin (0: any free port)
+        #[arg(long, default_value_t = 0)]
+        origin_port: u16,
+    },
+    /// Delete the demo data and generate it again
+    Reset,
+    /// Print where the demo lives and its credentials
+    Env,
+}
+
+impl Command {
+    /// The name shown in messages and used to pick a TUI view.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Stats { .. } => "stats",
+            Command::Files { .. } => "files",
+            Command::File { .. } => "file",
+            Command::History { .. } => "history",
+            Command::Presign { .. } => "presign",
+            Command::Migrate => "migrate",
+            Command::Demo { .. } => "demo",
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! Configuration: the TOML file, environment overrides and validation, with secrets redacted.
+//!
+//! Lookup: `--config PATH` > `$MIRRORCTL_CONFIG` > `<config dir>/config.toml`. An explicit path
+//! (flag or variable) must exist; the default path may be absent (then only `MIRRORCTL_DATABASE_URL`
+//! and defaults apply, and commands that need a bucket say which key to set).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem: names the file, the key and what is wrong (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// A string that never shows itself in Debug or Display output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A size in bytes, written "256MiB", "1 GB" or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Parses "256MiB", "1.5 GB", "1024".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s.trim()).map_err(|e| format!("bad size {s:?}: {e} (e.g. \"256MiB\")"))
+}
+
+/// A duration written "5s", "300s", "1h 30m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses "5s", "24h", "7d".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("bad duration {s:?}: {e} (e.g. \"5s\", \"24h\")"))
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub buckets: Buckets,
+    #[serde(default)]
+    pub origin: OriginConfig,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub tui: TuiConfig,
+    #[serde(default)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default)]
+    pub url: Option<Secret>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_max_connections() -> u32 {
+    8
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            max_connections: default_max_connections(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.url.as_ref().map(|u| redact_url(u.expose())))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// A database URL with any password replaced, fit to print.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Buckets {
+    pub mirror: Option<BucketConfig>,
+    pub main: Option<BucketConfig>,
+    pub backup: Option<BucketConfig>,
+    pub archive: Option<BucketConfig>,
+    pub origin: Option<BucketConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    pub bucket: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub access_key_id: Option<Secret>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default = "default_request_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize(16 * 1024 * 1024)
+}
+fn default_part_size() -> ByteSize {
+    ByteSize(8 * 1024 * 1024)
+}
+
+impl BucketConfig {
+    /// A bucket on a custom endpoint with static keys (the demo and tests use this).
+    pub fn with_static_keys(bucket: &str, endpoint: &str, key: &str, secret: &str) -> Self {
+        BucketConfig {
+            bucket: bucket.to_string(),
+            endpoint: Some(endpoint.to_string()),
+            region: default_region(),
+            path_style: true,
+            access_key_id: Some(Secret::new(key)),
+            secret_access_key: Some(Secret::new(secret)),
+            profile: None,
+            prefix: String::new(),
+            timeout: default_request_timeout(),
+            multipart_threshold: default_multipart_threshold(),
+            part_size: default_part_size(),
+        }
+    }
+
+    /// Where this bucket lives, for messages: the endpoint or "AWS".
+    pub fn endpoint_label(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| format!("AWS {}", self.region))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginKind {
+    #[default]
+    Http,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    #[serde(default)]
+    pub kind: OriginKind,
+    /// Relative `origin_files.url` values are resolved against this.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    #[serde(default = "default_origin_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_max_file_size")]
+    pub max_file_size: ByteSize,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_origin_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_max_file_size() -> ByteSize {
+    ByteSize(256 * 1024 * 1024)
+}
+fn default_retries() -> u32 {
+    3
+}
+
+impl Default for OriginConfig {
+    fn default() -> Self {
+        OriginConfig {
+            kind: OriginKind::Http,
+            base_url: None,
+            timeout: default_origin_timeout(),
+            max_file_size: default_max_file_size(),
+            retries: default_retries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default = "default_unused_days")]
+    pub unused_days: u32,
+    #[serde(default = "default_validate_recent_days")]
+    pub validate_recent_days: u32,
+    #[serde(default = "default_archive_after_months")]
+    pub archive_after_months: u32,
+    #[serde(default = "default_max_delete")]
+    pub max_delete: u64,
+}
+
+fn default_unused_days() -> u32 {
+    90
+}
+fn default_validate_recent_days() -> u32 {
+    30
+}
+fn default_archive_after_months() -> u32 {
+    3
+}
+fn default_max_delete() -> u64 {
+    1000
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            unused_days: default_unused_days(),
+            validate_recent_days: default_validate_recent_days(),
+            archive_after_months: default_archive_after_months(),
+            max_delete: default_max_delete(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ThemeName {
+    #[default]
+    Dark,
+    Light,
+    Mono,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuiConfig {
+    #[serde(default = "default_refresh")]
+    pub refresh: HumanDuration,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub theme: ThemeName,
+}
+
+fn default_refresh() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl Default for TuiConfig {
+    fn default() -> Self {
+        TuiConfig {
+            refresh: default_refresh(),
+            read_only: false,
+            theme: ThemeName::Dark,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Where the configuration was found, for messages.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Defaults,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::Defaults => f.write_str("(no config file)"),
+        }
+    }
+}
+
+/// The default config path from the platform's config directory.
+pub fn default_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "mirrorctl").map(|d| d.config_dir().join("config.toml"))
+}
+
+/// Loads the configuration following the documented lookup order and applies env overrides.
+pub fn load(explicit: Option<&Path>) -> Result<(Config, ConfigSource), ConfigError> {
+    let env_path = std::env::var_os("MIRRORCTL_CONFIG").map(PathBuf::from);
+    let (path, strict) = match (explicit, env_path) {
+        (Some(p), _) => (Some(p.to_path_buf()), true),
+        (None, Some(p)) => (Some(p), true),
+        (None, None) => (default_path(), false),
+    };
+    let (mut config, source) = match path {
+        Some(p) if strict || p.exists() => (load_file(&p)?, ConfigSource::File(p)),
+        _ => (Config::default(), ConfigSource::Defaults),
+    };
+    if let Ok(url) = std::env::var("MIRRORCTL_DATABASE_URL") {
+        if !url.is_empty() {
+            config.database.url = Some(Secret::new(url));
+        }
+    }
+    validate(&config).map_err(|message| ConfigError {
+        file: source.to_string(),
+        message,
+    })?;
+    Ok((config, source))
+}
+
+/// Reads and parses one file; the error names the file and the key.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text).map_err(|message| ConfigError { file, message })
+}
+
+/// Parses TOML text into a Config; the error names the key and what is wrong.
+pub fn parse(text: &str) -> Result<Config, String> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().replace('\n', " ");
+        let line = inner
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        match (key.as_str(), line) {
+            ("." | "", Some(l)) => format!("line {l}: {msg}"),
+            ("." | "", None) => msg,
+            (k, Some(l)) => format!("key `{k}` (line {l}): {msg}"),
+            (k, None) => format!("key `{k}`: {msg}"),
+        }
+    })
+}
+
+/// Checks values that parse but cannot work.
+pub fn validate(c: &Config) -> Result<(), String> {
+    if let Some(url) = &c.database.url {
+        check_database_url(url.expose()).map_err(|m| format!("key `database.url`: {m}"))?;
+    }
+    if c.database.max_connections == 0 {
+        return Err("key `database.max_connections`: must be at least 1".into());
+    }
+    for (name, b) in [
+        ("mirror", &c.buckets.mirror),
+        ("main", &c.buckets.main),
+        ("backup", &c.buckets.backup),
+        ("archive", &c.buckets.archive),
+        ("origin", &c.buckets.origin),
+    ] {
+        let Some(b) = b else { continue };
+        if b.bucket.trim().is_empty() {
+            return Err(format!("key `buckets.{name}.bucket`: must not be empty"));
+        }
+        if let Some(ep) = &b.endpoint {
+            match url::Url::parse(ep) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return Err(format!(
+                        "key `buckets.{name}.endpoint`: bad URL {ep:?} (expected http:// or https://host:port)"
+                    ))
+                }
+            }
+        }
+        if b.access_key_id.is_some() != b.secret_access_key.is_some() {
+            return Err(format!(
+                "key `buckets.{name}`: set both access_key_id and secret_access_key, or neither"
+            ));
+        }
+        if b.part_size.0 < 5 * 1024 * 1024 {
+            return Err(format!(
+                "key `buckets.{name}.part_size`: must be at least 5MiB (S3's minimum part size)"
+            ));
+        }
+    }
+    if let Some(base) = &c.origin.base_url {
+        match url::Url::parse(base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return Err(format!("key `origin.base_url`: bad URL {base:?}")),
+        }
+    }
+    if c.origin.kind == OriginKind::S3 && c.buckets.origin.is_none() {
+        return Err("key `origin.kind`: \"s3\" needs a [buckets.origin] section".into());
+    }
+    if c.tui.refresh.0 < Duration::from_millis(200) {
+        return Err("key `tui.refresh`: must be at least 200ms".into());
+    }
+    Ok(())
+}
+
+/// Accepts postgres://, postgresql:// and sqlite: URLs.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.host().is_some() => Ok(()),
+        Ok(u) => Err(format!(
+            "unsupported scheme {:?} (expected postgres:// or sqlite://)",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("bad URL: {e}")),
+    }
+}
+
+impl Config {
+    /// The mirror bucket, or a usage error naming the key to set.
+    pub fn mirror_bucket(&self) -> Result<&BucketConfig, String> {
+        self.buckets
+            .mirror
+            .as_ref()
+            .ok_or_else(|| "no mirror bucket configured: set [buckets.mirror] bucket = \"...\"".into())
+    }
+    /// The main copy for drift: `buckets.main`, else the mirror bucket.
+    pub fn main_bucket(&self) -> Result<&BucketConfig, String> {
+        match &self.buckets.main {
+            Some(b) => Ok(b),
+            None => self.mirror_bucket(),
+        }
+    }
+    /// The backup copy for drift.
+    pub fn backup_bucket(&self) -> Result<&BucketConfig, String> {
+        self.buckets
+            .backup
+            .as_ref()
+            .ok_or_else(|| "no backup bucket configured: set [buckets.backup] bucket = \"...\"".into())
+    }
+    /// Where archives go: `buckets.archive`, else the mirror bucket under `archive/`.
+    pub fn archive_bucket(&self) -> Result<BucketConfig, String> {
+        match &self.buckets.archive {
+            Some(b) => Ok(b.clone()),
+            None => {
+                let mut b = self.mirror_bucket()?.clone();
+                b.prefix = "archive/".into();
+                Ok(b)
+            }
+        }
+    }
+    pub fn database_url(&self) -> Result<&str, String> {
+        self.database
+            .url
+            .as_ref()
+            .map(|s| s.expose())
+            .ok_or_else(|| {
+                "no database configured: set [database] url = \"...\" or MIRRORCTL_DATABASE_URL".into()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[database]\nurl = \"sqlite://x.db\"\nmax_conections = 3\n").unwrap_err();
+        assert!(err.contains("max_conections"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = parse("[database]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(err.contains("database.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c = parse("[origin]\nmax_file_size = \"256MiB\"\ntimeout = \"5s\"\n").unwrap();
+        assert_eq!(c.origin.max_file_size.0, 256 * 1024 * 1024);
+        assert_eq!(c.origin.timeout.0, Duration::from_secs(5));
+        let err = parse("[origin]\nmax_file_size = \"lots\"\n").unwrap_err();
+        assert!(err.contains("origin.max_file_size"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = parse(
+            "[database]\nurl = \"postgres://u:hunter2@db/x\"\n[buckets.mirror]\nbucket = \"b\"\naccess_key_id = \"AKIAXX\"\nsecret_access_key = \"topsecret\"\n",
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("topsecret") && !dbg.contains("AKIAXX"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        let c = parse("[database]\nurl = \"mysql://x/y\"\n").unwrap();
+        assert!(validate(&c).unwrap_err().contains("database.url"));
+        let c = parse("[buckets.mirror]\nbucket = \"b\"\nendpoint = \"not a url\"\n").unwrap();
+        assert!(validate(&c).unwrap_err().contains("buckets.mirror.endpoint"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    /// The documented example must stay a valid config.
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config.example.toml");
+        let c = super::parse(text).expect("config.example.toml parses");
+        super::validate(&c).expect("config.example.toml validates");
+    }
+}

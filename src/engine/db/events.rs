@@ -1,0 +1,213 @@
+//! Download events: the batched write path (events, hourly rollup, per-file counters in one
+//! transaction) and the reads the dashboards make from the rollup.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sqlx::QueryBuilder;
+
+use super::{on_pool, ts, Backend, Db, Month};
+use crate::engine::error::Result;
+use crate::engine::model::{DailyDownloads, DownloadTotals, NewDownloadEvent, SeriesPoint};
+
+/// Rows per multi-row INSERT: 7 parameters each stays far below SQLite's limit.
+const EVENT_CHUNK: usize = 2000;
+
+#[derive(Default)]
+struct HourAgg {
+    hits: i64,
+    misses: i64,
+    errors: i64,
+    bytes_hit: i64,
+    bytes_miss: i64,
+}
+
+#[derive(Default)]
+struct FileAgg {
+    count: i64,
+    bytes: i64,
+    last: Option<DateTime<Utc>>,
+}
+
+/// A served download counts as an error when the status is 5xx.
+pub fn is_error_status(status: i16) -> bool {
+    status >= 500
+}
+
+impl Db {
+    /// Records a batch of downloads: inserts the events, adds them to the hourly rollup and
+    /// bumps each file's `download_count`, `bytes_served` and `last_downloaded_at`, atomically.
+    pub async fn record_downloads(&self, events: &[NewDownloadEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let (mut lo, mut hi) = (Month::of(events[0].occurred_at), Month::of(events[0].occurred_at));
+        let mut hours: BTreeMap<DateTime<Utc>, HourAgg> = BTreeMap::new();
+        let mut files: HashMap<i64, FileAgg> = HashMap::new();
+        for e in events {
+            let m = Month::of(e.occurred_at);
+            lo = lo.min(m);
+            hi = hi.max(m);
+            let hour = e
+                .occurred_at
+                .duration_trunc(TimeDelta::hours(1))
+                .unwrap_or(e.occurred_at);
+            let h = hours.entry(hour).or_default();
+            if is_error_status(e.status) {
+                h.errors += 1;
+            } else if e.cache_hit {
+                h.hits += 1;
+                h.bytes_hit += e.bytes;
+            } else {
+                h.misses += 1;
+                h.bytes_miss += e.bytes;
+            }
+            if !is_error_status(e.status) {
+                let f = files.entry(e.file_id).or_default();
+                f.count += 1;
+                f.bytes += e.bytes;
+                f.last = f.last.max(Some(ts(e.occurred_at)));
+            }
+        }
+        self.ensure_partitions_cached(lo, hi).await?;
+        let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for chunk in events.chunks(EVENT_CHUNK) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO download_events (occurred_at, file_id, cache_hit, bytes, duration_ms, status) ",
+                );
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(ts(e.occurred_at))
+                        .push_bind(e.file_id)
+                        .push_bind(e.cache_hit)
+                        .push_bind(e.bytes)
+                        .push_bind(e.duration_ms)
+                        .push_bind(e.status);
+                });
+                qb.build().execute(&mut *tx).await?;
+            }
+            let hours: Vec<_> = hours.iter().collect();
+            for chunk in hours.chunks(EVENT_CHUNK) {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO download_stats_hourly (hour, hits, misses, errors, bytes_hit, bytes_miss) ",
+                );
+                qb.push_values(chunk, |mut b, (hour, h)| {
+                    b.push_bind(**hour)
+                        .push_bind(h.hits)
+                        .push_bind(h.misses)
+                        .push_bind(h.errors)
+                        .push_bind(h.bytes_hit)
+                        .push_bind(h.bytes_miss);
+                });
+                qb.push(
+                    " ON CONFLICT (hour) DO UPDATE SET hits = download_stats_hourly.hits + excluded.hits, \
+                     misses = download_stats_hourly.misses + excluded.misses, \
+                     errors = download_stats_hourly.errors + excluded.errors, \
+                     bytes_hit = download_stats_hourly.bytes_hit + excluded.bytes_hit, \
+                     bytes_miss = download_stats_hourly.bytes_miss + excluded.bytes_miss",
+                );
+                qb.build().execute(&mut *tx).await?;
+            }
+            for (id, f) in &files {
+                sqlx::query(
+                    "UPDATE mirrored_files SET download_count = download_count + $1, \
+                     bytes_served = bytes_served + $2, \
+                     last_downloaded_at = CASE WHEN last_downloaded_at IS NULL OR last_downloaded_at < $3 \
+                                          THEN $3 ELSE last_downloaded_at END \
+                     WHERE id = $4",
+                )
+                .bind(f.count)
+                .bind(f.bytes)
+                .bind(f.last)
+                .bind(*id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Hits, misses, errors and bytes since `since` (everything when `None`), from the rollup.
+    pub async fn download_totals(&self, since: Option<DateTime<Utc>>) -> Result<DownloadTotals> {
+        let since = since.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let since = since.duration_trunc(TimeDelta::hours(1)).unwrap_or(since);
+        let r = on_pool!(self, |p| sqlx::query_as::<_, DownloadTotals>(
+            "SELECT CAST(coalesce(sum(hits), 0) AS BIGINT) AS hits, \
+                    CAST(coalesce(sum(misses), 0) AS BIGINT) AS misses, \
+                    CAST(coalesce(sum(errors), 0) AS BIGINT) AS errors, \
+                    CAST(coalesce(sum(bytes_hit), 0) AS BIGINT) AS bytes_hit, \
+                    CAST(coalesce(sum(bytes_miss), 0) AS BIGINT) AS bytes_miss \
+             FROM download_stats_hourly WHERE hour >= $1"
+        )
+        .bind(since)
+        .fetch_one(p)
+        .await);
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Hits/misses/errors per hour (`daily = false`) or per day since `since`, oldest first.
+    pub async fn download_series(&self, since: DateTime<Utc>, daily: bool) -> Result<Vec<SeriesPoint>> {
+        let since = since.duration_trunc(TimeDelta::hours(1)).unwrap_or(since);
+        let sql = match (daily, self.backend()) {
+            (false, _) => {
+                "SELECT hour AS at, hits, misses, errors FROM download_stats_hourly WHERE hour >= $1 ORDER BY hour"
+            }
+            (true, Backend::Postgres) => {
+                "SELECT date_trunc('day', hour, 'UTC') AS at, CAST(sum(hits) AS BIGINT) AS hits, \
+                 CAST(sum(misses) AS BIGINT) AS misses, CAST(sum(errors) AS BIGINT) AS errors \
+                 FROM download_stats_hourly WHERE hour >= $1 GROUP BY 1 ORDER BY 1"
+            }
+            (true, Backend::Sqlite) => {
+                "SELECT substr(hour, 1, 10) || 'T00:00:00+00:00' AS at, sum(hits) AS hits, \
+                 sum(misses) AS misses, sum(errors) AS errors \
+                 FROM download_stats_hourly WHERE hour >= $1 GROUP BY 1 ORDER BY 1"
+            }
+        };
+        let r = on_pool!(self, |p| sqlx::query_as::<_, SeriesPoint>(sql)
+            .bind(since)
+            .fetch_all(p)
+            .await);
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Downloads of one file per day since `since`, from the events still in the database.
+    pub async fn downloads_per_day(&self, file_id: i64, since: DateTime<Utc>) -> Result<Vec<DailyDownloads>> {
+        let sql = match self.backend() {
+            Backend::Postgres => {
+                "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, count(*) AS n, \
+                 CAST(coalesce(sum(bytes), 0) AS BIGINT) AS b \
+                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 \
+                 GROUP BY 1 ORDER BY 1"
+            }
+            Backend::Sqlite => {
+                "SELECT substr(occurred_at, 1, 10) AS day, count(*) AS n, coalesce(sum(bytes), 0) AS b \
+                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 \
+                 GROUP BY 1 ORDER BY 1"
+            }
+        };
+        let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> = on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(file_id)
+            .bind(ts(since))
+            .fetch_all(p)
+            .await);
+        Ok(rows
+            .map_err(|e| self.err(e))?
+            .into_iter()
+            .map(|(day, downloads, bytes)| DailyDownloads { day, downloads, bytes })
+            .collect())
+    }
+
+    /// The oldest and newest event in the database, if any.
+    pub async fn event_range(&self) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
+        let r: Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_as("SELECT min(occurred_at), max(occurred_at) FROM download_events")
+                .fetch_one(p)
+                .await
+        });
+        match r.map_err(|e| self.err(e))? {
+            (Some(a), Some(b)) => Ok(Some((a, b))),
+            _ => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The database layer: the only place with SQL. One `Db` over PostgreSQL or SQLite, with the
+//! schema migrations for both kept in lockstep. Queries are written once where the SQL is
+//! portable (`on_pool!` compiles the same code for both pools) and per backend where it is not.
+
+mod events;
+mod files;
+mod inventory;
+mod oplog;
+mod partitions;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::engine::error::{Error, Result};
+
+pub use oplog::LockGuard;
+pub use partitions::{month_bounds, partition_name, Month};
+
+/// Runs the same block against whichever pool this `Db` holds.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match &$db.pool {
+            $crate::engine::db::Pool::Postgres($pool) => async { $body }.await,
+            $crate::engine::db::Pool::Sqlite($pool) => async { $body }.await,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Which SQL dialect a `Db` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A connection pool to the mirror database.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) pool: Pool,
+    /// The URL with any password removed, for messages.
+    target: String,
+    /// Months whose event partition is known to exist, so writes skip the DDL.
+    known_months: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Month>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Db({})", self.target)
+    }
+}
+
+impl Db {
+    /// Connects (creating a missing SQLite file) within `timeout`; errors name the target.
+    pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Db> {
+        let target = crate::config::redact_url(url);
+        let target = if url.starts_with("sqlite:") { url.to_string() } else { target };
+        let db_err = |message: String| Error::Database {
+            target: target.clone(),
+            message,
+        };
+        let pool = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| db_err(format!("bad SQLite URL: {e}")))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = opts.get_filename().parent() {
+                if !parent.as_os_str().is_empty() && !parent.exists() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| db_err(format!("cannot create {}: {e}", parent.display())))?;
+                }
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(timeout)
+                .connect_with(opts);
+            let pool = tokio::time::timeout(timeout, pool)
+                .await
+                .map_err(|_| db_err(format!("no connection within {}s", timeout.as_secs())))?
+                .map_err(|e| db_err(describe(&e)))?;
+            Pool::Sqlite(pool)
+        } else {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| db_err(format!("bad URL: {e}")))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(timeout)
+                .connect_with(opts);
+            let pool = tokio::time::timeout(timeout, pool)
+                .await
+                .map_err(|_| db_err(format!("no connection within {}s", timeout.as_secs())))?
+                .map_err(|e| db_err(describe(&e)))?;
+            Pool::Postgres(pool)
+        };
+        Ok(Db {
+            pool,
+            target,
+            known_months: Default::default(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// The database URL without secrets.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Wraps a driver error with the database it came from.
+    pub(crate) fn err(&self, e: sqlx::Error) -> Error {
+        Error::Database {
+            target: self.target.clone(),
+            message: describe(&e),
+        }
+    }
+
+    /// Applies pending migrations and creates the event partitions the next writes need.
+    pub async fn migrate(&self) -> Result<MigrateReport> {
+        let before = self.applied_migrations().await.unwrap_or(0);
+        let res = match &self.pool {
+            Pool::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
+            Pool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
+        };
+        res.map_err(|e| Error::Database {
+            target: self.target.clone(),
+            message: format!("migration failed: {e}"),
+        })?;
+        let after = self.applied_migrations().await?;
+        let now = Month::of(Utc::now());
+        self.ensure_partitions(now.prev(), now.next().next()).await?;
+        Ok(MigrateReport {
+            applied: after.saturating_sub(before),
+            total: after,
+        })
+    }
+
+    async fn applied_migrations(&self) -> Result<u64> {
+        let n: Result<i64, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
+            "SELECT count(*) FROM _sqlx_migrations WHERE success"
+        )
+        .fetch_one(p)
+        .await);
+        n.map(|n| n as u64).map_err(|e| self.err(e))
+    }
+
+    /// Fails unless the schema is migrated, with a message that says what to run.
+    pub async fn check_schema(&self) -> Result<()> {
+        let n = self.applied_migrations().await.unwrap_or(0);
+        if n == 0 {
+            return Err(Error::Usage(format!(
+                "database {} has no mirrorctl schema: run `mirrorctl migrate`",
+                self.target
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
+}
+
+/// What `migrate` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrateReport {
+    pub applied: u64,
+    pub total: u64,
+}
+
+/// A one-line description of a driver error, without the URL.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("unreachable: {io}"),
+        sqlx::Error::PoolTimedOut => "no connection available (timed out)".into(),
+        sqlx::Error::Database(d) => d.message().to_string(),
+        other => other.to_string().replace('\n', " "),
+    }
+}
+
+/// Timestamps are stored with whole-second precision so SQLite text sorts chronologically.
+pub fn ts(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Timelike;
+    t.with_nanosecond(0).unwrap_or(t)
+}

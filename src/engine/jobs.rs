@@ -1,0 +1,146 @@
+//! The job runner: progress events, cancellation, the mutation lock and the audit row that
+//! every operation gets. Operations report through `Progress`; the TUI and headless mode
+//! listen to the same events.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::error::{Error, Result};
+use super::Ctx;
+
+/// What a running job tells its listener.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    Started { kind: String },
+    Progress { done: u64, total: Option<u64>, msg: String },
+    Finished { ok: bool, msg: String },
+}
+
+/// A progress sink and cancellation token handed to an operation.
+#[derive(Clone, Default)]
+pub struct Progress {
+    sink: Option<Arc<dyn Fn(JobEvent) + Send + Sync>>,
+    cancel: CancellationToken,
+}
+
+impl Progress {
+    /// Progress that goes nowhere (tests, quiet runs).
+    pub fn none() -> Progress {
+        Progress::default()
+    }
+
+    /// Progress delivered to a channel.
+    pub fn channel() -> (Progress, mpsc::UnboundedReceiver<JobEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let p = Progress {
+            sink: Some(Arc::new(move |e| {
+                let _ = tx.send(e);
+            })),
+            cancel: CancellationToken::new(),
+        };
+        (p, rx)
+    }
+
+    /// Progress delivered to a callback.
+    pub fn with_sink(f: impl Fn(JobEvent) + Send + Sync + 'static) -> Progress {
+        Progress {
+            sink: Some(Arc::new(f)),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn emit(&self, e: JobEvent) {
+        if let Some(s) = &self.sink {
+            s(e);
+        }
+    }
+
+    pub fn update(&self, done: u64, total: Option<u64>, msg: impl Into<String>) {
+        self.emit(JobEvent::Progress {
+            done,
+            total,
+            msg: msg.into(),
+        });
+    }
+
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` once cancellation was asked for: call between units of work.
+    pub fn check(&self) -> Result<()> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+/// A report that can say whether it found problems (exit 3, status `found_problems`).
+pub trait Report: Serialize {
+    fn found_problems(&self) -> bool {
+        false
+    }
+}
+
+/// Runs an operation with its audit row and, when it mutates, the mutation lock.
+/// The row records who, what, the params and the outcome (`ok`, `found_problems`, `failed`,
+/// `cancelled`, `dry_run`).
+pub async fn audited<T, F, Fut>(ctx: &Ctx, kind: &str, params: &impl Serialize, mutating: bool, progress: &Progress, f: F) -> Result<T>
+where
+    T: Report,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let params = serde_json::to_value(params).unwrap_or(serde_json::Value::Null);
+    let lock = if mutating {
+        Some(ctx.db.acquire_lock(kind, &ctx.operator).await?)
+    } else {
+        None
+    };
+    let id = ctx.db.start_operation(kind, &params, &ctx.operator).await?;
+    progress.emit(JobEvent::Started { kind: kind.to_string() });
+    let out = f().await;
+    let (status, summary) = match &out {
+        Ok(r) => (
+            if r.found_problems() { "found_problems" } else { "ok" },
+            serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+        ),
+        Err(Error::Cancelled) => ("cancelled", serde_json::json!({ "error": "cancelled" })),
+        Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
+    };
+    let summary = strip_items(summary);
+    let finish = ctx.db.finish_operation(id, status, &summary).await;
+    if let Some(lock) = lock {
+        lock.release().await?;
+    }
+    progress.emit(JobEvent::Finished {
+        ok: out.is_ok(),
+        msg: match &out {
+            Ok(_) => status.to_string(),
+            Err(e) => e.to_string(),
+        },
+    });
+    finish?;
+    out
+}
+
+/// The audit summary keeps counts, not per-item lists that can be huge.
+fn strip_items(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(obj) = v.as_object_mut() {
+        obj.retain(|_, val| !matches!(val, serde_json::Value::Array(a) if a.len() > 20));
+    }
+    v
+}

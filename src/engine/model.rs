@@ -1,0 +1,178 @@
+//! Domain types shared by the engine's operations, the database layer and the renderers.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One mirrored file as the per-file table shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct FileRow {
+    pub id: i64,
+    pub bucket: String,
+    pub key: String,
+    pub size: i64,
+    pub downloads: i64,
+    pub bytes_served: i64,
+    pub last_downloaded_at: Option<DateTime<Utc>>,
+    pub is_stale: bool,
+}
+
+/// One mirrored file in full, with the origin's view of it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FileDetail {
+    pub id: i64,
+    pub bucket: String,
+    pub key: String,
+    pub size: i64,
+    pub downloads: i64,
+    pub bytes_served: i64,
+    pub last_downloaded_at: Option<DateTime<Utc>>,
+    pub is_stale: bool,
+    pub origin_file_id: i64,
+    pub sha256: Option<String>,
+    pub etag: Option<String>,
+    pub mirrored_at: DateTime<Utc>,
+    pub last_validated_at: Option<DateTime<Utc>>,
+    pub stale_reason: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub origin_source: String,
+    pub origin_remote_id: String,
+    pub origin_file_name: String,
+    pub origin_url: String,
+    pub origin_size: Option<i64>,
+    pub origin_etag: Option<String>,
+    pub origin_updated_at: DateTime<Utc>,
+}
+
+/// What the origin says a file is.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OriginFile {
+    pub id: i64,
+    pub source: String,
+    pub remote_id: String,
+    pub file_name: String,
+    pub url: String,
+    pub size: Option<i64>,
+    pub etag: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A download to record (the write path of `serve`, and the demo generator).
+#[derive(Debug, Clone)]
+pub struct NewDownloadEvent {
+    pub occurred_at: DateTime<Utc>,
+    pub file_id: i64,
+    pub cache_hit: bool,
+    pub bytes: i64,
+    pub duration_ms: i32,
+    pub status: i16,
+}
+
+/// Downloads of one file on one day.
+#[derive(Debug, Clone, Serialize)]
+pub struct DailyDownloads {
+    pub day: String,
+    pub downloads: i64,
+    pub bytes: i64,
+}
+
+/// One row of the `operations` audit log.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct OperationRecord {
+    pub id: i64,
+    pub kind: String,
+    #[sqlx(json)]
+    pub params: serde_json::Value,
+    pub operator: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: String,
+    #[sqlx(json(nullable))]
+    pub summary: Option<serde_json::Value>,
+}
+
+/// Totals over a window of download events, from the hourly rollup.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct DownloadTotals {
+    pub hits: i64,
+    pub misses: i64,
+    pub errors: i64,
+    pub bytes_hit: i64,
+    pub bytes_miss: i64,
+}
+
+/// Live storage totals, from the trigger-kept counters.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct StorageTotals {
+    pub objects: i64,
+    pub bytes: i64,
+    pub stale: i64,
+}
+
+/// One bucket of the hits/misses time series.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct SeriesPoint {
+    pub at: DateTime<Utc>,
+    pub hits: i64,
+    pub misses: i64,
+    pub errors: i64,
+}
+
+/// Sort orders of the per-file table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileSort {
+    #[default]
+    Downloads,
+    Size,
+    LastDownloaded,
+    Name,
+}
+
+/// A page request for the per-file table.
+#[derive(Debug, Clone, Default)]
+pub struct FileQuery {
+    pub sort: FileSort,
+    pub stale_only: bool,
+    pub filter: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A mirrored file to insert (demo, scale data, and the data plane's first mirror).
+#[derive(Debug, Clone)]
+pub struct NewMirroredFile {
+    pub origin_file_id: i64,
+    pub bucket: String,
+    pub key: String,
+    pub size: i64,
+    pub sha256: Option<String>,
+    pub etag: Option<String>,
+    pub mirrored_at: DateTime<Utc>,
+    pub is_stale: bool,
+    pub stale_reason: Option<String>,
+}
+
+/// A new origin file row.
+#[derive(Debug, Clone)]
+pub struct NewOriginFile {
+    pub source: String,
+    pub remote_id: String,
+    pub file_name: String,
+    pub url: String,
+    pub size: Option<i64>,
+    pub etag: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One row of `backup_inventory`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct InventoryRow {
+    pub path: String,
+    pub size: i64,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub is_backed_up: bool,
+    pub last_modified: Option<DateTime<Utc>>,
+    pub deleted: bool,
+    pub updated_at: DateTime<Utc>,
+}

@@ -1,0 +1,6 @@
+//! One file per operation. Each is one function taking `&Ctx`, typed params and a `Progress`,
+//! returning a typed report that the TUI and headless mode both render.
+
+pub mod files;
+pub mod history;
+pub mod stats;

@@ -1,0 +1,640 @@
+//! The S3 layer: the only module that imports `aws_sdk_s3`. Everything it returns is a domain
+//! type; every error names the bucket, the endpoint and the cause. Listings are paged streams,
+//! bodies are streamed, uploads above a threshold are multipart and aborted on failure.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::config::BucketConfig;
+use crate::engine::error::{Error, Result};
+
+/// S3 deletes at most this many keys per DeleteObjects request.
+pub const DELETE_BATCH: usize = 1000;
+/// Parts of one multipart upload in flight at once (memory = part size × this + one buffer).
+const PART_CONCURRENCY: usize = 3;
+
+/// One object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// Without quotes.
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// What HEAD says of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<DateTime<Utc>>,
+    pub content_type: Option<String>,
+    /// Full-object checksums when the server reports them, as "ALGO:base64".
+    pub checksum: Option<String>,
+}
+
+/// A page of a listing and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    pub next_token: Option<String>,
+}
+
+/// A streamed object body.
+pub struct GetObject {
+    pub meta: ObjectMeta,
+    /// Bytes in this response (the range length for ranged reads).
+    pub content_length: u64,
+    pub content_range: Option<String>,
+    pub body: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+/// The result of an upload.
+#[derive(Debug, Clone)]
+pub struct PutResult {
+    pub etag: Option<String>,
+    pub bytes: u64,
+    pub parts: usize,
+}
+
+/// What a batch delete did.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteReport {
+    pub deleted: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+/// One bucket on one endpoint.
+#[derive(Clone)]
+pub struct S3Bucket {
+    client: Client,
+    bucket: String,
+    endpoint: String,
+    prefix: String,
+    multipart_threshold: u64,
+    part_size: usize,
+    /// Whether two buckets can server-side copy between them.
+    endpoint_id: String,
+}
+
+impl std::fmt::Debug for S3Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Bucket({} at {})", self.bucket, self.endpoint)
+    }
+}
+
+/// Characters escaped in a CopySource key: everything but unreserved characters and '/'.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+
+fn unquote(etag: Option<&str>) -> Option<String> {
+    etag.map(|e| e.trim_matches('"').to_string())
+}
+
+fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
+}
+
+impl S3Bucket {
+    /// Builds a client for the bucket from its config (static keys, a profile, or the AWS chain).
+    pub async fn connect(cfg: &BucketConfig) -> Result<S3Bucket> {
+        let timeout = cfg.timeout.0;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(4)
+                    .with_initial_backoff(Duration::from_millis(100)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(timeout)
+                    .read_timeout(timeout)
+                    .build(),
+            );
+        if let (Some(k), Some(s)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                k.expose(),
+                s.expose(),
+                None,
+                None,
+                "mirrorctl-config",
+            ));
+        } else if let Some(profile) = &cfg.profile {
+            loader = loader.profile_name(profile);
+        }
+        let sdk = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(cfg.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(ep) = &cfg.endpoint {
+            b = b.endpoint_url(ep);
+        }
+        Ok(S3Bucket {
+            client: Client::from_conf(b.build()),
+            bucket: cfg.bucket.clone(),
+            endpoint: cfg.endpoint_label(),
+            prefix: cfg.prefix.clone(),
+            multipart_threshold: cfg.multipart_threshold.0,
+            part_size: cfg.part_size.0 as usize,
+            endpoint_id: format!("{}|{}", cfg.endpoint_label(), cfg.access_key_id.as_ref().map(|k| k.expose()).unwrap_or("")),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.bucket
+    }
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+    /// The configured key prefix (archives live under it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// True when `other` is on the same endpoint with the same credentials (server-side copy works).
+    pub fn same_endpoint(&self, other: &S3Bucket) -> bool {
+        self.endpoint_id == other.endpoint_id
+    }
+
+    fn fail(&self, message: impl Into<String>) -> Error {
+        Error::S3 {
+            bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Turns an SDK error into one line naming the bucket, the endpoint and the cause.
+    fn sdk_err<E, R>(&self, op: &str, e: SdkError<E, R>) -> Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug,
+    {
+        let msg = match &e {
+            SdkError::ServiceError(se) => {
+                let err = se.err();
+                match (err.code(), err.message()) {
+                    (Some("NoSuchBucket"), _) => "bucket does not exist".to_string(),
+                    (Some("AccessDenied"), _) => "access denied".to_string(),
+                    (Some("InvalidAccessKeyId"), _) | (Some("SignatureDoesNotMatch"), _) => {
+                        "credentials rejected".to_string()
+                    }
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.to_string(),
+                    (None, _) => format!("{}", DisplayErrorContext(&e)),
+                }
+            }
+            SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+                format!("unreachable ({})", DisplayErrorContext(&e))
+            }
+            SdkError::TimeoutError(_) => "timed out".to_string(),
+            _ => format!("{}", DisplayErrorContext(&e)),
+        };
+        self.fail(format!("{op}: {}", msg.replace('\n', " ")))
+    }
+
+    /// Checks that the bucket exists and is reachable.
+    pub async fn check(&self) -> Result<()> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => {
+                Err(self.fail("bucket does not exist"))
+            }
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 403 => {
+                Err(self.fail("access denied"))
+            }
+            Err(e) => Err(self.sdk_err("head bucket", e)),
+        }
+    }
+
+    /// Creates the bucket when it does not exist (demo and tests).
+    pub async fn ensure_bucket(&self) -> Result<()> {
+        if self.check().await.is_ok() {
+            return Ok(());
+        }
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = e.as_service_error().and_then(|s| s.code().map(str::to_string));
+                if matches!(code.as_deref(), Some("BucketAlreadyOwnedByYou") | Some("BucketAlreadyExists")) {
+                    Ok(())
+                } else {
+                    Err(self.sdk_err("create bucket", e))
+                }
+            }
+        }
+    }
+
+    /// One page of keys under `prefix`, in UTF-8 byte order, after `start_after` or from `token`.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<&str>,
+        max_keys: i32,
+    ) -> Result<ListPage> {
+        let mut req = self.client.list_objects_v2().bucket(&self.bucket).max_keys(max_keys);
+        if !prefix.is_empty() {
+            req = req.prefix(prefix);
+        }
+        if let Some(t) = token {
+            req = req.continuation_token(t);
+        } else if let Some(s) = start_after {
+            req = req.start_after(s);
+        }
+        let out = req.send().await.map_err(|e| self.sdk_err("list", e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    etag: unquote(o.e_tag()),
+                    last_modified: to_chrono(o.last_modified()),
+                })
+            })
+            .collect();
+        let next_token = if out.is_truncated().unwrap_or(false) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next_token })
+    }
+
+    /// Every object under `prefix` after `start_after`, as a stream of pages (never all in memory).
+    pub fn list_pages(
+        &self,
+        prefix: String,
+        start_after: Option<String>,
+        page_size: i32,
+    ) -> impl Stream<Item = Result<Vec<ObjectInfo>>> + Send + 'static {
+        enum State {
+            Start(Option<String>),
+            Next(String),
+            Done,
+        }
+        let this = self.clone();
+        futures::stream::try_unfold(State::Start(start_after), move |state| {
+            let this = this.clone();
+            let prefix = prefix.clone();
+            async move {
+                let page = match state {
+                    State::Done => return Ok(None),
+                    State::Start(after) => this.list_page(&prefix, after.as_deref(), None, page_size).await?,
+                    State::Next(token) => this.list_page(&prefix, None, Some(&token), page_size).await?,
+                };
+                let next = match page.next_token {
+                    Some(t) => State::Next(t),
+                    None => State::Done,
+                };
+                Ok(Some((page.objects, next)))
+            }
+        })
+    }
+
+    /// HEAD an object; `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(ObjectMeta {
+                size: o.content_length().unwrap_or(0).max(0) as u64,
+                etag: unquote(o.e_tag()),
+                last_modified: to_chrono(o.last_modified()),
+                content_type: o.content_type().map(str::to_string),
+                checksum: o
+                    .checksum_sha256()
+                    .map(|c| format!("SHA256:{c}"))
+                    .or_else(|| o.checksum_crc64_nvme().map(|c| format!("CRC64NVME:{c}")))
+                    .or_else(|| o.checksum_crc32_c().map(|c| format!("CRC32C:{c}"))),
+            })),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(self.sdk_err(&format!("head {key:?}"), e)),
+        }
+    }
+
+    /// Streams an object (or the byte range `start..=end`); `None` when it does not exist.
+    pub async fn get(&self, key: &str, range: Option<(u64, Option<u64>)>) -> Result<Option<GetObject>> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some((start, end)) = range {
+            req = req.range(match end {
+                Some(end) => format!("bytes={start}-{end}"),
+                None => format!("bytes={start}-"),
+            });
+        }
+        match req.send().await {
+            Ok(o) => {
+                let content_length = o.content_length().unwrap_or(0).max(0) as u64;
+                let content_range = o.content_range().map(str::to_string);
+                let total = content_range
+                    .as_deref()
+                    .and_then(|r| r.rsplit('/').next())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(content_length);
+                let meta = ObjectMeta {
+                    size: total,
+                    etag: unquote(o.e_tag()),
+                    last_modified: to_chrono(o.last_modified()),
+                    content_type: o.content_type().map(str::to_string),
+                    checksum: None,
+                };
+                Ok(Some(GetObject {
+                    meta,
+                    content_length,
+                    content_range,
+                    body: Box::pin(o.body.into_async_read()),
+                }))
+            }
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(self.sdk_err(&format!("get {key:?}"), e)),
+        }
+    }
+
+    /// Uploads a small body in one request.
+    pub async fn put_bytes(&self, key: &str, body: Bytes, content_type: Option<&str>) -> Result<PutResult> {
+        let len = body.len() as u64;
+        let out = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(content_type.map(str::to_string))
+            .content_length(len as i64)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("put {key:?}"), e))?;
+        Ok(PutResult {
+            etag: unquote(out.e_tag()),
+            bytes: len,
+            parts: 1,
+        })
+    }
+
+    /// Streams `reader` to `key`: one PUT below the multipart threshold, else a multipart upload
+    /// with a few parts in flight. The object appears only when the upload completes; a failed
+    /// upload is aborted so no parts are left behind.
+    pub async fn put_stream<R>(&self, key: &str, mut reader: R, content_type: Option<&str>) -> Result<PutResult>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let first = read_chunk(&mut reader, self.multipart_threshold as usize + 1)
+            .await
+            .map_err(|e| self.fail(format!("put {key:?}: reading the source: {e}")))?;
+        if (first.len() as u64) <= self.multipart_threshold {
+            return self.put_bytes(key, first.freeze(), content_type).await;
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_content_type(content_type.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("start multipart {key:?}"), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| self.fail(format!("start multipart {key:?}: no upload id")))?
+            .to_string();
+        let res = self.upload_parts(key, &upload_id, first.freeze(), &mut reader).await;
+        match res {
+            Ok((parts, bytes)) => {
+                let n = parts.len();
+                let out = self
+                    .client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send()
+                    .await;
+                match out {
+                    Ok(out) => Ok(PutResult {
+                        etag: unquote(out.e_tag()),
+                        bytes,
+                        parts: n,
+                    }),
+                    Err(e) => {
+                        self.abort(key, &upload_id).await;
+                        Err(self.sdk_err(&format!("complete multipart {key:?}"), e))
+                    }
+                }
+            }
+            Err(e) => {
+                self.abort(key, &upload_id).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let r = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(bucket = %self.bucket, key, "abort multipart failed: {}", DisplayErrorContext(&e));
+        }
+    }
+
+    async fn upload_parts<R>(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Bytes,
+        reader: &mut R,
+    ) -> Result<(Vec<CompletedPart>, u64)>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let mut pending = Some(first);
+        let mut in_flight = FuturesOrdered::new();
+        let mut done = Vec::new();
+        let mut total = 0u64;
+        let mut number = 0i32;
+        let mut eof = false;
+        loop {
+            // Fill the window: split what was read into part-size pieces and read more.
+            while in_flight.len() < PART_CONCURRENCY && !eof {
+                let chunk = match pending.take() {
+                    Some(mut buf) if buf.len() > self.part_size => {
+                        let part = buf.split_to(self.part_size);
+                        pending = Some(buf);
+                        part
+                    }
+                    Some(buf) => buf,
+                    None => read_chunk(reader, self.part_size)
+                        .await
+                        .map_err(|e| self.fail(format!("put {key:?}: reading the source: {e}")))?
+                        .freeze(),
+                };
+                if chunk.is_empty() {
+                    eof = true;
+                    break;
+                }
+                if chunk.len() < self.part_size && pending.is_none() {
+                    eof = true;
+                }
+                number += 1;
+                total += chunk.len() as u64;
+                let n = number;
+                let req = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(upload_id)
+                    .part_number(n)
+                    .content_length(chunk.len() as i64)
+                    .body(ByteStream::from(chunk));
+                in_flight.push_back(async move { (n, req.send().await) });
+            }
+            match in_flight.next().await {
+                Some((n, Ok(out))) => done.push(
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                ),
+                Some((n, Err(e))) => return Err(self.sdk_err(&format!("upload part {n} of {key:?}"), e)),
+                None => break,
+            }
+        }
+        Ok((done, total))
+    }
+
+    /// Server-side copy from another bucket on the same endpoint.
+    pub async fn copy_from(&self, src: &S3Bucket, src_key: &str, dst_key: &str) -> Result<()> {
+        let source = format!("{}/{}", src.bucket, utf8_percent_encode(src_key, COPY_SOURCE));
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(source)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("copy {src_key:?} from {}", src.bucket), e))?;
+        Ok(())
+    }
+
+    /// Deletes keys, 1,000 per request; reports which were deleted and which failed.
+    pub async fn delete_batch(&self, keys: &[String]) -> Result<DeleteReport> {
+        let mut report = DeleteReport::default();
+        for chunk in keys.chunks(DELETE_BATCH) {
+            let ids = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.fail(format!("delete: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(ids))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.fail(format!("delete: {e}")))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.sdk_err("delete", e))?;
+            let failed: std::collections::HashMap<&str, String> = out
+                .errors()
+                .iter()
+                .filter_map(|e| {
+                    Some((
+                        e.key()?,
+                        format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("")),
+                    ))
+                })
+                .collect();
+            for k in chunk {
+                match failed.get(k.as_str()) {
+                    Some(m) => report.failed.push((k.clone(), m.clone())),
+                    None => report.deleted.push(k.clone()),
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes one key.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("delete {key:?}"), e))?;
+        Ok(())
+    }
+
+    /// A time-limited GET URL for `key`.
+    pub async fn presign_get(&self, key: &str, expires: Duration) -> Result<String> {
+        let cfg = PresigningConfig::expires_in(expires).map_err(|e| Error::Usage(format!("bad expiry: {e}")))?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(cfg)
+            .await
+            .map_err(|e| self.sdk_err("presign", e))?;
+        Ok(req.uri().to_string())
+    }
+
+    /// Multipart uploads that were started and never completed or aborted (keys).
+    pub async fn pending_uploads(&self) -> Result<Vec<String>> {
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err("list multipart uploads", e))?;
+        Ok(out.uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect())
+    }
+}
+
+/// Reads up to `n` bytes (fewer only at end of input).
+async fn read_chunk<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> std::io::Result<BytesMut> {
+    let mut buf = BytesMut::with_capacity(n.min(64 * 1024 * 1024));
+    while buf.len() < n {
+        let want = (n - buf.len()).min(256 * 1024);
+        let got = (&mut *r).take(want as u64).read_buf(&mut buf).await?;
+        if got == 0 {
+            break;
+        }
+    }
+    Ok(buf)
+}

@@ -1,0 +1,248 @@
+//! The binary: parse arguments, pick the TUI, a headless command or the demo, and map errors
+//! to the documented exit codes (0 ok, 1 runtime, 2 usage/config/refused, 3 problems found).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use mirrorctl::cli::{Cli, Command, DemoAction, OutputFormat, SortArg};
+use mirrorctl::config::{self, ConfigError};
+use mirrorctl::demo::{self, Demo, Ports};
+use mirrorctl::engine::db::Db;
+use mirrorctl::engine::error::Error;
+use mirrorctl::engine::model::{FileQuery, FileSort};
+use mirrorctl::engine::ops::{files, history, stats};
+use mirrorctl::engine::Ctx;
+use mirrorctl::{headless, tui};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = exit_code(&e);
+            eprintln!("error: {}", one_line(&e));
+            code
+        }
+    };
+    rt.shutdown_timeout(Duration::from_millis(200));
+    ExitCode::from(code)
+}
+
+/// The documented exit code for an error.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(e) = e.downcast_ref::<Error>() {
+        return e.exit_code() as u8;
+    }
+    if e.downcast_ref::<ConfigError>().is_some() {
+        return 2;
+    }
+    1
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("mirrorctl={level},s3s=off,s3s_fs=off")));
+    let interactive = !cli.headless && !matches!(cli.command, Some(Command::Demo { .. }) | Some(Command::Migrate));
+    if interactive {
+        // The TUI owns the screen: logs go to a file.
+        let path = std::env::temp_dir().join("mirrorctl.log");
+        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init();
+        }
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(Command::Demo { action }) = &cli.command {
+        return run_demo(action).await;
+    }
+    let (ctx, _demo) = open(&cli).await?;
+    if let Some(Command::Migrate) = &cli.command {
+        let r = ctx.db.migrate().await?;
+        print(&cli, &r, || format!("migrated {}: {} applied, {} total\n", ctx.db.target(), r.applied, r.total))?;
+        return Ok(0);
+    }
+    ctx.db.check_schema().await?;
+    if !cli.headless {
+        return Ok(tui::run(ctx, cli.command.as_ref().map(|c| c.name())).await?);
+    }
+    let Some(cmd) = &cli.command else {
+        return Err(Error::Usage("--headless needs a command (try `mirrorctl --help`)".into()).into());
+    };
+    run_headless(&cli, &ctx, cmd).await
+}
+
+/// Builds the context: the demo's, or the configured database and buckets.
+async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
+    if cli.demo {
+        let demo = Demo::start(&demo::default_dir(), Ports::default()).await?;
+        if !demo.is_generated() {
+            eprintln!("mirrorctl: generating the demo dataset in {} (once)…", demo.dir.display());
+            demo.ensure_generated(&|step| eprintln!("  {step}")).await?;
+        }
+        let db = connect(&demo.config).await?;
+        return Ok((Ctx::new(demo.config.clone(), db, cli.read_only), Some(demo)));
+    }
+    let (config, _source) = config::load(cli.config.as_deref())?;
+    let db = connect(&config).await?;
+    if db.backend() == mirrorctl::engine::db::Backend::Sqlite {
+        // A SQLite file is created and migrated on first use.
+        db.migrate().await?;
+    }
+    Ok((Ctx::new(config, db, cli.read_only), None))
+}
+
+async fn connect(config: &config::Config) -> anyhow::Result<Db> {
+    let url = config.database_url().map_err(Error::Usage)?;
+    Ok(Db::connect(url, config.database.max_connections, config.database.connect_timeout.0).await?)
+}
+
+/// Prints a report as JSON or with the table renderer.
+fn print<T: serde::Serialize>(cli: &Cli, report: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+    let text = match cli.output {
+        OutputFormat::Json => headless::json(report) + "\n",
+        OutputFormat::Table => table(),
+        OutputFormat::Prometheus => {
+            return Err(Error::Usage("--output prometheus is only for `stats`".into()).into())
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+    Ok(())
+}
+
+async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8> {
+    match cmd {
+        Command::Stats { window } => {
+            let params = stats::StatsParams {
+                window: stats::Window::parse(window)?,
+                series: false,
+            };
+            let r = stats::run(ctx, params).await?;
+            if cli.output == OutputFormat::Prometheus {
+                print!("{}", headless::stats_prometheus(&r));
+            } else {
+                print(cli, &r, || headless::stats_table(&r))?;
+            }
+        }
+        Command::Files {
+            sort,
+            stale,
+            filter,
+            limit,
+            offset,
+        } => {
+            let q = FileQuery {
+                sort: match sort {
+                    SortArg::Downloads => FileSort::Downloads,
+                    SortArg::Size => FileSort::Size,
+                    SortArg::LastDownloaded => FileSort::LastDownloaded,
+                    SortArg::Name => FileSort::Name,
+                },
+                stale_only: *stale,
+                filter: filter.clone(),
+                limit: *limit,
+                offset: *offset,
+            };
+            let r = files::list(ctx, &q).await?;
+            print(cli, &r, || headless::files_table(&r))?;
+        }
+        Command::File { id, live, days } => {
+            let r = files::show(
+                ctx,
+                &files::FileParams {
+                    id_or_key: id.clone(),
+                    live: *live,
+                    days: *days,
+                },
+            )
+            .await?;
+            print(cli, &r, || headless::file_table(&r))?;
+        }
+        Command::History { limit } => {
+            let r = history::run(ctx, *limit).await?;
+            print(cli, &r, || headless::history_table(&r))?;
+        }
+        Command::Presign { id, expires } => {
+            let expires = config::parse_duration(expires).map_err(Error::Usage)?;
+            let r = files::presign(ctx, id, expires).await?;
+            print(cli, &r, || format!("{}\n", r.url))?;
+        }
+        Command::Migrate | Command::Demo { .. } => unreachable!("handled before"),
+    }
+    Ok(0)
+}
+
+async fn run_demo(action: &DemoAction) -> anyhow::Result<u8> {
+    let dir = demo::default_dir();
+    match action {
+        DemoAction::Env => {
+            println!("demo directory: {}", dir.display());
+            println!("database:       sqlite://{}", dir.join("mirror.db").display());
+            println!("buckets:        {}", demo::BUCKETS.join(", "));
+            println!("access key:     {}", demo::ACCESS_KEY);
+            println!("secret key:     {}", demo::SECRET_KEY);
+            println!("(`mirrorctl demo up` serves the endpoints and prints export lines)");
+            Ok(0)
+        }
+        DemoAction::Reset => {
+            let d = Demo::start(&dir, Ports::default()).await?;
+            let t = std::time::Instant::now();
+            d.generate(&|step| eprintln!("  {step}")).await?;
+            eprintln!("demo regenerated in {} ({:.1}s)", dir.display(), t.elapsed().as_secs_f64());
+            Ok(0)
+        }
+        DemoAction::Up { s3_port, origin_port } => {
+            let d = Demo::start(
+                &dir,
+                Ports {
+                    s3: *s3_port,
+                    origin: *origin_port,
+                },
+            )
+            .await?;
+            d.ensure_generated(&|step| eprintln!("  {step}")).await?;
+            println!("export AWS_ENDPOINT_URL={}", d.s3_endpoint);
+            println!("export AWS_ACCESS_KEY_ID={}", demo::ACCESS_KEY);
+            println!("export AWS_SECRET_ACCESS_KEY={}", demo::SECRET_KEY);
+            println!("export AWS_REGION=us-east-1");
+            println!("export MIRRORCTL_DEMO_ORIGIN_URL={}", d.origin_url);
+            println!("# buckets: {}; database: sqlite://{}", demo::BUCKETS.join(", "), dir.join("mirror.db").display());
+            println!("# serving until Ctrl-C");
+            let _ = std::io::stdout().flush();
+            let _ = tokio::signal::ctrl_c().await;
+            Ok(0)
+        }
+    }
+}
