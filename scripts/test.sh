@@ -84,6 +84,7 @@ g key allow --create-bucket test >/dev/null
 export MIRRORCTL_TEST_GARAGE_ENDPOINT="http://127.0.0.1:$GARAGE_PORT"
 export MIRRORCTL_TEST_GARAGE_KEY="$GK"
 export MIRRORCTL_TEST_GARAGE_SECRET="$GS"
+export MIRRORCTL_REQUIRE_SERVERS=1
 
 # --- Python readers for the archive interop test ----------------------------------------------
 if ! python3 -c 'import pyarrow' 2>/dev/null; then

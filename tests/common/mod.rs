@@ -1,0 +1,160 @@
+//! Shared test fixtures: real S3 servers (s3s-fs in-process, Garage out of process), real
+//! SQLite files and fresh PostgreSQL databases. Nothing here is a mock.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use mirrorctl::config::{BucketConfig, Config, Secret};
+use mirrorctl::engine::db::Db;
+use mirrorctl::engine::s3::S3Bucket;
+use mirrorctl::engine::Ctx;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, usable as a bucket or database name.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{n}-{:x}", std::process::id(), t & 0xffff)
+}
+
+/// True when scripts/test.sh promised that every server is there: then a missing one fails.
+pub fn servers_required() -> bool {
+    std::env::var("MIRRORCTL_REQUIRE_SERVERS").is_ok_and(|v| v == "1")
+}
+
+/// An S3-compatible endpoint and credentials that tests can create buckets on.
+pub struct S3Server {
+    pub name: &'static str,
+    pub endpoint: String,
+    pub key: String,
+    pub secret: String,
+    _dir: Option<tempfile::TempDir>,
+    _task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl S3Server {
+    /// s3s-fs in this process, over a temporary directory.
+    pub async fn s3s() -> S3Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (addr, task) = mirrorctl::demo::start_s3(dir.path(), 0).await.expect("start s3s-fs");
+        S3Server {
+            name: "s3s-fs",
+            endpoint: format!("http://{addr}"),
+            key: mirrorctl::demo::ACCESS_KEY.into(),
+            secret: mirrorctl::demo::SECRET_KEY.into(),
+            _dir: Some(dir),
+            _task: Some(task),
+        }
+    }
+
+    /// The Garage server scripts/test.sh started, or `None` when it did not (then a test
+    /// should return early, unless `servers_required()`, when it panics).
+    pub fn garage() -> Option<S3Server> {
+        let endpoint = std::env::var("MIRRORCTL_TEST_GARAGE_ENDPOINT").ok();
+        match endpoint {
+            Some(endpoint) => Some(S3Server {
+                name: "garage",
+                endpoint,
+                key: std::env::var("MIRRORCTL_TEST_GARAGE_KEY").expect("MIRRORCTL_TEST_GARAGE_KEY"),
+                secret: std::env::var("MIRRORCTL_TEST_GARAGE_SECRET").expect("MIRRORCTL_TEST_GARAGE_SECRET"),
+                _dir: None,
+                _task: None,
+            }),
+            None => {
+                assert!(!servers_required(), "MIRRORCTL_TEST_GARAGE_ENDPOINT is not set");
+                eprintln!("Garage not configured (run scripts/test.sh): skipping the Garage half");
+                None
+            }
+        }
+    }
+
+    /// Both servers: s3s-fs always, Garage when configured.
+    pub async fn all() -> Vec<S3Server> {
+        let mut v = vec![S3Server::s3s().await];
+        v.extend(S3Server::garage());
+        v
+    }
+
+    pub fn bucket_config(&self, bucket: &str) -> BucketConfig {
+        BucketConfig::with_static_keys(bucket, &self.endpoint, &self.key, &self.secret)
+    }
+
+    /// A new, empty bucket with a unique name.
+    pub async fn new_bucket(&self, prefix: &str) -> (BucketConfig, S3Bucket) {
+        let cfg = self.bucket_config(&unique(prefix));
+        let b = S3Bucket::connect(&cfg).await.expect("connect");
+        b.ensure_bucket().await.expect("create bucket");
+        (cfg, b)
+    }
+}
+
+/// A database for one test: a SQLite file, or a fresh PostgreSQL database.
+pub struct TestDb {
+    pub url: String,
+    pub db: Db,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 4, std::time::Duration::from_secs(5)).await.expect("sqlite");
+        db.migrate().await.expect("migrate sqlite");
+        TestDb { url, db, _dir: Some(dir) }
+    }
+
+    /// A new database on the server at MIRRORCTL_TEST_DATABASE_URL, migrated.
+    pub async fn postgres() -> Option<TestDb> {
+        let Ok(admin_url) = std::env::var("MIRRORCTL_TEST_DATABASE_URL") else {
+            assert!(!servers_required(), "MIRRORCTL_TEST_DATABASE_URL is not set");
+            eprintln!("PostgreSQL not configured (run scripts/test.sh): skipping the PostgreSQL half");
+            return None;
+        };
+        let name = unique("mt").replace('-', "_");
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create database");
+        }
+        let mut url = url::Url::parse(&admin_url).expect("url");
+        url.set_path(&format!("/{name}"));
+        let url = url.to_string();
+        let db = Db::connect(&url, 4, std::time::Duration::from_secs(5)).await.expect("postgres");
+        db.migrate().await.expect("migrate postgres");
+        Some(TestDb { url, db, _dir: None })
+    }
+
+    /// SQLite always, PostgreSQL when configured.
+    pub async fn all() -> Vec<TestDb> {
+        let mut v = vec![TestDb::sqlite().await];
+        v.extend(TestDb::postgres().await);
+        v
+    }
+}
+
+/// A config with the database and a mirror bucket.
+pub fn config(db_url: &str, mirror: BucketConfig) -> Config {
+    let mut c = Config::default();
+    c.database.url = Some(Secret::new(db_url));
+    c.buckets.mirror = Some(mirror);
+    c
+}
+
+/// A context over a test database and config.
+pub fn ctx(db: &TestDb, config: Config) -> Ctx {
+    Ctx::new(config, db.db.clone(), false)
+}
+
+/// The built binary, for tests that run it as a user would.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mirrorctl"))
+}
