@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Benchmarks of the cache lifecycle (issue 3), against a single-node Garage (the S3 server) and
+# the embedded demo origin (`mirrorctl demo up`, an HTTP origin over a directory), with a SQLite
+# database, all on loopback:
+#   1. validate --all of N files (default 100,000) at concurrency 64: files/s and peak RSS;
+#   2. remirror of one 1 GiB origin file: peak RSS and throughput, next to `aws s3 cp` of the
+#      same file to the same Garage bucket;
+#   3. purge of the N objects (purge --unused-days 5): wall time.
+# Prints the figures and the exact commands. Needs garage (cargo install garage), aws (the AWS
+# CLI) and /usr/bin/time.
+#
+#   scripts/bench-lifecycle.sh            # N = 100000
+#   BENCH_FILES=20000 scripts/bench-lifecycle.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+N=${BENCH_FILES:-100000}
+WORK=$(mktemp -d /tmp/mirrorctl-bench.XXXXXX)
+GARAGE_PID=""
+DEMO_PID=""
+log() { printf '== %s\n' "$*" >&2; }
+cleanup() {
+  [ -n "$DEMO_PID" ] && kill "$DEMO_PID" 2>/dev/null || true
+  [ -n "$GARAGE_PID" ] && kill "$GARAGE_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# --- build -------------------------------------------------------------------------------------
+log "building (release)"
+cargo build --release --quiet --bin mirrorctl
+# A private copy: the shared target directory may be rebuilt by other work while this runs.
+cp target/release/mirrorctl "$WORK/mirrorctl"
+BIN="$WORK/mirrorctl"
+
+# --- Garage --------------------------------------------------------------------------------------
+GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
+[ -x "$GARAGE" ] || { echo "garage not found: cargo install garage --version 2.5.0 --locked" >&2; exit 1; }
+GARAGE_PORT=$(free_port); RPC_PORT=$(free_port)
+cat > "$WORK/garage.toml" <<TOML
+metadata_dir = "$WORK/garage/meta"
+data_dir = "$WORK/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$RPC_PORT"
+rpc_public_addr = "127.0.0.1:$RPC_PORT"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$GARAGE_PORT"
+TOML
+RUST_LOG=warn "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
+GARAGE_PID=$!
+g() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
+for _ in $(seq 1 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
+NODE=$(g node id -q 2>/dev/null | cut -d@ -f1)
+g layout assign -z dc1 -c 20G "$NODE" >/dev/null
+g layout apply --version 1 >/dev/null
+GK="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+GS=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+g key import --yes -n bench "$GK" "$GS" >/dev/null
+g key allow --create-bucket bench >/dev/null
+ENDPOINT="http://127.0.0.1:$GARAGE_PORT"
+
+# --- origin: the demo's HTTP origin over $WORK/demo/origin ----------------------------------------
+DEMO="$WORK/demo"
+mkdir -p "$DEMO/origin/big"
+# Mark the demo directory generated so `demo up` serves our files instead of its own dataset.
+VERSION=$(sed -n 's/^const GENERATOR_VERSION: &str = "\(.*\)";/\1/p' src/demo.rs)
+[ -n "$VERSION" ] || { echo "cannot read GENERATOR_VERSION from src/demo.rs" >&2; exit 1; }
+printf '%s' "$VERSION" > "$DEMO/.generated"
+ORIGIN_PORT=$(free_port)
+MIRRORCTL_DEMO_DIR="$DEMO" "$BIN" demo up --origin-port "$ORIGIN_PORT" >"$WORK/demo.out" 2>"$WORK/demo.err" &
+DEMO_PID=$!
+ORIGIN="http://127.0.0.1:$ORIGIN_PORT/"
+for _ in $(seq 1 100); do curl -s -o /dev/null "$ORIGIN" && break; sleep 0.1; done
+
+DB="sqlite://$WORK/bench.db"
+cat > "$WORK/config.toml" <<TOML
+[database]
+url = "$DB"
+
+[buckets.mirror]
+bucket = "bench-mirror"
+endpoint = "$ENDPOINT"
+path_style = true
+access_key_id = "$GK"
+secret_access_key = "$GS"
+
+[origin]
+base_url = "$ORIGIN"
+max_file_size = "2GiB"
+TOML
+M=("$BIN" --config "$WORK/config.toml" --headless)
+
+# --- dataset ---------------------------------------------------------------------------------------
+log "creating $N origin files, uploading them to Garage, recording them (fixture)"
+head -c 1073741824 /dev/urandom > "$DEMO/origin/big/1GiB.bin"
+MIRRORCTL_BENCH_FILES=$N MIRRORCTL_BENCH_ORIGIN_DIR="$DEMO/origin" MIRRORCTL_BENCH_BUCKET=bench-mirror \
+MIRRORCTL_BENCH_ENDPOINT="$ENDPOINT" MIRRORCTL_BENCH_KEY="$GK" MIRRORCTL_BENCH_SECRET="$GS" \
+MIRRORCTL_BENCH_DATABASE_URL="$DB" MIRRORCTL_BENCH_BIG_KEY="big/1GiB.bin" \
+  cargo test --release --quiet --test lifecycle -- --ignored --exact bench_fixture >"$WORK/fixture.log" 2>&1 \
+  || { cat "$WORK/fixture.log" >&2; exit 1; }
+
+timed() { # timed NAME CMD...: runs CMD under /usr/bin/time -v, keeps stdout in $WORK/NAME.out
+  local name=$1; shift
+  if ! /usr/bin/time -v "$@" >"$WORK/$name.out" 2>"$WORK/$name.time"; then
+    # Exit 3 (problems found) still measured a complete run; anything else is a failure.
+    grep -q "Exit status: 3" "$WORK/$name.time" || { cat "$WORK/$name.time" >&2; exit 1; }
+  fi
+  ELAPSED=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/$name.time" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  RSS_KB=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.time")
+}
+
+# --- 1. validate -------------------------------------------------------------------------------------
+log "validate --all -j 64 over $N files"
+timed validate "${M[@]}" validate --all -j 64 -o json
+CHECKED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["checked"])' "$WORK/validate.out")
+FRESH=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["fresh"])' "$WORK/validate.out")
+V_RATE=$(python3 -c "print(round($CHECKED / $ELAPSED))")
+V_SECS=$ELAPSED; V_RSS=$((RSS_KB / 1024))
+
+# --- 2. remirror 1 GiB, next to aws s3 cp ----------------------------------------------------------
+log "remirror of a 1 GiB file"
+timed remirror "${M[@]}" remirror big/1GiB.bin --yes -o json
+R_SECS=$ELAPSED; R_RSS=$((RSS_KB / 1024))
+R_OK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["remirrored"])' "$WORK/remirror.out")
+log "aws s3 cp of the same file"
+export AWS_ACCESS_KEY_ID=$GK AWS_SECRET_ACCESS_KEY=$GS AWS_DEFAULT_REGION=us-east-1
+timed awscp aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "$DEMO/origin/big/1GiB.bin" s3://bench-mirror/big/aws-copy.bin
+A_SECS=$ELAPSED; A_RSS=$((RSS_KB / 1024))
+R_MIBS=$(python3 -c "print(round(1024 / $R_SECS, 1))")
+A_MIBS=$(python3 -c "print(round(1024 / $A_SECS, 1))")
+RATIO=$(python3 -c "print(round(100 * $A_SECS / $R_SECS))")
+
+# --- 3. purge ------------------------------------------------------------------------------------------
+log "purge --unused-days 5 of $N objects"
+timed purge "${M[@]}" purge --unused-days 5 --yes --max-delete 1000000 -o json
+P_SECS=$ELAPSED; P_RSS=$((RSS_KB / 1024))
+DELETED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["deleted"])' "$WORK/purge.out")
+
+cat <<EOF
+machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: Garage $("$GARAGE" --version 2>/dev/null | head -1 | awk '{print $2}') single node (sqlite metadata); origin: mirrorctl demo origin; database: SQLite
+validate --all -j 64: $CHECKED files checked ($FRESH fresh) in ${V_SECS}s = $V_RATE files/s, peak RSS $V_RSS MiB
+  mirrorctl --config C --headless validate --all -j 64 -o json
+remirror 1 GiB: remirrored=$R_OK in ${R_SECS}s = $R_MIBS MiB/s, peak RSS $R_RSS MiB
+  mirrorctl --config C --headless remirror big/1GiB.bin --yes -o json
+aws s3 cp 1 GiB (same file, same Garage): ${A_SECS}s = $A_MIBS MiB/s, peak RSS $A_RSS MiB  -> mirrorctl at $RATIO% of aws s3 cp
+  aws --endpoint-url $ENDPOINT s3 cp --only-show-errors 1GiB.bin s3://bench-mirror/big/aws-copy.bin
+purge of $N objects: deleted=$DELETED in ${P_SECS}s, peak RSS $P_RSS MiB
+  mirrorctl --config C --headless purge --unused-days 5 --yes --max-delete 1000000 -o json
+EOF

@@ -1,0 +1,397 @@
+//! Queries of the cache lifecycle (validate, remirror, purge): keyset-paged scans of live
+//! mirrored files, the marks validation leaves, the row update after a remirror, and the
+//! candidate plans and soft deletes of a purge.
+
+use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
+
+use super::{on_pool, ts, Db};
+use crate::engine::error::Result;
+
+/// The columns of a live mirrored file that the lifecycle operations compare and act on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LifecycleRow {
+    pub id: i64,
+    pub key: String,
+    pub size: i64,
+    pub is_stale: bool,
+    pub stale_reason: Option<String>,
+    pub origin_file_id: i64,
+    pub origin_url: String,
+    pub origin_size: Option<i64>,
+    pub origin_etag: Option<String>,
+}
+
+const LIFECYCLE_COLUMNS: &str =
+    "SELECT m.id, m.key, m.size, m.is_stale, m.stale_reason, m.origin_file_id, \
+     o.url AS origin_url, o.size AS origin_size, o.etag AS origin_etag \
+     FROM mirrored_files m JOIN origin_files o ON o.id = m.origin_file_id \
+     WHERE m.deleted_at IS NULL AND m.bucket = ";
+
+/// Which live files a scan visits.
+#[derive(Debug, Clone)]
+pub enum FileScope {
+    All,
+    /// Downloaded at or after this time (validation's default "recent" scope).
+    DownloadedSince(DateTime<Utc>),
+    Ids(Vec<i64>),
+    Stale,
+}
+
+fn push_scope<'a, DB: sqlx::Database>(qb: &mut QueryBuilder<'a, DB>, scope: &'a FileScope)
+where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match scope {
+        FileScope::All => {}
+        FileScope::DownloadedSince(t) => {
+            qb.push(" AND m.last_downloaded_at >= ").push_bind(ts(*t));
+        }
+        FileScope::Ids(ids) => {
+            if ids.is_empty() {
+                qb.push(" AND 1 = 0");
+            } else {
+                qb.push(" AND m.id IN (");
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+            }
+        }
+        FileScope::Stale => {
+            qb.push(" AND m.is_stale");
+        }
+    }
+}
+
+/// How a purge picks its candidates.
+#[derive(Debug, Clone)]
+pub enum PurgeSelector {
+    Stale,
+    /// `coalesce(last_downloaded_at, mirrored_at)` at or before this time.
+    UsedBefore(DateTime<Utc>),
+    /// Least recently used first, up to and including this (last use, id) position.
+    LruThrough {
+        last_used_at: DateTime<Utc>,
+        id: i64,
+    },
+}
+
+const LAST_USED: &str = "coalesce(m.last_downloaded_at, m.mirrored_at)";
+
+fn push_selector<'a, DB: sqlx::Database>(qb: &mut QueryBuilder<'a, DB>, sel: &'a PurgeSelector)
+where
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match sel {
+        PurgeSelector::Stale => {
+            qb.push(" AND m.is_stale");
+        }
+        PurgeSelector::UsedBefore(t) => {
+            qb.push(" AND ")
+                .push(LAST_USED)
+                .push(" <= ")
+                .push_bind(ts(*t));
+        }
+        PurgeSelector::LruThrough { last_used_at, id } => {
+            qb.push(" AND (")
+                .push(LAST_USED)
+                .push(" < ")
+                .push_bind(ts(*last_used_at))
+                .push(" OR (")
+                .push(LAST_USED)
+                .push(" = ")
+                .push_bind(ts(*last_used_at))
+                .push(" AND m.id <= ")
+                .push_bind(*id)
+                .push("))");
+        }
+    }
+}
+
+/// One purge candidate.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PurgeRow {
+    pub id: i64,
+    pub key: String,
+    pub size: i64,
+}
+
+/// What a purge would delete: how many, how many bytes, and the first keys in LRU order.
+#[derive(Debug, Clone, Default)]
+pub struct PurgePlan {
+    pub candidates: i64,
+    pub bytes: i64,
+    pub first_keys: Vec<String>,
+}
+
+/// The row update after an object was re-uploaded from the origin and S3 confirmed it.
+#[derive(Debug, Clone)]
+pub struct Remirrored {
+    pub id: i64,
+    pub origin_file_id: i64,
+    pub size: i64,
+    pub sha256: String,
+    pub etag: Option<String>,
+    pub origin_size: Option<i64>,
+    pub origin_etag: Option<String>,
+    pub origin_updated_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
+/// A file validation found stale or missing, with the reason recorded in `stale_reason`.
+#[derive(Debug, Clone)]
+pub struct StaleMark {
+    pub id: i64,
+    pub reason: String,
+}
+
+impl Db {
+    /// How many live files of `bucket` are in `scope`.
+    pub async fn count_scope(&self, bucket: &str, scope: &FileScope) -> Result<i64> {
+        let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(
+                "SELECT count(*) FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = ",
+            );
+            qb.push_bind(bucket);
+            push_scope(&mut qb, scope);
+            qb.build_query_scalar().fetch_one(p).await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// The next page of live files of `bucket` in `scope` with ids above `after_id`, by id.
+    pub async fn lifecycle_page(
+        &self,
+        bucket: &str,
+        scope: &FileScope,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<LifecycleRow>> {
+        let r = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(LIFECYCLE_COLUMNS);
+            qb.push_bind(bucket);
+            qb.push(" AND m.id > ").push_bind(after_id);
+            push_scope(&mut qb, scope);
+            qb.push(" ORDER BY m.id LIMIT ").push_bind(limit);
+            qb.build_query_as::<LifecycleRow>().fetch_all(p).await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Which of `ids` are not live files of `bucket` (for "unknown id" errors).
+    pub async fn unknown_ids(&self, bucket: &str, ids: &[i64]) -> Result<Vec<i64>> {
+        let mut missing = Vec::new();
+        for chunk in ids.chunks(500) {
+            let found: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
+                let mut qb = QueryBuilder::new(
+                    "SELECT id FROM mirrored_files WHERE deleted_at IS NULL AND bucket = ",
+                );
+                qb.push_bind(bucket).push(" AND id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_scalar().fetch_all(p).await
+            });
+            let found: std::collections::HashSet<i64> =
+                found.map_err(|e| self.err(e))?.into_iter().collect();
+            missing.extend(chunk.iter().copied().filter(|id| !found.contains(id)));
+        }
+        Ok(missing)
+    }
+
+    /// Records one batch of validation results in one transaction: every file gets
+    /// `last_validated_at`; fresh files that were stale are cleared; stale files get their reason.
+    /// Only the columns that change are written, so the counters trigger fires only when needed.
+    pub async fn record_validation(
+        &self,
+        fresh: &[i64],
+        cleared: &[i64],
+        stale: &[StaleMark],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let at = ts(at);
+        let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for (ids, clear) in [(fresh, false), (cleared, true)] {
+                for chunk in ids.chunks(500) {
+                    let mut qb =
+                        QueryBuilder::new("UPDATE mirrored_files SET last_validated_at = ");
+                    qb.push_bind(at);
+                    if clear {
+                        qb.push(", is_stale = FALSE, stale_reason = NULL");
+                    }
+                    qb.push(" WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
+                }
+            }
+            for m in stale {
+                sqlx::query(
+                    "UPDATE mirrored_files SET last_validated_at = $1, is_stale = TRUE, stale_reason = $2 WHERE id = $3",
+                )
+                .bind(at)
+                .bind(&m.reason)
+                .bind(m.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Points the row at the new object and the origin row at what the origin served, in one
+    /// transaction. Called only after S3 confirmed the upload.
+    pub async fn record_remirror(&self, r: &Remirrored) -> Result<()> {
+        let res: Result<(), sqlx::Error> = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "UPDATE mirrored_files SET size = $1, sha256 = $2, etag = $3, mirrored_at = $4, \
+                 last_validated_at = $4, is_stale = FALSE, stale_reason = NULL WHERE id = $5",
+            )
+            .bind(r.size)
+            .bind(&r.sha256)
+            .bind(&r.etag)
+            .bind(ts(r.at))
+            .bind(r.id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE origin_files SET size = $1, etag = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(r.origin_size)
+            .bind(&r.origin_etag)
+            .bind(ts(r.origin_updated_at))
+            .bind(r.origin_file_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        });
+        res.map_err(|e| self.err(e))
+    }
+
+    /// Bytes of the live files of `bucket`.
+    pub async fn live_bytes(&self, bucket: &str) -> Result<i64> {
+        let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
+            "SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM mirrored_files WHERE deleted_at IS NULL AND bucket = $1"
+        )
+        .bind(bucket)
+        .fetch_one(p)
+        .await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// The last (last use, id) position, in least-recently-used order, that has to go so that
+    /// at least `excess` bytes are freed; `None` when nothing has to go.
+    pub async fn lru_boundary(
+        &self,
+        bucket: &str,
+        excess: i64,
+    ) -> Result<Option<(DateTime<Utc>, i64)>> {
+        if excess <= 0 {
+            return Ok(None);
+        }
+        // A row is needed while the bytes before it (in LRU order) are still short of `excess`.
+        let sql = format!(
+            "SELECT last_used_at, id FROM (SELECT m.id, {LAST_USED} AS last_used_at, \
+             sum(m.size) OVER (ORDER BY {LAST_USED}, m.id ROWS UNBOUNDED PRECEDING) - m.size AS before \
+             FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = $1) w \
+             WHERE before < $2 ORDER BY last_used_at DESC, id DESC LIMIT 1"
+        );
+        let r: Result<Option<(DateTime<Utc>, i64)>, sqlx::Error> =
+            on_pool!(self, |p| sqlx::query_as(&sql)
+                .bind(bucket)
+                .bind(excess)
+                .fetch_optional(p)
+                .await);
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Counts and sizes the candidates of a purge, with the first `sample` keys in LRU order.
+    pub async fn purge_plan(
+        &self,
+        bucket: &str,
+        sel: &PurgeSelector,
+        sample: i64,
+    ) -> Result<PurgePlan> {
+        let r: Result<PurgePlan, sqlx::Error> = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(
+                "SELECT count(*), CAST(coalesce(sum(m.size), 0) AS BIGINT) FROM mirrored_files m \
+                 WHERE m.deleted_at IS NULL AND m.bucket = ",
+            );
+            qb.push_bind(bucket);
+            push_selector(&mut qb, sel);
+            let (candidates, bytes): (i64, i64) = qb.build_query_as().fetch_one(p).await?;
+            let mut qb = QueryBuilder::new(
+                "SELECT m.key FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = ",
+            );
+            qb.push_bind(bucket);
+            push_selector(&mut qb, sel);
+            qb.push(" ORDER BY ")
+                .push(LAST_USED)
+                .push(", m.id LIMIT ")
+                .push_bind(sample);
+            let first_keys: Vec<String> = qb.build_query_scalar().fetch_all(p).await?;
+            Ok(PurgePlan {
+                candidates,
+                bytes,
+                first_keys,
+            })
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// The next page of purge candidates with ids above `after_id`, by id.
+    pub async fn purge_page(
+        &self,
+        bucket: &str,
+        sel: &PurgeSelector,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<PurgeRow>> {
+        let r = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new("SELECT m.id, m.key, m.size FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = ");
+            qb.push_bind(bucket);
+            qb.push(" AND m.id > ").push_bind(after_id);
+            push_selector(&mut qb, sel);
+            qb.push(" ORDER BY m.id LIMIT ").push_bind(limit);
+            qb.build_query_as::<PurgeRow>().fetch_all(p).await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Soft-deletes rows whose objects are gone; returns how many rows it marked.
+    pub async fn soft_delete_files(&self, ids: &[i64], at: DateTime<Utc>) -> Result<u64> {
+        let at = ts(at);
+        let r: Result<u64, sqlx::Error> = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let mut n = 0;
+            for chunk in ids.chunks(500) {
+                let mut qb = QueryBuilder::new("UPDATE mirrored_files SET deleted_at = ");
+                qb.push_bind(at)
+                    .push(" WHERE deleted_at IS NULL AND id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                n += qb.build().execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            Ok(n)
+        });
+        r.map_err(|e| self.err(e))
+    }
+}

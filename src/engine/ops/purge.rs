@@ -1,0 +1,242 @@
+//! `purge`: deletes stale, unused or least-recently-used objects from the mirror bucket and
+//! soft-deletes their rows. Objects go first (batch delete), rows only for the keys S3
+//! confirmed, so a crash at any point leaves rows that a rerun selects and finishes: deleting
+//! an object that is already gone succeeds, and no object is deleted that a row still needs.
+
+use chrono::{TimeDelta, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::engine::db::{Db, PurgePlan, PurgeRow, PurgeSelector};
+use crate::engine::error::{Error, Result};
+use crate::engine::jobs::{audited, Progress, Report};
+use crate::engine::s3::{S3Bucket, DELETE_BATCH};
+use crate::engine::Ctx;
+
+/// Keys shown in a preview.
+const SAMPLE_KEYS: i64 = 20;
+/// Delete requests in flight at once (each up to 1,000 keys).
+const DELETES_IN_FLIGHT: usize = 4;
+/// Per-key errors kept in the report.
+const MAX_ERRORS: usize = 20;
+
+/// Which objects to purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeTarget {
+    /// Files marked stale.
+    Stale,
+    /// Files whose last download (or mirroring, if never downloaded) is this many days ago or more.
+    UnusedDays(u32),
+    /// Least recently used first until the live mirror fits in this many bytes.
+    MaxBytes(u64),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PurgeParams {
+    pub target: PurgeTarget,
+    pub dry_run: bool,
+    /// Raises `policy.max_delete` for this run.
+    pub max_delete: Option<u64>,
+    /// The confirmation: deleting is refused without it (headless `--yes`).
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PurgeReport {
+    /// The selection in words, e.g. "unused for 90 days".
+    pub selection: String,
+    pub candidates: u64,
+    /// Bytes of the candidates.
+    pub bytes: u64,
+    pub deleted: u64,
+    pub bytes_freed: u64,
+    pub failed: u64,
+    pub dry_run: bool,
+    /// The first candidates, least recently used first.
+    pub first_keys: Vec<String>,
+    /// The first per-key delete errors.
+    pub errors: Vec<String>,
+}
+
+impl Report for PurgeReport {
+    fn failures(&self) -> u64 {
+        self.failed
+    }
+}
+
+/// Previews (`dry_run`) or runs a purge.
+pub async fn run(ctx: &Ctx, p: PurgeParams, progress: &Progress) -> Result<PurgeReport> {
+    if p.target == PurgeTarget::UnusedDays(0) {
+        return Err(Error::Usage("--unused-days must be at least 1".into()));
+    }
+    if !p.dry_run {
+        ctx.check_writable("purge")?;
+        if !p.yes {
+            return Err(Error::Refused(
+                "purge deletes objects from the mirror bucket: pass --yes to go ahead (or --dry-run to preview)".into(),
+            ));
+        }
+    }
+    let limit = p.max_delete.unwrap_or(ctx.config.policy.max_delete);
+    let mirror = ctx.mirror().await?;
+    // The plan is made under the lock, so the count confirmed is the count deleted.
+    audited(ctx, "purge", &p, !p.dry_run, progress, || {
+        plan_and_delete(&ctx.db, mirror, &p, limit, progress)
+    })
+    .await
+}
+
+async fn plan_and_delete(
+    db: &Db,
+    mirror: &S3Bucket,
+    p: &PurgeParams,
+    limit: u64,
+    progress: &Progress,
+) -> Result<PurgeReport> {
+    let (selector, selection) = selector(db, mirror, p.target).await?;
+    let mut report = PurgeReport {
+        selection,
+        dry_run: p.dry_run,
+        ..Default::default()
+    };
+    let Some(selector) = selector else {
+        return Ok(report);
+    };
+    let plan: PurgePlan = db.purge_plan(mirror.name(), &selector, SAMPLE_KEYS).await?;
+    report.candidates = plan.candidates.max(0) as u64;
+    report.bytes = plan.bytes.max(0) as u64;
+    report.first_keys = plan.first_keys;
+    if p.dry_run {
+        return Ok(report);
+    }
+    if report.candidates > limit {
+        return Err(Error::Refused(format!(
+            "{} objects to delete is over the limit of {limit} (policy.max_delete); pass --max-delete {} to allow it",
+            report.candidates, report.candidates
+        )));
+    }
+    delete_all(db, mirror, &selector, &mut report, progress).await?;
+    Ok(report)
+}
+
+/// The database selector for a target, and the target in words; `None` when nothing can match
+/// (the mirror already fits its byte budget).
+async fn selector(
+    db: &Db,
+    mirror: &S3Bucket,
+    target: PurgeTarget,
+) -> Result<(Option<PurgeSelector>, String)> {
+    Ok(match target {
+        PurgeTarget::Stale => (Some(PurgeSelector::Stale), "stale".into()),
+        PurgeTarget::UnusedDays(days) => (
+            Some(PurgeSelector::UsedBefore(
+                Utc::now() - TimeDelta::days(i64::from(days)),
+            )),
+            format!("unused for {days} days"),
+        ),
+        PurgeTarget::MaxBytes(max) => {
+            let label = format!(
+                "least recently used until the mirror fits in {}",
+                humansize::format_size(max, humansize::BINARY)
+            );
+            let live = db.live_bytes(mirror.name()).await?;
+            let excess = live.saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
+            let boundary = db.lru_boundary(mirror.name(), excess).await?;
+            (
+                boundary.map(|(last_used_at, id)| PurgeSelector::LruThrough { last_used_at, id }),
+                label,
+            )
+        }
+    })
+}
+
+/// Pages through the candidates by id (never more than were planned), deletes each page's
+/// objects, then soft-deletes the rows of the keys that S3 confirmed.
+async fn delete_all(
+    db: &Db,
+    mirror: &S3Bucket,
+    selector: &PurgeSelector,
+    report: &mut PurgeReport,
+    progress: &Progress,
+) -> Result<()> {
+    let planned = report.candidates;
+    // The pipeline owns clones of its handles (cheap: shared clients) so its futures are
+    // `Send + 'static` and the whole operation can run on a spawned task.
+    let (bucket, sel) = (mirror.name().to_string(), selector.clone());
+    let pages = stream::try_unfold((0i64, 0u64), {
+        let db = db.clone();
+        move |(after, taken)| {
+            let (db, bucket, sel) = (db.clone(), bucket.clone(), sel.clone());
+            async move {
+                if taken >= planned {
+                    return Ok(None);
+                }
+                let mut page = db
+                    .purge_page(&bucket, &sel, after, DELETE_BATCH as i64)
+                    .await?;
+                let Some(last) = page.last().map(|r| r.id) else {
+                    return Ok(None);
+                };
+                page.truncate((planned - taken).min(page.len() as u64) as usize);
+                let n = page.len() as u64;
+                Ok::<_, Error>(Some((page, (last, taken + n))))
+            }
+        }
+    });
+    let cancel = progress.token();
+    let batches = pages
+        // Stop starting deletes once cancelled; batches under way finish and are recorded.
+        .take_until(cancel.cancelled_owned())
+        .map_ok({
+            let (db, mirror) = (db.clone(), mirror.clone());
+            move |page| {
+                let (db, mirror) = (db.clone(), mirror.clone());
+                async move { delete_page(&db, &mirror, page).await }
+            }
+        })
+        .try_buffer_unordered(DELETES_IN_FLIGHT);
+    futures::pin_mut!(batches);
+    progress.update(0, Some(planned), "purging");
+    while let Some(b) = batches.try_next().await? {
+        report.deleted += b.deleted;
+        report.bytes_freed += b.bytes_freed;
+        report.failed += b.failed.len() as u64;
+        for e in b.failed {
+            if report.errors.len() < MAX_ERRORS {
+                report.errors.push(e);
+            }
+        }
+        progress.update(report.deleted + report.failed, Some(planned), "purging");
+    }
+    progress.check()
+}
+
+struct PageOutcome {
+    deleted: u64,
+    bytes_freed: u64,
+    failed: Vec<String>,
+}
+
+async fn delete_page(db: &Db, mirror: &S3Bucket, page: Vec<PurgeRow>) -> Result<PageOutcome> {
+    let keys: Vec<String> = page.iter().map(|r| r.key.clone()).collect();
+    let out = mirror.delete_batch(&keys).await?;
+    let gone: std::collections::HashSet<&str> = out.deleted.iter().map(String::as_str).collect();
+    let (ids, bytes): (Vec<i64>, i64) = page.iter().filter(|r| gone.contains(r.key.as_str())).fold(
+        (Vec::new(), 0),
+        |(mut ids, b), r| {
+            ids.push(r.id);
+            (ids, b + r.size.max(0))
+        },
+    );
+    let marked = db.soft_delete_files(&ids, Utc::now()).await?;
+    Ok(PageOutcome {
+        deleted: marked,
+        bytes_freed: bytes.max(0) as u64,
+        failed: out
+            .failed
+            .into_iter()
+            .map(|(k, e)| format!("{k}: {e}"))
+            .collect(),
+    })
+}

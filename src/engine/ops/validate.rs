@@ -1,0 +1,397 @@
+//! `validate`: asks the origin (HEAD: size, ETag) and the mirror bucket (HEAD: exists, size)
+//! about each mirrored file, marks stale and missing files so `remirror --all-stale` restores
+//! them, and stamps `last_validated_at`. Rows are paged from the database and checked with
+//! bounded concurrency, so memory does not grow with the number of files.
+
+use chrono::{TimeDelta, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::engine::db::{Db, FileScope, LifecycleRow, StaleMark};
+use crate::engine::error::{Error, Result};
+use crate::engine::jobs::{audited, Progress, Report};
+use crate::engine::origin::{Origin, OriginMeta};
+use crate::engine::s3::{ObjectMeta, S3Bucket};
+use crate::engine::Ctx;
+
+/// Rows read from the database per query.
+const PAGE: i64 = 1000;
+/// Results written to the database per transaction.
+const WRITE_BATCH: usize = 500;
+/// Per-file items kept in the report; counts stay exact beyond it.
+pub const MAX_ITEMS: usize = 10_000;
+/// More concurrent requests than this only queue inside the HTTP clients.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidateParams {
+    /// Every live file, not only the recently downloaded ones.
+    pub all: bool,
+    /// Only these files (mirrored file ids).
+    pub ids: Vec<i64>,
+    /// The recent window in days (default `policy.validate_recent_days`).
+    pub recent_days: Option<u32>,
+    /// Files checked at once.
+    pub concurrency: usize,
+}
+
+impl Default for ValidateParams {
+    fn default() -> Self {
+        ValidateParams {
+            all: false,
+            ids: Vec::new(),
+            recent_days: None,
+            concurrency: 32,
+        }
+    }
+}
+
+/// What validation concluded about one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidateStatus {
+    Fresh,
+    /// The origin's size or ETag differs from what was mirrored, or the object's size from the row.
+    Stale,
+    /// The mirror bucket has no object for the row.
+    Missing,
+    /// The origin did not answer usefully (down, 404, 5xx, timeout): nothing was marked.
+    OriginError,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ValidateItem {
+    pub id: i64,
+    pub key: String,
+    pub status: ValidateStatus,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ValidateReport {
+    /// Which files were checked: "all", "ids" or "downloaded in the last N days".
+    pub scope: String,
+    pub checked: u64,
+    pub fresh: u64,
+    /// Files found stale now (including ones already marked stale before).
+    pub stale: u64,
+    /// Files that were not marked stale before and are now (stale or missing).
+    pub newly_stale: u64,
+    pub missing_in_mirror: u64,
+    pub origin_errors: u64,
+    /// False in read-only mode: results were reported but not written to the rows.
+    pub recorded: bool,
+    /// Files that were not fresh (and every file when checking `--ids`), up to `MAX_ITEMS`.
+    pub items: Vec<ValidateItem>,
+    /// Items left out of `items` to keep the report bounded.
+    pub items_omitted: u64,
+}
+
+impl Report for ValidateReport {
+    /// Newly stale or missing files, or files the origin could not vouch for: not all fresh.
+    fn found_problems(&self) -> bool {
+        self.newly_stale > 0 || self.missing_in_mirror > 0 || self.origin_errors > 0
+    }
+}
+
+/// Checks the files in scope against the origin and the mirror bucket and records the results.
+/// In read-only mode it reports without writing (and without taking the mutation lock).
+pub async fn run(ctx: &Ctx, p: ValidateParams, progress: &Progress) -> Result<ValidateReport> {
+    if p.concurrency == 0 || p.concurrency > MAX_CONCURRENCY {
+        return Err(Error::Usage(format!(
+            "--concurrency must be between 1 and {MAX_CONCURRENCY}"
+        )));
+    }
+    if p.all && !p.ids.is_empty() {
+        return Err(Error::Usage(
+            "--all and --ids cannot be used together".into(),
+        ));
+    }
+    if p.recent_days == Some(0) {
+        return Err(Error::Usage("--recent-days must be at least 1".into()));
+    }
+    let mirror = ctx.mirror().await?;
+    if !p.ids.is_empty() {
+        let unknown = ctx.db.unknown_ids(mirror.name(), &p.ids).await?;
+        if !unknown.is_empty() {
+            let list = unknown
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::NotFound(format!(
+                "no live mirrored file in bucket {} with id {list}",
+                mirror.name()
+            )));
+        }
+    }
+    let origin = ctx.origin().await?;
+    let record = !ctx.read_only;
+    audited(ctx, "validate", &p, record, progress, || {
+        check_all(
+            &ctx.db,
+            ctx.config.policy.validate_recent_days,
+            origin,
+            mirror,
+            &p,
+            record,
+            progress,
+        )
+    })
+    .await
+}
+
+async fn check_all(
+    db: &Db,
+    default_days: u32,
+    origin: &Origin,
+    mirror: &S3Bucket,
+    p: &ValidateParams,
+    record: bool,
+    progress: &Progress,
+) -> Result<ValidateReport> {
+    let (scope, label) = if !p.ids.is_empty() {
+        let mut ids = p.ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        (FileScope::Ids(ids), "ids".to_string())
+    } else if p.all {
+        (FileScope::All, "all".to_string())
+    } else {
+        let days = p.recent_days.unwrap_or(default_days).max(1);
+        (
+            FileScope::DownloadedSince(Utc::now() - TimeDelta::days(i64::from(days))),
+            format!("downloaded in the last {days} days"),
+        )
+    };
+    let keep_fresh_items = matches!(scope, FileScope::Ids(_));
+    let total = db.count_scope(mirror.name(), &scope).await?;
+    let mut report = ValidateReport {
+        scope: label,
+        recorded: record,
+        ..Default::default()
+    };
+    progress.update(0, Some(total as u64), "validating");
+
+    // The pipeline owns clones of its handles (cheap: shared clients) so its futures are
+    // `Send + 'static` and the whole operation can run on a spawned task.
+    let (origin, mirror) = (origin.clone(), mirror.clone());
+    let results = paged_rows(db.clone(), mirror.name().to_string(), scope)
+        .map_ok(move |row| {
+            let (origin, mirror) = (origin.clone(), mirror.clone());
+            async move { check_one(&origin, &mirror, row).await }
+        })
+        .try_buffer_unordered(p.concurrency)
+        .chunks(WRITE_BATCH);
+    futures::pin_mut!(results);
+    while let Some(batch) = results.next().await {
+        let mut fresh = Vec::new();
+        let mut cleared = Vec::new();
+        let mut stale = Vec::new();
+        for r in batch {
+            let (row, status, reason) = r?;
+            report.checked += 1;
+            match status {
+                ValidateStatus::Fresh => {
+                    report.fresh += 1;
+                    if row.is_stale {
+                        cleared.push(row.id);
+                    } else {
+                        fresh.push(row.id);
+                    }
+                }
+                ValidateStatus::Stale | ValidateStatus::Missing => {
+                    if status == ValidateStatus::Stale {
+                        report.stale += 1;
+                    } else {
+                        report.missing_in_mirror += 1;
+                    }
+                    if !row.is_stale {
+                        report.newly_stale += 1;
+                    }
+                    stale.push(StaleMark {
+                        id: row.id,
+                        reason: reason.clone().unwrap_or_else(|| "stale".into()),
+                    });
+                }
+                ValidateStatus::OriginError => report.origin_errors += 1,
+            }
+            if status != ValidateStatus::Fresh || keep_fresh_items {
+                if report.items.len() < MAX_ITEMS {
+                    report.items.push(ValidateItem {
+                        id: row.id,
+                        key: row.key,
+                        status,
+                        reason,
+                    });
+                } else {
+                    report.items_omitted += 1;
+                }
+            }
+        }
+        if record {
+            db.record_validation(&fresh, &cleared, &stale, Utc::now())
+                .await?;
+        }
+        progress.update(report.checked, Some(total as u64), "validating");
+        // Stop between batches, after what was checked is recorded.
+        progress.check()?;
+    }
+    Ok(report)
+}
+
+/// The rows in scope, one page at a time, by id (rows changed behind the scan do not shift pages).
+pub(crate) fn paged_rows(
+    db: Db,
+    bucket: String,
+    scope: FileScope,
+) -> impl futures::Stream<Item = Result<LifecycleRow>> + Send + 'static {
+    stream::try_unfold(Some(0i64), move |after| {
+        let (db, bucket, scope) = (db.clone(), bucket.clone(), scope.clone());
+        async move {
+            let Some(after) = after else {
+                return Ok::<_, Error>(None);
+            };
+            let page = db.lifecycle_page(&bucket, &scope, after, PAGE).await?;
+            if page.is_empty() {
+                return Ok(None);
+            }
+            let next = match page.last() {
+                Some(last) if page.len() as i64 == PAGE => Some(last.id),
+                _ => None,
+            };
+            Ok(Some((stream::iter(page.into_iter().map(Ok)), next)))
+        }
+    })
+    .try_flatten()
+}
+
+/// HEADs the origin and the mirror object at once and compares both with the row. A mirror
+/// that cannot be asked fails the run (every other file would fail the same way); an origin
+/// that cannot be asked is that file's `origin_error`.
+async fn check_one(
+    origin: &Origin,
+    mirror: &S3Bucket,
+    row: LifecycleRow,
+) -> Result<(LifecycleRow, ValidateStatus, Option<String>)> {
+    let (o, m) = tokio::join!(origin.head(&row.origin_url), mirror.head(&row.key));
+    let (status, reason) = classify(&row, o, m?);
+    Ok((row, status, reason))
+}
+
+/// The verdict for one file from what the origin and the mirror said.
+pub fn classify(
+    row: &LifecycleRow,
+    origin: Result<Option<OriginMeta>>,
+    mirror: Option<ObjectMeta>,
+) -> (ValidateStatus, Option<String>) {
+    let Some(object) = mirror else {
+        return (ValidateStatus::Missing, Some("missing".into()));
+    };
+    let now = match origin {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return (
+                ValidateStatus::OriginError,
+                Some("gone at the origin (404)".into()),
+            )
+        }
+        Err(e) => return (ValidateStatus::OriginError, Some(e.to_string())),
+    };
+    if let (Some(now_size), Some(was)) = (now.size, row.origin_size) {
+        if i64::try_from(now_size).ok() != Some(was) {
+            return (
+                ValidateStatus::Stale,
+                Some(format!("origin size changed: {was} -> {now_size} bytes")),
+            );
+        }
+    }
+    if let (Some(now_etag), Some(was)) = (now.etag.as_deref(), row.origin_etag.as_deref()) {
+        if now_etag != was {
+            return (
+                ValidateStatus::Stale,
+                Some(format!("origin ETag changed: {was} -> {now_etag}")),
+            );
+        }
+    }
+    if i64::try_from(object.size).ok() != Some(row.size) {
+        return (
+            ValidateStatus::Stale,
+            Some(format!(
+                "mirror object is {} bytes, the row says {}",
+                object.size, row.size
+            )),
+        );
+    }
+    (ValidateStatus::Fresh, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> LifecycleRow {
+        LifecycleRow {
+            id: 1,
+            key: "k".into(),
+            size: 10,
+            is_stale: false,
+            stale_reason: None,
+            origin_file_id: 1,
+            origin_url: "k".into(),
+            origin_size: Some(10),
+            origin_etag: Some("e1".into()),
+        }
+    }
+
+    fn object(size: u64) -> Option<ObjectMeta> {
+        Some(ObjectMeta {
+            size,
+            etag: None,
+            last_modified: None,
+            content_type: None,
+            checksum: None,
+        })
+    }
+
+    fn origin(size: u64, etag: &str) -> Result<Option<OriginMeta>> {
+        Ok(Some(OriginMeta {
+            size: Some(size),
+            etag: Some(etag.into()),
+            last_modified: None,
+            content_type: None,
+        }))
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(
+            classify(&row(), origin(10, "e1"), object(10)).0,
+            ValidateStatus::Fresh
+        );
+        assert_eq!(
+            classify(&row(), origin(11, "e1"), object(10)).0,
+            ValidateStatus::Stale
+        );
+        assert_eq!(
+            classify(&row(), origin(10, "e2"), object(10)).0,
+            ValidateStatus::Stale
+        );
+        assert_eq!(
+            classify(&row(), origin(10, "e1"), object(9)).0,
+            ValidateStatus::Stale
+        );
+        assert_eq!(
+            classify(&row(), origin(10, "e1"), None).0,
+            ValidateStatus::Missing
+        );
+        assert_eq!(
+            classify(&row(), Ok(None), object(10)).0,
+            ValidateStatus::OriginError
+        );
+        assert_eq!(
+            classify(&row(), Err(Error::runtime("down")), object(10)).0,
+            ValidateStatus::OriginError
+        );
+    }
+}
