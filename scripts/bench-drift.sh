@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# drift vs `rclone check`, side by side, on one loopback Garage server: wall time and peak RSS
+# (/usr/bin/time -v) of `mirrorctl drift --combined` and of `rclone check --combined` with its
+# defaults and with --fast-list, on buckets seeded with drift of every kind. Also checks that
+# both report the same difference set.
+#
+#   scripts/bench-drift.sh [N ...]        # default: 100000
+#
+# Needs: Garage (garage on PATH or in ~/.cargo/bin), rclone, GNU time. Garage, not s3s-fs:
+# rclone's --fast-list lists nothing on s3s-fs (empty-delimiter quirk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES=("${@:-100000}")
+WORK=$(mktemp -d /tmp/mirrorctl-bench.XXXXXX)
+GARAGE_PID=""
+cleanup() {
+  [ -n "$GARAGE_PID" ] && kill "$GARAGE_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+log() { printf '== %s\n' "$*" >&2; }
+
+command -v rclone >/dev/null || { echo "rclone is not installed (apt-get install rclone)" >&2; exit 2; }
+[ -x /usr/bin/time ] || { echo "GNU time is not installed (apt-get install time)" >&2; exit 2; }
+GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
+[ -x "$GARAGE" ] || { echo "garage is not installed (cargo install garage --version 2.5.0 --locked)" >&2; exit 2; }
+
+log "building mirrorctl (release)"
+cargo build --release --quiet --bin mirrorctl --example drift_bench_seed
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+MIRRORCTL="$TARGET/release/mirrorctl"
+SEED="$TARGET/release/examples/drift_bench_seed"
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+S3_PORT=$(port); RPC_PORT=$(port)
+cat > "$WORK/garage.toml" <<TOML
+metadata_dir = "$WORK/garage/meta"
+data_dir = "$WORK/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$RPC_PORT"
+rpc_public_addr = "127.0.0.1:$RPC_PORT"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$S3_PORT"
+TOML
+RUST_LOG=warn "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
+GARAGE_PID=$!
+g() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
+for _ in $(seq 1 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
+NODE=$(g node id -q 2>/dev/null | cut -d@ -f1)
+g layout assign -z dc1 -c 100G "$NODE" >/dev/null
+g layout apply --version 1 >/dev/null
+KEY="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+g key import --yes -n bench "$KEY" "$SECRET" >/dev/null
+g key allow --create-bucket bench >/dev/null
+ENDPOINT="http://127.0.0.1:$S3_PORT"
+
+export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT="$ENDPOINT" \
+  RCLONE_CONFIG_G_ACCESS_KEY_ID="$KEY" RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$SECRET" \
+  RCLONE_CONFIG_G_REGION=us-east-1 RCLONE_CONFIG_G_FORCE_PATH_STYLE=true
+
+# Runs a command under GNU time; prints "seconds peak_rss_kib" and keeps stdout in $2.
+measure() {
+  local name=$1 out=$2; shift 2
+  /usr/bin/time -v -o "$WORK/$name.time" "$@" >"$out" 2>"$WORK/$name.err" || true
+  local wall rss
+  wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/$name.time" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
+  rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/$name.time")
+  echo "$wall $rss"
+}
+
+for N in "${SIZES[@]}"; do
+  MAIN="bench-main-$N"; BACKUP="bench-backup-$N"; DB="$WORK/inventory-$N.db"
+  log "seeding $N objects per bucket (this is the slow part)"
+  "$SEED" "$ENDPOINT" "$KEY" "$SECRET" "$MAIN" "$BACKUP" "$N" "$DB"
+  cat > "$WORK/config-$N.toml" <<TOML
+[database]
+url = "sqlite://$DB"
+
+[buckets.mirror]
+bucket = "$MAIN"
+endpoint = "$ENDPOINT"
+path_style = true
+access_key_id = "$KEY"
+secret_access_key = "$SECRET"
+
+[buckets.backup]
+bucket = "$BACKUP"
+endpoint = "$ENDPOINT"
+path_style = true
+access_key_id = "$KEY"
+secret_access_key = "$SECRET"
+TOML
+  # Warm the server's caches the same way for everyone.
+  env -u AWS_CA_BUNDLE rclone size "G:$MAIN" >/dev/null 2>&1 || true
+
+  read -r T_OURS R_OURS < <(measure ours "$WORK/ours-$N.txt" "$MIRRORCTL" --config "$WORK/config-$N.toml" --headless drift --combined)
+  read -r T_RC R_RC < <(measure rclone "$WORK/rclone-$N.txt" env -u AWS_CA_BUNDLE rclone check "G:$MAIN" "G:$BACKUP" --combined -)
+  read -r T_RCF R_RCF < <(measure rclonef "$WORK/rclonef-$N.txt" env -u AWS_CA_BUNDLE rclone check --fast-list "G:$MAIN" "G:$BACKUP" --combined -)
+
+  for f in ours rclone rclonef; do sort -k2 "$WORK/$f-$N.txt" | grep -v '^= ' > "$WORK/$f-$N.diffs" || true; done
+  SAME_RC=$(cmp -s "$WORK/ours-$N.diffs" "$WORK/rclone-$N.diffs" && echo yes || echo no)
+  SAME_RCF=$(cmp -s "$WORK/ours-$N.diffs" "$WORK/rclonef-$N.diffs" && echo yes || echo no)
+  echo
+  echo "N=$N objects per bucket; differences found: $(wc -l < "$WORK/ours-$N.diffs") (mirrorctl), $(wc -l < "$WORK/rclone-$N.diffs") (rclone), $(wc -l < "$WORK/rclonef-$N.diffs") (rclone --fast-list)"
+  echo "mirrorctl summary: $(tail -1 "$WORK/ours.err")"
+  printf '| %-32s | %9s | %13s | %s |\n' "tool" "wall (s)" "peak RSS (MiB)" "same difference set as mirrorctl"
+  printf '| %-32s | %9s | %13s | %s |\n' "mirrorctl drift --combined" "$T_OURS" "$((R_OURS / 1024))" "-"
+  printf '| %-32s | %9s | %13s | %s |\n' "rclone check" "$T_RC" "$((R_RC / 1024))" "$SAME_RC"
+  printf '| %-32s | %9s | %13s | %s |\n' "rclone check --fast-list" "$T_RCF" "$((R_RCF / 1024))" "$SAME_RCF"
+  [ "$SAME_RC" = yes ] || diff "$WORK/ours-$N.diffs" "$WORK/rclone-$N.diffs" | head -20
+done

@@ -1,0 +1,53 @@
+//! Inventory reads for `drift`: live `backup_inventory` rows in UTF-8 byte order, one key
+//! range at a time, so they merge with S3 listings (which are always in byte order).
+
+use super::{on_pool, Db, Pool};
+use crate::engine::error::Result;
+use crate::engine::model::InventoryRow;
+
+const COLUMNS: &str =
+    "path, size, etag, content_type, is_backed_up, last_modified, deleted, updated_at";
+
+impl Db {
+    /// Up to `limit` live rows with `path >= prefix`, `path > after` and `path <= upto`, in
+    /// byte order. Rows past the prefix are returned too: the caller stops at the first one
+    /// that does not start with it (a prefix is one contiguous block in byte order).
+    pub async fn inventory_range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<InventoryRow>> {
+        // PostgreSQL compares text by the database's collation unless told otherwise; "C" is
+        // byte order, and migration 0004 gives it an index. SQLite's default BINARY already is.
+        let collate = match self.pool {
+            Pool::Postgres(_) => " COLLATE \"C\"",
+            Pool::Sqlite(_) => "",
+        };
+        // Only one lower bound, chosen here rather than with `OR` in SQL, so that the planner
+        // can start the index scan at it whatever the parameters are.
+        let (lower_op, lower) = match after {
+            Some(a) if a >= prefix => (">", a),
+            _ => (">=", prefix),
+        };
+        let upper = if upto.is_some() {
+            format!(" AND path{collate} <= $2")
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM backup_inventory WHERE NOT deleted AND path{collate} {lower_op} $1{upper} \
+             ORDER BY path{collate} LIMIT {limit}",
+            limit = limit.max(1)
+        );
+        let r = on_pool!(self, |p| {
+            let mut q = sqlx::query_as::<_, InventoryRow>(&sql).bind(lower);
+            if let Some(u) = upto {
+                q = q.bind(u);
+            }
+            q.fetch_all(p).await
+        });
+        r.map_err(|e| self.err(e))
+    }
+}
