@@ -1,0 +1,754 @@
+//! `archive`: months of download events to Parquet on S3 and back, against real SQLite and
+//! PostgreSQL and real S3 servers (s3s-fs in process, Garage out of process), with the archive
+//! read by an independent reader (pyarrow).
+
+mod common;
+
+use std::process::Command;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use mirrorctl::config::Config;
+use mirrorctl::engine::db::{month_bounds, EventRow, Month};
+use mirrorctl::engine::error::Error;
+use mirrorctl::engine::jobs::{Progress, Report};
+use mirrorctl::engine::model::NewDownloadEvent;
+use mirrorctl::engine::ops::archive::{self, ArchiveRunParams, PartitionState, RunStatus};
+use mirrorctl::engine::ops::stats;
+use mirrorctl::engine::s3::S3Bucket;
+use mirrorctl::engine::Ctx;
+
+use common::{S3Server, TestDb};
+
+const OLD: [Month; 2] = [
+    Month {
+        year: 2024,
+        month: 1,
+    },
+    Month {
+        year: 2024,
+        month: 2,
+    },
+];
+
+/// Deterministic events spread over the month: hits and misses, some 5xx, sizes and durations
+/// that vary, so every column carries real information.
+fn events_for(m: Month, n: usize) -> Vec<NewDownloadEvent> {
+    let (start, end) = month_bounds(m);
+    let span = (end - start).num_seconds() - 1;
+    (0..n)
+        .map(|i| {
+            let i = i as i64;
+            NewDownloadEvent {
+                occurred_at: start + TimeDelta::seconds((i * 7919) % span),
+                file_id: 1 + (i * 31) % 97,
+                cache_hit: i % 4 != 0,
+                bytes: 1000 + (i * 104_729) % 5_000_000,
+                duration_ms: ((i * 13) % 2000) as i32,
+                status: if i % 53 == 0 { 503 } else { 200 },
+            }
+        })
+        .collect()
+}
+
+async fn seed(t: &TestDb, months: &[Month], per_month: usize) {
+    for &m in months {
+        t.db.record_downloads(&events_for(m, per_month))
+            .await
+            .expect("record downloads");
+    }
+}
+
+/// The month's rows as the database holds them, read with plain SQL (not the archive code).
+async fn db_rows(t: &TestDb, m: Month) -> Vec<EventRow> {
+    use sqlx::Connection;
+    let (start, end) = month_bounds(m);
+    let sql = "SELECT id, occurred_at, file_id, cache_hit, bytes, duration_ms, status FROM download_events \
+               WHERE occurred_at >= $1 AND occurred_at < $2 ORDER BY id";
+    if t.url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(&t.url)
+            .await
+            .expect("sqlite");
+        sqlx::query_as(sql)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut c)
+            .await
+            .expect("rows")
+    } else {
+        let mut c = sqlx::PgConnection::connect(&t.url).await.expect("postgres");
+        sqlx::query_as(sql)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut c)
+            .await
+            .expect("rows")
+    }
+}
+
+async fn setup(t: &TestDb, s3: &S3Server) -> (Ctx, S3Bucket, Config) {
+    let (cfg, bucket) = s3.new_bucket("arch").await;
+    let config = common::config(&t.url, cfg);
+    (common::ctx(t, config.clone()), bucket, config)
+}
+
+fn run_params(yes: bool) -> ArchiveRunParams {
+    ArchiveRunParams {
+        yes,
+        ..Default::default()
+    }
+}
+
+fn key(m: Month, file: &str) -> String {
+    format!(
+        "archive/download_events/year={:04}/month={:02}/{file}",
+        m.year, m.month
+    )
+}
+
+/// Reads a Parquet file with pyarrow and prints its schema and rows as JSON.
+const PYARROW_DUMP: &str = r#"
+import json, sys
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+md = pq.ParquetFile(sys.argv[1]).metadata
+rows = []
+for r in t.to_pylist():
+    r["occurred_at"] = int(r["occurred_at"].timestamp() * 1_000_000)
+    rows.append(r)
+print(json.dumps({
+    "schema": {f.name: str(f.type) for f in t.schema},
+    "num_rows": md.num_rows,
+    "compression": md.row_group(0).column(0).compression,
+    "rows": rows,
+}))
+"#;
+
+async fn pyarrow_read(bucket: &S3Bucket, key: &str) -> serde_json::Value {
+    use tokio::io::AsyncReadExt;
+    let mut obj = bucket
+        .get(key, None)
+        .await
+        .expect("get")
+        .expect("object exists");
+    let mut buf = Vec::new();
+    obj.body.read_to_end(&mut buf).await.expect("read object");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("part.parquet");
+    std::fs::write(&path, &buf).expect("write");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PYARROW_DUMP)
+        .arg(&path)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pyarrow could not read the archive (scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("pyarrow JSON")
+}
+
+fn assert_matches_db(py: &serde_json::Value, rows: &[EventRow]) {
+    let schema = &py["schema"];
+    assert_eq!(schema["id"], "int64");
+    assert_eq!(schema["occurred_at"], "timestamp[us, tz=UTC]");
+    assert_eq!(schema["file_id"], "int64");
+    assert_eq!(schema["cache_hit"], "bool");
+    assert_eq!(schema["bytes"], "int64");
+    assert_eq!(schema["duration_ms"], "int32");
+    assert_eq!(schema["status"], "int16");
+    assert_eq!(py["compression"], "ZSTD");
+    assert_eq!(py["num_rows"].as_u64(), Some(rows.len() as u64));
+    let mut got: Vec<(i64, i64, i64, bool, i64, i64, i64)> = py["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_i64().expect("id"),
+                r["occurred_at"].as_i64().expect("occurred_at"),
+                r["file_id"].as_i64().expect("file_id"),
+                r["cache_hit"].as_bool().expect("cache_hit"),
+                r["bytes"].as_i64().expect("bytes"),
+                r["duration_ms"].as_i64().expect("duration_ms"),
+                r["status"].as_i64().expect("status"),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                r.occurred_at.timestamp_micros(),
+                r.file_id,
+                r.cache_hit,
+                r.bytes,
+                i64::from(r.duration_ms),
+                i64::from(r.status),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "pyarrow's rows differ from the database's");
+}
+
+/// Archive → the rows are gone, the objects are where Athena/DuckDB expect them, pyarrow reads
+/// the same rows, verify passes, stats say which months are archived → restore brings every
+/// row back exactly.
+async fn round_trip(t: TestDb, s3: &S3Server) {
+    let (ctx, bucket, _) = setup(&t, s3).await;
+    seed(&t, &OLD, 700).await;
+    let current = Month::of(Utc::now());
+    t.db.record_downloads(&events_for(current, 5)[..1])
+        .await
+        .expect("current month");
+    let before: Vec<Vec<EventRow>> =
+        futures::future::join_all(OLD.iter().map(|&m| db_rows(&t, m))).await;
+    assert_eq!(before[0].len(), 700);
+
+    // Dry run: the plan, and nothing touched.
+    let dry = archive::run(
+        &ctx,
+        ArchiveRunParams {
+            dry_run: true,
+            ..Default::default()
+        },
+        &Progress::none(),
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(dry.partitions.len(), 2, "{dry:?}");
+    assert!(dry
+        .partitions
+        .iter()
+        .all(|p| p.status == RunStatus::WouldArchive));
+    assert_eq!(dry.rows, 1400);
+    assert_eq!(db_rows(&t, OLD[0]).await.len(), 700);
+    assert!(bucket
+        .head(&key(OLD[0], "part-00000.parquet"))
+        .await
+        .expect("head")
+        .is_none());
+
+    // Without --yes: refused, nothing touched.
+    let refused = archive::run(&ctx, run_params(false), &Progress::none()).await;
+    assert!(matches!(refused, Err(Error::Refused(_))), "{refused:?}");
+
+    let r = archive::run(&ctx, run_params(true), &Progress::none())
+        .await
+        .expect("archive run");
+    assert_eq!(r.archived, 2, "{r:?}");
+    assert_eq!(r.rows, 1400);
+    for &m in &OLD {
+        assert!(db_rows(&t, m).await.is_empty(), "{m:?} still has rows");
+        assert!(
+            !t.db.month_exists(m).await.expect("exists"),
+            "{m:?} still exists"
+        );
+        assert!(bucket
+            .head(&key(m, "part-00000.parquet"))
+            .await
+            .expect("head")
+            .is_some());
+        assert!(bucket
+            .head(&key(m, "_manifest.json"))
+            .await
+            .expect("head")
+            .is_some());
+    }
+    assert_eq!(
+        db_rows(&t, current).await.len(),
+        1,
+        "the current month is never archived"
+    );
+
+    // The manifest says what the issue promises.
+    let manifest = {
+        use tokio::io::AsyncReadExt;
+        let mut o = bucket
+            .get(&key(OLD[0], "_manifest.json"), None)
+            .await
+            .expect("get")
+            .expect("manifest");
+        let mut buf = Vec::new();
+        o.body.read_to_end(&mut buf).await.expect("read");
+        serde_json::from_slice::<serde_json::Value>(&buf).expect("manifest JSON")
+    };
+    assert_eq!(manifest["partition"], "download_events_y2024m01");
+    assert_eq!(manifest["rows"], 700);
+    assert_eq!(manifest["schema_version"], 1);
+    assert_eq!(manifest["parts"][0]["file"], "part-00000.parquet");
+    assert_eq!(
+        manifest["parts"][0]["sha256"].as_str().map(str::len),
+        Some(64)
+    );
+    let min = before[0].iter().map(|r| r.occurred_at).min().expect("min");
+    assert_eq!(
+        manifest["min_occurred_at"]
+            .as_str()
+            .and_then(|s| s.parse::<DateTime<Utc>>().ok()),
+        Some(min)
+    );
+    assert!(manifest["created_at"].is_string());
+
+    // An independent reader sees the same rows, typed.
+    let py = pyarrow_read(&bucket, &key(OLD[0], "part-00000.parquet")).await;
+    assert_matches_db(&py, &before[0]);
+
+    let list = archive::list(&ctx).await.expect("list");
+    let states: Vec<(String, PartitionState, i64)> = list
+        .partitions
+        .iter()
+        .map(|p| (p.partition.clone(), p.state, p.rows))
+        .collect();
+    assert!(
+        states.contains(&(
+            "download_events_y2024m01".into(),
+            PartitionState::Archived,
+            700
+        )),
+        "{states:?}"
+    );
+    assert!(states.contains(&(
+        mirrorctl::engine::db::partition_name(current),
+        PartitionState::Live,
+        1
+    )));
+    let json = serde_json::to_value(&list).expect("json");
+    assert!(json.is_array());
+    for field in [
+        "partition",
+        "year",
+        "month",
+        "rows",
+        "bytes",
+        "state",
+        "object",
+    ] {
+        assert!(json[0].get(field).is_some(), "list JSON lacks {field}");
+    }
+
+    let v = archive::verify(&ctx, "download_events_y2024m01", &Progress::none())
+        .await
+        .expect("verify");
+    assert!(v.ok && !v.found_problems(), "{v:?}");
+    assert_eq!(v.rows, 700);
+
+    let s = stats::run(
+        &ctx,
+        stats::StatsParams {
+            window: stats::Window::All,
+            series: false,
+        },
+    )
+    .await
+    .expect("stats");
+    assert_eq!(
+        s.archived_months_excluded,
+        vec!["2024-01".to_string(), "2024-02".to_string()]
+    );
+    assert_eq!(
+        s.requests, 1401,
+        "the rollup keeps counting archived months"
+    );
+
+    let back = archive::restore(&ctx, "download_events_y2024m01", &Progress::none())
+        .await
+        .expect("restore");
+    assert_eq!(back.rows, 700);
+    assert_eq!(db_rows(&t, OLD[0]).await, before[0], "restored rows differ");
+    let again = archive::restore(&ctx, "download_events_y2024m01", &Progress::none()).await;
+    assert!(matches!(again, Err(Error::Refused(_))), "{again:?}");
+    let list = archive::list(&ctx).await.expect("list");
+    let m1 = list
+        .partitions
+        .iter()
+        .find(|p| p.partition == "download_events_y2024m01")
+        .expect("m1");
+    assert_eq!((m1.state, m1.rows), (PartitionState::Restored, 700));
+
+    // A restored month can be archived again.
+    let r = archive::run(&ctx, run_params(true), &Progress::none())
+        .await
+        .expect("archive again");
+    assert_eq!((r.archived, r.rows), (1, 700), "{r:?}");
+    assert!(db_rows(&t, OLD[0]).await.is_empty());
+}
+
+#[tokio::test]
+async fn round_trip_sqlite() {
+    for s3 in S3Server::all().await {
+        round_trip(TestDb::sqlite().await, &s3).await;
+    }
+}
+
+#[tokio::test]
+async fn round_trip_postgres() {
+    for s3 in S3Server::all().await {
+        let Some(t) = TestDb::postgres().await else {
+            return;
+        };
+        round_trip(t, &s3).await;
+    }
+}
+
+/// Verify re-reads the objects: a part replaced with other bytes, or gone, is a mismatch.
+async fn tampering(t: TestDb, s3: &S3Server) {
+    let (ctx, bucket, _) = setup(&t, s3).await;
+    seed(&t, &OLD[..1], 300).await;
+    archive::run(&ctx, run_params(true), &Progress::none())
+        .await
+        .expect("archive");
+    let part = key(OLD[0], "part-00000.parquet");
+    // Another valid Parquet file with fewer rows: the checksum and the row count both differ.
+    let other = {
+        let t2 = TestDb::sqlite().await;
+        let (ctx2, bucket2, _) = setup(&t2, s3).await;
+        seed(&t2, &OLD[..1], 10).await;
+        archive::run(&ctx2, run_params(true), &Progress::none())
+            .await
+            .expect("archive other");
+        use tokio::io::AsyncReadExt;
+        let mut o = bucket2.get(&part, None).await.expect("get").expect("part");
+        let mut buf = Vec::new();
+        o.body.read_to_end(&mut buf).await.expect("read");
+        buf
+    };
+    bucket
+        .put_bytes(&part, other.into(), None)
+        .await
+        .expect("overwrite");
+    let v = archive::verify(&ctx, "download_events_y2024m01", &Progress::none())
+        .await
+        .expect("verify");
+    assert!(v.found_problems(), "{v:?}");
+    assert_eq!(v.parts[0].footer_rows, Some(10));
+    assert!(!v.parts[0].ok);
+
+    bucket.delete(&part).await.expect("delete");
+    let v = archive::verify(&ctx, "download_events_y2024m01", &Progress::none())
+        .await
+        .expect("verify");
+    assert!(
+        v.found_problems() && v.problems.iter().any(|p| p.contains("missing")),
+        "{v:?}"
+    );
+    // Restore refuses to load a damaged archive.
+    let r = archive::restore(&ctx, "download_events_y2024m01", &Progress::none()).await;
+    assert!(r.is_err(), "{r:?}");
+    assert!(db_rows(&t, OLD[0]).await.is_empty());
+}
+
+#[tokio::test]
+async fn verify_detects_tampering() {
+    for s3 in S3Server::all().await {
+        tampering(TestDb::sqlite().await, &s3).await;
+        if let Some(t) = TestDb::postgres().await {
+            tampering(t, &s3).await;
+        }
+    }
+}
+
+/// A crash after the upload and before the drop leaves the month in the database and objects
+/// on S3; the rerun archives it completely, and parts from the interrupted run that the new
+/// layout does not have are removed.
+async fn crash_then_rerun(t: TestDb, s3: &S3Server) {
+    let (ctx, bucket, _) = setup(&t, s3).await;
+    seed(&t, &OLD[..1], 500).await;
+    let before = db_rows(&t, OLD[0]).await;
+    let up = archive::export_and_upload(&ctx, OLD[0], 200, &Progress::none())
+        .await
+        .expect("upload")
+        .expect("rows");
+    assert_eq!(up.manifest.parts.len(), 3);
+    assert_eq!(
+        db_rows(&t, OLD[0]).await.len(),
+        500,
+        "nothing dropped before the drop step"
+    );
+    assert!(t
+        .db
+        .archive_record("download_events_y2024m01")
+        .await
+        .expect("record")
+        .is_none());
+    assert!(bucket
+        .head(&key(OLD[0], "part-00002.parquet"))
+        .await
+        .expect("head")
+        .is_some());
+
+    // Late events arriving between export and drop must not be lost: the drop refuses.
+    let late = NewDownloadEvent {
+        occurred_at: month_bounds(OLD[0]).0 + TimeDelta::days(3),
+        file_id: 5,
+        cache_hit: true,
+        bytes: 10,
+        duration_ms: 1,
+        status: 200,
+    };
+    t.db.record_downloads(&[late]).await.expect("late event");
+    let r = t.db.drop_archived_month(OLD[0], up.rows, &up.record).await;
+    assert!(r.is_err(), "drop with a different row count must refuse");
+    assert_eq!(db_rows(&t, OLD[0]).await.len(), 501);
+
+    let r = archive::run(&ctx, run_params(true), &Progress::none())
+        .await
+        .expect("rerun");
+    assert_eq!((r.archived, r.rows), (1, 501), "{r:?}");
+    assert!(db_rows(&t, OLD[0]).await.is_empty());
+    assert!(bucket
+        .head(&key(OLD[0], "part-00001.parquet"))
+        .await
+        .expect("head")
+        .is_none());
+    assert!(bucket
+        .head(&key(OLD[0], "part-00002.parquet"))
+        .await
+        .expect("head")
+        .is_none());
+    let v = archive::verify(&ctx, "download_events_y2024m01", &Progress::none())
+        .await
+        .expect("verify");
+    assert!(v.ok, "{v:?}");
+    archive::restore(&ctx, "download_events_y2024m01", &Progress::none())
+        .await
+        .expect("restore");
+    let after = db_rows(&t, OLD[0]).await;
+    assert_eq!(after.len(), 501);
+    assert!(before.iter().all(|r| after.contains(r)));
+}
+
+#[tokio::test]
+async fn crash_between_upload_and_drop_completes_on_rerun() {
+    let s3 = S3Server::s3s().await;
+    crash_then_rerun(TestDb::sqlite().await, &s3).await;
+    if let Some(t) = TestDb::postgres().await {
+        crash_then_rerun(t, &s3).await;
+    }
+}
+
+/// Rows that arrive for a month after it was archived are neither archived over the archive
+/// nor silently merged by a restore.
+async fn late_rows(t: TestDb, s3: &S3Server) {
+    let (ctx, _bucket, _) = setup(&t, s3).await;
+    seed(&t, &OLD[..1], 50).await;
+    archive::run(&ctx, run_params(true), &Progress::none())
+        .await
+        .expect("archive");
+    t.db.record_downloads(&events_for(OLD[0], 1))
+        .await
+        .expect("late row");
+    let r = archive::run(&ctx, run_params(true), &Progress::none())
+        .await
+        .expect("run");
+    assert_eq!(r.archived, 0);
+    assert_eq!(r.partitions[0].status, RunStatus::Skipped, "{r:?}");
+    let r = archive::restore(&ctx, "download_events_y2024m01", &Progress::none()).await;
+    match r {
+        Err(Error::Refused(msg)) => assert!(msg.contains("duplicate"), "{msg}"),
+        other => panic!("restore over live rows must be refused: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn late_rows_are_never_lost() {
+    let s3 = S3Server::s3s().await;
+    late_rows(TestDb::sqlite().await, &s3).await;
+    if let Some(t) = TestDb::postgres().await {
+        late_rows(t, &s3).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_partitions_are_refused() {
+    let s3 = S3Server::s3s().await;
+    let t = TestDb::sqlite().await;
+    let (ctx, _bucket, _) = setup(&t, &s3).await;
+    let named = |p: &str| ArchiveRunParams {
+        partition: Some(p.into()),
+        yes: true,
+        ..Default::default()
+    };
+    let r = archive::run(
+        &ctx,
+        named("download_events; DROP TABLE operations"),
+        &Progress::none(),
+    )
+    .await;
+    assert!(matches!(r, Err(Error::Usage(_))), "{r:?}");
+    let current = mirrorctl::engine::db::partition_name(Month::of(Utc::now()));
+    let r = archive::run(&ctx, named(&current), &Progress::none()).await;
+    assert!(matches!(r, Err(Error::Refused(_))), "{r:?}");
+    let r = archive::run(&ctx, named("download_events_y2019m05"), &Progress::none()).await;
+    assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+    let r = archive::verify(&ctx, "download_events_y2019m05", &Progress::none()).await;
+    assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+    let r = archive::restore(&ctx, "nope", &Progress::none()).await;
+    assert!(matches!(r, Err(Error::Usage(_))), "{r:?}");
+}
+
+/// The eligibility rule at a month boundary: with N = 0 the previous month is eligible and the
+/// current one is not, whatever the day.
+#[tokio::test]
+async fn eligibility_by_age() {
+    let s3 = S3Server::s3s().await;
+    let t = TestDb::sqlite().await;
+    let (ctx, _bucket, _) = setup(&t, &s3).await;
+    let current = Month::of(Utc::now());
+    seed(&t, &[current.prev().prev(), current.prev(), current], 3).await;
+    let plan = |n| ArchiveRunParams {
+        older_than_months: Some(n),
+        dry_run: true,
+        ..Default::default()
+    };
+    let r = archive::run(&ctx, plan(0), &Progress::none())
+        .await
+        .expect("plan");
+    assert_eq!(r.partitions.len(), 2, "{r:?}");
+    let r = archive::run(&ctx, plan(1), &Progress::none())
+        .await
+        .expect("plan");
+    assert_eq!(r.partitions.len(), 1, "{r:?}");
+    let named = ArchiveRunParams {
+        partition: Some(mirrorctl::engine::db::partition_name(current.prev())),
+        older_than_months: Some(1),
+        dry_run: true,
+        ..Default::default()
+    };
+    let r = archive::run(&ctx, named, &Progress::none()).await;
+    assert!(matches!(r, Err(Error::Refused(_))), "{r:?}");
+}
+
+// --- through the binary, as an operator or cron would run it ------------------------------------
+
+fn write_config(
+    dir: &std::path::Path,
+    db_url: &str,
+    s3: &S3Server,
+    bucket: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[database]\nurl = \"{db_url}\"\n\n[buckets.mirror]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\n\
+         path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        s3.endpoint, s3.key, s3.secret
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn mirrorctl(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(common::binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--headless")
+        .args(args)
+        .env_remove("MIRRORCTL_DATABASE_URL")
+        .output()
+        .expect("run mirrorctl")
+}
+
+// Multi-threaded: the in-process S3 server must keep serving while the test waits on the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_exit_codes() {
+    let s3 = S3Server::s3s().await;
+    let t = TestDb::sqlite().await;
+    let (_, bucket, _) = setup(&t, &s3).await;
+    seed(&t, &OLD[..1], 40).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &t.url, &s3, bucket.name());
+    let code = |o: &std::process::Output| o.status.code();
+
+    let o = mirrorctl(&config, &["archive", "run"]);
+    assert_eq!(
+        code(&o),
+        Some(2),
+        "missing --yes: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--yes"));
+    let o = mirrorctl(&config, &["--read-only", "archive", "run", "--yes"]);
+    assert_eq!(
+        code(&o),
+        Some(2),
+        "read-only: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read-only"));
+    let o = mirrorctl(
+        &config,
+        &["archive", "run", "--partition", "events'; --", "--yes"],
+    );
+    assert_eq!(
+        code(&o),
+        Some(2),
+        "bad name: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        db_rows(&t, OLD[0]).await.len(),
+        40,
+        "refusals touch nothing"
+    );
+
+    let o = mirrorctl(&config, &["archive", "run", "--dry-run", "-o", "json"]);
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["partitions"][0]["status"], "would_archive");
+
+    let o = mirrorctl(&config, &["archive", "run", "--yes"]);
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = mirrorctl(&config, &["archive", "list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v[0]["state"], "archived");
+    assert_eq!(v[0]["rows"], 40);
+    let o = mirrorctl(&config, &["archive", "verify", "download_events_y2024m01"]);
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+
+    bucket
+        .put_bytes(
+            &key(OLD[0], "part-00000.parquet"),
+            bytes::Bytes::from_static(b"not parquet"),
+            None,
+        )
+        .await
+        .expect("tamper");
+    let o = mirrorctl(
+        &config,
+        &[
+            "archive",
+            "verify",
+            "download_events_y2024m01",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code(&o), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["ok"], false);
+
+    let o = mirrorctl(&config, &["archive", "restore", "download_events_y2024m01"]);
+    assert_eq!(
+        code(&o),
+        Some(1),
+        "damaged archive: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = mirrorctl(&config, &["history", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        v.as_array()
+            .map(|a| a.iter().filter(|op| op["kind"] == "archive").count())
+            .unwrap_or(0)
+            >= 3
+            || v["operations"]
+                .as_array()
+                .map(|a| a.iter().filter(|op| op["kind"] == "archive").count())
+                .unwrap_or(0)
+                >= 3,
+        "archive runs are audited: {v}"
+    );
+}
