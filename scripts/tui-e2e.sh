@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# End-to-end test of the terminal UI: runs the real binary on a fresh embedded demo inside a
+# private tmux server (120x40), drives it with keys and asserts on what the screen shows:
+# dashboard, view switches with `:`, the files filter and file detail, help, a validation run
+# through its confirmation to the end, read-only refusal, and a clean exit that gives the
+# terminal back. Exits non-zero (and prints the screen) on the first failed expectation.
+#
+#   scripts/tui-e2e.sh                      builds target/debug/mirrorctl first
+#   MIRRORCTL_BIN=path scripts/tui-e2e.sh   uses that binary
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v tmux >/dev/null || { echo "tui-e2e: tmux is required" >&2; exit 2; }
+BIN=${MIRRORCTL_BIN:-}
+if [ -z "$BIN" ]; then
+    cargo build --quiet
+    BIN=target/debug/mirrorctl
+fi
+BIN=$(realpath "$BIN")
+DEMO=$(mktemp -d)
+SOCK="mirrorctl-e2e-$$"
+S=e2e
+T() { tmux -L "$SOCK" "$@"; }
+cleanup() {
+    T kill-server 2>/dev/null || true
+    rm -rf "$DEMO"
+}
+trap cleanup EXIT
+
+screen() { T capture-pane -t "$S" -p; }
+fail() {
+    echo "FAIL: $*" >&2
+    echo "----- screen -----" >&2
+    screen >&2 || true
+    echo "------------------" >&2
+    exit 1
+}
+# wait_for TEXT [SECONDS]: until TEXT is on screen.
+wait_for() {
+    local text=$1 secs=${2:-10} i
+    for ((i = 0; i < secs * 10; i++)); do
+        if screen | grep -qF -- "$text"; then return 0; fi
+        sleep 0.1
+    done
+    fail "did not see \"$text\" within ${secs}s"
+}
+# wait_gone TEXT [SECONDS]: until TEXT is no longer on screen.
+wait_gone() {
+    local text=$1 secs=${2:-10} i
+    for ((i = 0; i < secs * 10; i++)); do
+        if ! screen | grep -qF -- "$text"; then return 0; fi
+        sleep 0.1
+    done
+    fail "\"$text\" still on screen after ${secs}s"
+}
+# keys ARGS...: tmux send-keys, then a pause so Esc is not merged with the next key.
+keys() {
+    T send-keys -t "$S" "$@"
+    sleep 0.3
+}
+# command LINE: a `:` command.
+command() {
+    keys :
+    T send-keys -t "$S" -l "$1"
+    keys Enter
+}
+pass() { echo "ok: $*"; }
+
+echo "tui-e2e: generating the demo in $DEMO"
+MIRRORCTL_DEMO_DIR=$DEMO "$BIN" --demo --headless stats >/dev/null 2>&1 || fail "demo generation failed"
+
+T new-session -d -s "$S" -x 120 -y 40 "bash --norc --noprofile"
+T send-keys -t "$S" "export MIRRORCTL_DEMO_DIR=$DEMO PS1='$ '; clear; echo before-tui" Enter
+wait_for "before-tui"
+
+# --- Dashboard ---------------------------------------------------------------------------
+T send-keys -t "$S" "'$BIN' --demo; echo TUI-EXIT=\$?" Enter
+wait_for "1 Dashboard" 15
+wait_for "Hit rate" 15
+wait_for "Hits vs misses per hour"
+screen | grep -qE "Storage +2,100 objects" || fail "dashboard storage figure"
+keys w
+wait_for "Hits vs misses per hour"
+keys w
+wait_for "Hits vs misses per day"
+pass "dashboard with figures and chart; window switch"
+
+# --- Files: `:` command, filter, sort, detail ----------------------------------------------
+command files
+wait_for "Files 2,100"
+wait_for "DOWNLOADS▼"
+keys /
+T send-keys -t "$S" -l "maps"
+keys Enter
+wait_for 'filter "maps"'
+screen | grep -E "^│ +[0-9]+ " | grep -v maps && fail "a row without maps in its key survived the filter"
+keys s
+wait_for "SERVED▼"
+keys Enter
+wait_for "Downloads per day"
+wait_for "Mirror"
+keys Escape
+wait_gone "Downloads per day"
+wait_for 'filter "maps"'
+keys Escape
+wait_for "Files 2,100"
+pass "files: filter, sort, detail"
+
+# --- Views by number and Tab, help ----------------------------------------------------------
+keys 6
+wait_for "History"
+keys Tab
+wait_for "Hit rate"
+keys 4
+wait_for "Compares the main bucket"
+keys '?'
+wait_for "Everywhere"
+wait_for "sort by next column"
+keys NPage
+keys NPage
+keys NPage
+wait_for ":purge stale | purge unused [DAYS]"
+keys Escape
+wait_gone "Esc close"
+pass "views by number and Tab; help from the keymap"
+
+# --- Validation through its confirmation ------------------------------------------------------
+command validate
+wait_for "Confirm validate" 20
+wait_for "mirrorctl --headless validate --all"
+wait_for "Affects:  2,100 files"
+keys y
+wait_for "Jobs ·"
+wait_for "validate  done" 120
+wait_for "checked 2100"
+pass "validation confirmed, ran and finished"
+
+command history
+wait_for "validate"
+screen | grep -E "validate +(ok|found_problems)" >/dev/null || fail "the validation is not in the audit log"
+pass "audit log shows the validation"
+
+# --- Quit: the terminal is given back ---------------------------------------------------------
+keys q
+wait_for "TUI-EXIT=0"
+screen | grep -qF "before-tui" || fail "the shell screen was not restored"
+[ "$(T display -p -t "$S" '#{alternate_on}')" = 0 ] || fail "still on the alternate screen"
+pass "quit restores the terminal"
+
+# --- Read-only refusal ------------------------------------------------------------------------
+T send-keys -t "$S" "clear; '$BIN' --demo --read-only; echo TUI-EXIT=\$?" Enter
+wait_for "Hit rate" 15
+wait_for " RO"
+command "purge stale"
+wait_for "refused: purge is not allowed in read-only mode"
+screen | grep -qF "Confirm purge" && fail "read-only mode opened a purge confirmation"
+keys q
+wait_for "TUI-EXIT=0"
+pass "read-only refuses a purge"
+
+# --- Opening on a view: `mirrorctl --demo history` --------------------------------------------
+T send-keys -t "$S" "clear; '$BIN' --demo history; echo TUI-EXIT=\$?" Enter
+wait_for "operations" 15
+screen | grep -qE "validate +(ok|found_problems)" || fail "history view did not open with the audit log"
+keys q
+wait_for "TUI-EXIT=0"
+pass "a command name opens its view"
+
+echo "tui-e2e: all passed"

@@ -1,0 +1,1120 @@
+//! The TUI's state and its `update`: every key, tick, query result and job event arrives as
+//! an `Action`; `update` changes the state and queues `Effect`s (queries, jobs) that the event
+//! loop runs on tasks. Nothing here awaits or touches the terminal, so tests drive it directly.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+
+use crate::config::ThemeName;
+use crate::engine::jobs::JobEvent;
+use crate::engine::model::{FileQuery, FileRow, FileSort, OperationRecord};
+use crate::engine::ops::files::{FileReport, PresignReport};
+use crate::engine::ops::stats::{StatsReport, Window};
+
+use super::keymap::{self, Command, Scope};
+use super::ops::{OpRequest, Preview};
+use super::theme::Theme;
+
+/// Rows fetched per files query; more than any screen shows, so scrolling within a page
+/// needs no query.
+pub const FILES_PAGE: i64 = 200;
+/// How long a notification stays.
+const NOTE_SECS: i64 = 6;
+const ERROR_NOTE_SECS: i64 = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Dashboard,
+    Files,
+    Jobs,
+    Drift,
+    Archive,
+    History,
+}
+
+impl View {
+    pub const ALL: [View; 6] = [
+        View::Dashboard,
+        View::Files,
+        View::Jobs,
+        View::Drift,
+        View::Archive,
+        View::History,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Dashboard => "Dashboard",
+            View::Files => "Files",
+            View::Jobs => "Jobs",
+            View::Drift => "Drift",
+            View::Archive => "Archive",
+            View::History => "History",
+        }
+    }
+
+    fn index(self) -> usize {
+        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
+    }
+
+    fn scope(self) -> Scope {
+        match self {
+            View::Dashboard => Scope::Dashboard,
+            View::Files => Scope::Files,
+            View::Jobs => Scope::Jobs,
+            View::Drift => Scope::Drift,
+            View::Archive => Scope::Archive,
+            View::History => Scope::History,
+        }
+    }
+}
+
+/// Everything that can happen to the app.
+#[derive(Debug)]
+pub enum Action {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    Resize(u16, u16),
+    /// Time passed: refresh the current view, expire notifications.
+    Tick(DateTime<Utc>),
+    /// A refresh of what the current view shows.
+    Refresh,
+    StatsLoaded(Result<Box<DashboardData>, String>),
+    FilesLoaded {
+        generation: u64,
+        offset: i64,
+        result: Result<(Vec<FileRow>, Option<i64>), String>,
+    },
+    FileLoaded(Result<Box<FileReport>, String>),
+    HistoryLoaded(Result<Vec<OperationRecord>, String>),
+    Presigned(Result<PresignReport, String>),
+    PreviewLoaded {
+        op: OpRequest,
+        result: Result<Preview, String>,
+    },
+    /// A progress event from a running job.
+    Job {
+        id: u64,
+        event: JobEvent,
+    },
+    /// A job's task ended: its one-line result or its error.
+    JobDone {
+        id: u64,
+        result: Result<String, String>,
+    },
+}
+
+/// Work for the event loop: it runs each on a task and answers with an `Action`.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    LoadStats(Window),
+    LoadFiles {
+        generation: u64,
+        query: FileQuery,
+        count: bool,
+    },
+    LoadFile(String),
+    LoadHistory,
+    Presign(i64),
+    Preview(OpRequest),
+    StartJob {
+        id: u64,
+        op: OpRequest,
+    },
+    CancelJob(u64),
+}
+
+/// What the dashboard shows: the stats report and when the periodic operations last ran.
+#[derive(Debug, Clone)]
+pub struct DashboardData {
+    pub stats: StatsReport,
+    pub last_validate: Option<DateTime<Utc>>,
+    pub last_drift: Option<DateTime<Utc>>,
+    pub last_archive: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DashboardState {
+    pub window: Window,
+    pub data: Option<DashboardData>,
+    pub loading: bool,
+    pub error: Option<String>,
+    /// Storage when this session first saw it, for the growth figure.
+    pub storage_baseline: Option<(i64, i64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FileDetailState {
+    pub id_or_key: String,
+    pub report: Option<Box<FileReport>>,
+    pub error: Option<String>,
+}
+
+/// The per-file table: a window of rows from the database around what is on screen.
+#[derive(Debug, Clone, Default)]
+pub struct FilesState {
+    pub sort: FileSort,
+    pub filter: String,
+    /// Rows matching the filter, once counted.
+    pub total: Option<i64>,
+    /// The cached rows, starting at row `page_offset`.
+    pub page: Vec<FileRow>,
+    pub page_offset: i64,
+    pub selected: i64,
+    pub top: i64,
+    /// Bumped when sort or filter change, so answers to older queries are dropped.
+    pub generation: u64,
+    /// Offset of the query in flight.
+    pub pending: Option<i64>,
+    pub error: Option<String>,
+    pub detail: Option<FileDetailState>,
+}
+
+impl FilesState {
+    pub fn row(&self, i: i64) -> Option<&FileRow> {
+        if i < self.page_offset {
+            return None;
+        }
+        self.page.get((i - self.page_offset) as usize)
+    }
+
+    pub fn query(&self, offset: i64, limit: i64) -> FileQuery {
+        FileQuery {
+            sort: self.sort,
+            stale_only: false,
+            filter: (!self.filter.is_empty()).then(|| self.filter.clone()),
+            limit,
+            offset,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Running,
+    Cancelling,
+    Finished {
+        ok: bool,
+        msg: String,
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct JobEntry {
+    pub id: u64,
+    pub op: OpRequest,
+    pub started_at: DateTime<Utc>,
+    pub done: u64,
+    pub total: Option<u64>,
+    pub msg: String,
+    pub state: JobState,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryState {
+    pub rows: Vec<OperationRecord>,
+    pub selected: usize,
+    pub top: usize,
+    pub loading: bool,
+    pub error: Option<String>,
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub level: Level,
+    pub text: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The popup or line editor on top of the views; keys go to it first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    Normal,
+    Command { input: String },
+    Filter { input: String },
+    Help { scroll: u16 },
+    Confirm { op: OpRequest, preview: Preview },
+    Message { title: String, body: String },
+}
+
+/// How the app was asked to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub read_only: bool,
+    pub theme: ThemeName,
+    pub refresh: Duration,
+    /// The command named on the command line (`mirrorctl --demo drift`).
+    pub start: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub view: View,
+    pub mode: Mode,
+    pub width: u16,
+    pub height: u16,
+    pub read_only: bool,
+    pub theme: Theme,
+    /// The time rendering uses for "ago" and rates; set by ticks, so tests fix it.
+    pub now: DateTime<Utc>,
+    pub dashboard: DashboardState,
+    pub files: FilesState,
+    pub jobs: Vec<JobEntry>,
+    pub jobs_selected: usize,
+    pub history: HistoryState,
+    pub notifications: Vec<Notification>,
+    pub effects: Vec<Effect>,
+    pub quit: bool,
+    next_job: u64,
+}
+
+impl App {
+    pub fn new(opts: Options, now: DateTime<Utc>, (width, height): (u16, u16)) -> App {
+        let mut app = App {
+            view: View::Dashboard,
+            mode: Mode::Normal,
+            width,
+            height,
+            read_only: opts.read_only,
+            theme: Theme::from_name(opts.theme),
+            now,
+            dashboard: DashboardState::default(),
+            files: FilesState::default(),
+            jobs: Vec::new(),
+            jobs_selected: 0,
+            history: HistoryState::default(),
+            notifications: Vec::new(),
+            effects: Vec::new(),
+            quit: false,
+            next_job: 1,
+        };
+        let start = opts.start.as_deref().unwrap_or("dashboard");
+        let then = match start {
+            "files" | "file" | "presign" => {
+                app.view = View::Files;
+                None
+            }
+            "history" => {
+                app.view = View::History;
+                None
+            }
+            "validate" => Some(OpRequest::Validate),
+            "remirror" => Some(OpRequest::RemirrorStale),
+            "purge" => Some(OpRequest::PurgeStale),
+            "drift" => {
+                app.view = View::Drift;
+                Some(OpRequest::DriftCheck)
+            }
+            "archive" => {
+                app.view = View::Archive;
+                None
+            }
+            _ => None,
+        };
+        app.load_view();
+        if let Some(op) = then {
+            app.request(op);
+        }
+        app
+    }
+
+    /// The scopes keys are looked up in, most specific first.
+    pub fn scopes(&self) -> Vec<Scope> {
+        let mut s = Vec::with_capacity(3);
+        if self.view == View::Files && self.files.detail.is_some() {
+            s.push(Scope::FileDetail);
+        } else {
+            s.push(self.view.scope());
+            if matches!(self.view, View::Files | View::Jobs | View::History) {
+                s.push(Scope::List);
+            }
+        }
+        s.push(Scope::Global);
+        s
+    }
+
+    pub fn notify(&mut self, level: Level, text: impl Into<String>) {
+        self.notifications.push(Notification {
+            level,
+            text: text.into(),
+            at: self.now,
+        });
+        if self.notifications.len() > 5 {
+            self.notifications.remove(0);
+        }
+    }
+
+    /// When the oldest notification expires (the event loop wakes then, not before).
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        self.notifications
+            .iter()
+            .map(|n| n.at + note_life(n.level))
+            .min()
+    }
+
+    /// Rows of the files table that fit on screen.
+    pub fn files_visible_rows(&self) -> i64 {
+        files_visible_rows(self.height)
+    }
+
+    pub fn history_visible_rows(&self) -> usize {
+        self.height.saturating_sub(5).max(1) as usize
+    }
+
+    /// Queues the queries of what the current view shows.
+    fn load_view(&mut self) {
+        match self.view {
+            View::Dashboard => {
+                self.dashboard.loading = true;
+                self.effects.push(Effect::LoadStats(self.dashboard.window));
+            }
+            View::Files => {
+                if let Some(d) = &self.files.detail {
+                    self.effects.push(Effect::LoadFile(d.id_or_key.clone()));
+                } else {
+                    self.reload_files(true);
+                }
+            }
+            View::History => {
+                self.history.loading = true;
+                self.effects.push(Effect::LoadHistory);
+            }
+            View::Jobs | View::Drift | View::Archive => {}
+        }
+    }
+
+    /// Asks again for the page around the viewport (and the count).
+    fn reload_files(&mut self, count: bool) {
+        let offset = page_start(self.files.top, self.files_visible_rows());
+        self.files.pending = Some(offset);
+        self.effects.push(Effect::LoadFiles {
+            generation: self.files.generation,
+            query: self
+                .files
+                .query(offset, page_len(self.files_visible_rows())),
+            count,
+        });
+    }
+
+    /// Queries the page when the viewport is not inside the cached rows.
+    fn ensure_files_page(&mut self) {
+        let rows = self.files_visible_rows();
+        let f = &self.files;
+        let want_end = match f.total {
+            Some(t) => (f.top + rows).min(t),
+            None => f.top + rows,
+        };
+        let cached_end = f.page_offset + f.page.len() as i64;
+        let covered = f.top >= f.page_offset && want_end <= cached_end;
+        if covered || want_end <= f.top {
+            return;
+        }
+        let offset = page_start(f.top, rows);
+        if f.pending == Some(offset) {
+            return;
+        }
+        self.files.pending = Some(offset);
+        self.effects.push(Effect::LoadFiles {
+            generation: self.files.generation,
+            query: self.files.query(offset, page_len(rows)),
+            count: false,
+        });
+    }
+
+    /// Sort or filter changed: start again from the top.
+    fn restart_files(&mut self) {
+        self.files.generation += 1;
+        self.files.page.clear();
+        self.files.page_offset = 0;
+        self.files.selected = 0;
+        self.files.top = 0;
+        self.files.total = None;
+        self.files.pending = None;
+        self.reload_files(true);
+    }
+
+    fn move_files(&mut self, delta: i64) {
+        let rows = self.files_visible_rows();
+        // Until the count arrives, the last row known is the end of the cached page.
+        let last = self
+            .files
+            .total
+            .unwrap_or(self.files.page_offset + self.files.page.len() as i64)
+            .saturating_sub(1)
+            .max(0);
+        let f = &mut self.files;
+        f.selected = (f.selected.saturating_add(delta)).clamp(0, last);
+        if f.selected < f.top {
+            f.top = f.selected;
+        } else if f.selected >= f.top + rows {
+            f.top = f.selected - rows + 1;
+        }
+        self.ensure_files_page();
+    }
+
+    fn move_history(&mut self, delta: i64) {
+        let n = self.history.rows.len();
+        if n == 0 {
+            return;
+        }
+        let rows = self.history_visible_rows();
+        let h = &mut self.history;
+        h.selected = (h.selected as i64 + delta).clamp(0, n as i64 - 1) as usize;
+        if h.selected < h.top {
+            h.top = h.selected;
+        } else if h.selected >= h.top + rows {
+            h.top = h.selected + 1 - rows;
+        }
+    }
+
+    fn move_jobs(&mut self, delta: i64) {
+        let n = self.jobs.len();
+        if n > 0 {
+            self.jobs_selected =
+                (self.jobs_selected as i64 + delta).clamp(0, n as i64 - 1) as usize;
+        }
+    }
+
+    fn move_selection(&mut self, delta: i64) {
+        match self.view {
+            View::Files if self.files.detail.is_none() => self.move_files(delta),
+            View::History => self.move_history(delta),
+            View::Jobs => self.move_jobs(delta),
+            _ => {}
+        }
+    }
+
+    fn goto(&mut self, v: View) {
+        if self.view != v {
+            self.view = v;
+            self.load_view();
+        }
+    }
+
+    /// Asks for an operation: refused in read-only mode, else a dry run for the confirmation.
+    pub fn request(&mut self, op: OpRequest) {
+        if self.read_only && op.mutating() {
+            self.notify(
+                Level::Error,
+                format!("refused: {} is not allowed in read-only mode", op.kind()),
+            );
+            return;
+        }
+        self.effects.push(Effect::Preview(op));
+    }
+
+    fn start_job(&mut self, op: OpRequest) {
+        let id = self.next_job;
+        self.next_job += 1;
+        self.jobs.push(JobEntry {
+            id,
+            op: op.clone(),
+            started_at: self.now,
+            done: 0,
+            total: None,
+            msg: "starting".into(),
+            state: JobState::Running,
+        });
+        self.jobs_selected = self.jobs.len() - 1;
+        self.effects.push(Effect::StartJob { id, op });
+        self.goto(View::Jobs);
+    }
+
+    fn cancel_job(&mut self, id: Option<u64>) {
+        let target = match id {
+            Some(id) => self.jobs.iter_mut().find(|j| j.id == id),
+            None => self.jobs.get_mut(self.jobs_selected),
+        };
+        match target {
+            Some(j) if j.state == JobState::Running => {
+                j.state = JobState::Cancelling;
+                let id = j.id;
+                self.effects.push(Effect::CancelJob(id));
+                self.notify(Level::Info, format!("cancelling job #{id}"));
+            }
+            Some(j) => {
+                let id = j.id;
+                self.notify(Level::Error, format!("job #{id} is not running"));
+            }
+            None => self.notify(Level::Error, "no job to cancel"),
+        }
+    }
+
+    fn open_file(&mut self, id_or_key: String) {
+        self.view = View::Files;
+        self.files.detail = Some(FileDetailState {
+            id_or_key: id_or_key.clone(),
+            report: None,
+            error: None,
+        });
+        self.effects.push(Effect::LoadFile(id_or_key));
+    }
+
+    /// The file the detail view shows, once loaded.
+    fn detail_file(&self) -> Option<(i64, String)> {
+        let r = self.files.detail.as_ref()?.report.as_ref()?;
+        Some((r.file.id, r.file.key.clone()))
+    }
+
+    fn exec(&mut self, cmd: Command) {
+        match cmd {
+            Command::Quit => self.quit = true,
+            Command::Help => self.mode = Mode::Help { scroll: 0 },
+            Command::Prompt => {
+                self.mode = Mode::Command {
+                    input: String::new(),
+                }
+            }
+            Command::NextView => self.goto(View::ALL[(self.view.index() + 1) % View::ALL.len()]),
+            Command::PrevView => {
+                self.goto(View::ALL[(self.view.index() + View::ALL.len() - 1) % View::ALL.len()])
+            }
+            Command::Goto(v) => self.goto(v),
+            Command::Refresh => self.load_view(),
+            Command::Up => self.move_selection(-1),
+            Command::Down => self.move_selection(1),
+            Command::PageUp => self.move_selection(-self.files_visible_rows()),
+            Command::PageDown => self.move_selection(self.files_visible_rows()),
+            Command::Top => self.move_selection(i64::MIN / 2),
+            Command::Bottom => self.move_selection(i64::MAX / 2),
+            Command::Open => match self.view {
+                View::Files => {
+                    if let Some(row) = self.files.row(self.files.selected) {
+                        let id = row.id.to_string();
+                        self.open_file(id);
+                    }
+                }
+                View::History => self.history.open = !self.history.rows.is_empty(),
+                _ => {}
+            },
+            Command::Back => match self.view {
+                View::Files if self.files.detail.is_some() => self.files.detail = None,
+                View::Files if !self.files.filter.is_empty() => {
+                    self.files.filter.clear();
+                    self.restart_files();
+                }
+                View::History => self.history.open = false,
+                _ => self.notifications.clear(),
+            },
+            Command::Filter => {
+                self.mode = Mode::Filter {
+                    input: self.files.filter.clone(),
+                }
+            }
+            Command::SortNext => self.set_sort(cycle(&SORTS, self.files.sort, 1)),
+            Command::SortPrev => self.set_sort(cycle(&SORTS, self.files.sort, -1)),
+            Command::WindowNext => self.set_window(cycle(&Window::ALL, self.dashboard.window, 1)),
+            Command::WindowPrev => self.set_window(cycle(&Window::ALL, self.dashboard.window, -1)),
+            Command::CancelJob => self.cancel_job(None),
+            Command::Presign => {
+                if let Some((id, _)) = self.detail_file() {
+                    self.effects.push(Effect::Presign(id));
+                }
+            }
+            Command::Remirror => {
+                if let Some((id, key)) = self.detail_file() {
+                    self.request(OpRequest::Remirror { id, key });
+                }
+            }
+            Command::Validate => self.request(OpRequest::Validate),
+            Command::DriftCheck => self.request(OpRequest::DriftCheck),
+            Command::DriftRepair => self.request(OpRequest::DriftRepair),
+            Command::ArchiveRun => self.request(OpRequest::ArchiveRun),
+        }
+    }
+
+    fn set_sort(&mut self, s: FileSort) {
+        self.files.sort = s;
+        self.restart_files();
+    }
+
+    fn set_window(&mut self, w: Window) {
+        self.dashboard.window = w;
+        self.dashboard.loading = true;
+        self.effects.push(Effect::LoadStats(w));
+    }
+
+    /// Runs one `:` command line.
+    fn run_line(&mut self, line: &str) {
+        let mut words = line.split_whitespace();
+        let Some(name) = words.next() else { return };
+        let rest: Vec<&str> = words.collect();
+        let arg = rest.first().copied();
+        let window = |app: &mut App, w: Option<&str>| {
+            if let Some(w) = w {
+                match Window::parse(w) {
+                    Ok(w) => app.set_window(w),
+                    Err(e) => app.notify(Level::Error, e.to_string()),
+                }
+            }
+        };
+        match name {
+            "q" | "q!" | "quit" | "exit" => self.quit = true,
+            "dashboard" | "dash" | "stats" => {
+                self.goto(View::Dashboard);
+                window(self, arg);
+            }
+            "window" => match arg {
+                Some(_) => {
+                    self.goto(View::Dashboard);
+                    window(self, arg);
+                }
+                None => self.notify(Level::Error, "usage: window 24h|7d|30d|all"),
+            },
+            "files" => {
+                self.files.detail = None;
+                self.goto(View::Files);
+                if !rest.is_empty() {
+                    self.files.filter = rest.join(" ");
+                    self.restart_files();
+                }
+            }
+            "file" => match arg {
+                Some(id) => self.open_file(id.to_string()),
+                None => self.notify(Level::Error, "usage: file ID|KEY"),
+            },
+            "filter" => {
+                self.files.detail = None;
+                self.goto(View::Files);
+                self.files.filter = rest.join(" ");
+                self.restart_files();
+            }
+            "sort" => match arg.and_then(parse_sort) {
+                Some(s) => {
+                    self.files.detail = None;
+                    self.goto(View::Files);
+                    self.set_sort(s);
+                }
+                None => self.notify(
+                    Level::Error,
+                    "usage: sort downloads|size|last-downloaded|name|id|served|stale",
+                ),
+            },
+            "jobs" => self.goto(View::Jobs),
+            "history" => self.goto(View::History),
+            "drift" => {
+                self.goto(View::Drift);
+                match arg {
+                    None => {}
+                    Some("check") => self.request(OpRequest::DriftCheck),
+                    Some("repair") => self.request(OpRequest::DriftRepair),
+                    Some(other) => self.notify(
+                        Level::Error,
+                        format!("drift: unknown {other:?}: check or repair"),
+                    ),
+                }
+            }
+            "archive" => {
+                self.goto(View::Archive);
+                match arg {
+                    None => {}
+                    Some("run") => self.request(OpRequest::ArchiveRun),
+                    Some(other) => {
+                        self.notify(Level::Error, format!("archive: unknown {other:?}: run"))
+                    }
+                }
+            }
+            "validate" => self.request(OpRequest::Validate),
+            "remirror" => match arg {
+                Some("stale") | Some("--all-stale") => self.request(OpRequest::RemirrorStale),
+                Some(id) => match id.parse::<i64>() {
+                    Ok(n) => self.request(OpRequest::Remirror {
+                        id: n,
+                        key: format!("file {n}"),
+                    }),
+                    Err(_) => self.notify(Level::Error, "usage: remirror stale|ID"),
+                },
+                None => self.notify(Level::Error, "usage: remirror stale|ID"),
+            },
+            "purge" => match (arg, rest.get(1)) {
+                (Some("stale"), _) => self.request(OpRequest::PurgeStale),
+                (Some("unused"), days) => match days.map(|d| d.parse::<u32>()) {
+                    None => self.request(OpRequest::PurgeUnused { days: 90 }),
+                    Some(Ok(days)) if days > 0 => self.request(OpRequest::PurgeUnused { days }),
+                    Some(_) => {
+                        self.notify(Level::Error, "purge unused: DAYS must be a positive number")
+                    }
+                },
+                _ => self.notify(Level::Error, "usage: purge stale | purge unused [DAYS]"),
+            },
+            "cancel" => match arg.map(|a| a.trim_start_matches('#').parse::<u64>()) {
+                None => self.cancel_job(None),
+                Some(Ok(id)) => self.cancel_job(Some(id)),
+                Some(Err(_)) => self.notify(Level::Error, "usage: cancel [JOB]"),
+            },
+            "refresh" => self.load_view(),
+            "help" | "h" => self.mode = Mode::Help { scroll: 0 },
+            other => self.notify(
+                Level::Error,
+                format!("unknown command {other:?} (Tab completes, ? lists commands)"),
+            ),
+        }
+    }
+
+    fn on_key(&mut self, key: KeyEvent) {
+        if key.kind == crossterm::event::KeyEventKind::Release {
+            return;
+        }
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            self.quit = true;
+            return;
+        }
+        // Nothing is bound to Alt: a terminal reports Esc followed quickly by a key as Alt+key,
+        // and the operator meant the two keys.
+        if key.modifiers.contains(KeyModifiers::ALT) {
+            self.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+            self.on_key(KeyEvent::new(key.code, key.modifiers - KeyModifiers::ALT));
+            return;
+        }
+        let filter = matches!(self.mode, Mode::Filter { .. });
+        match &mut self.mode {
+            Mode::Normal => {}
+            Mode::Command { input } | Mode::Filter { input } => {
+                match key.code {
+                    KeyCode::Esc => self.mode = Mode::Normal,
+                    KeyCode::Enter => {
+                        let line = input.trim().to_string();
+                        self.mode = Mode::Normal;
+                        if filter {
+                            if line != self.files.filter {
+                                self.files.filter = line;
+                                self.restart_files();
+                            }
+                        } else {
+                            self.run_line(&line);
+                        }
+                    }
+                    KeyCode::Tab if !filter => *input = keymap::tab_complete(input),
+                    KeyCode::Backspace if input.is_empty() => self.mode = Mode::Normal,
+                    KeyCode::Backspace => {
+                        input.pop();
+                    }
+                    KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                        input.clear()
+                    }
+                    KeyCode::Char(c) if !key.modifiers.contains(KeyModifiers::CONTROL) => {
+                        input.push(c)
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            Mode::Help { scroll } => {
+                match key.code {
+                    KeyCode::Up | KeyCode::Char('k') => *scroll = scroll.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => *scroll = scroll.saturating_add(1),
+                    KeyCode::PageUp => *scroll = scroll.saturating_sub(10),
+                    KeyCode::PageDown | KeyCode::Char(' ') => *scroll = scroll.saturating_add(10),
+                    KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('?') | KeyCode::Enter => {
+                        self.mode = Mode::Normal
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            Mode::Confirm { op, .. } => {
+                match key.code {
+                    KeyCode::Enter | KeyCode::Char('y') | KeyCode::Char('Y') => {
+                        let op = op.clone();
+                        self.mode = Mode::Normal;
+                        self.start_job(op);
+                    }
+                    KeyCode::Esc | KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Char('q') => {
+                        let kind = op.kind();
+                        self.mode = Mode::Normal;
+                        self.notify(
+                            Level::Info,
+                            format!("{kind}: cancelled, nothing was changed"),
+                        );
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            Mode::Message { .. } => {
+                if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
+                    self.mode = Mode::Normal;
+                }
+                return;
+            }
+        }
+        if let Some(cmd) = keymap::lookup(&self.scopes(), &key) {
+            self.exec(cmd);
+        } else if key.code == KeyCode::Esc {
+            self.notifications.clear();
+        }
+    }
+
+    fn on_mouse(&mut self, m: MouseEvent) {
+        if self.mode != Mode::Normal {
+            return;
+        }
+        match m.kind {
+            MouseEventKind::ScrollDown => self.move_selection(3),
+            MouseEventKind::ScrollUp => self.move_selection(-3),
+            MouseEventKind::Down(MouseButton::Left) => {
+                if m.row == 0 {
+                    if let Some(v) = tab_at(m.column) {
+                        self.goto(v);
+                    }
+                    return;
+                }
+                // Rows start below the tab bar, the block's border and the header.
+                let row = m.row as i64 - 3;
+                if row < 0 {
+                    return;
+                }
+                match self.view {
+                    View::Files if self.files.detail.is_none() => {
+                        let target = self.files.top + row;
+                        if row < self.files_visible_rows() && self.files.row(target).is_some() {
+                            self.files.selected = target;
+                        }
+                    }
+                    View::History => {
+                        let target = self.history.top + row as usize;
+                        if (row as usize) < self.history_visible_rows()
+                            && target < self.history.rows.len()
+                        {
+                            self.history.selected = target;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The sort orders `s`/`S` cycle through, in column order.
+pub const SORTS: [FileSort; 7] = [
+    FileSort::Id,
+    FileSort::Name,
+    FileSort::Size,
+    FileSort::Downloads,
+    FileSort::BytesServed,
+    FileSort::LastDownloaded,
+    FileSort::Stale,
+];
+
+pub fn sort_label(s: FileSort) -> &'static str {
+    match s {
+        FileSort::Id => "id",
+        FileSort::Name => "key",
+        FileSort::Size => "size ↓",
+        FileSort::Downloads => "downloads ↓",
+        FileSort::BytesServed => "served ↓",
+        FileSort::LastDownloaded => "last downloaded ↓",
+        FileSort::Stale => "stale first",
+    }
+}
+
+fn parse_sort(s: &str) -> Option<FileSort> {
+    Some(match s {
+        "downloads" => FileSort::Downloads,
+        "size" => FileSort::Size,
+        "last-downloaded" | "last" => FileSort::LastDownloaded,
+        "name" | "key" => FileSort::Name,
+        "id" => FileSort::Id,
+        "served" | "bytes-served" => FileSort::BytesServed,
+        "stale" => FileSort::Stale,
+        _ => return None,
+    })
+}
+
+fn cycle<T: Copy + PartialEq>(all: &[T], cur: T, step: i64) -> T {
+    let n = all.len() as i64;
+    let i = all.iter().position(|x| *x == cur).unwrap_or(0) as i64;
+    all[((i + step).rem_euclid(n)) as usize]
+}
+
+fn note_life(level: Level) -> chrono::TimeDelta {
+    chrono::TimeDelta::seconds(match level {
+        Level::Info => NOTE_SECS,
+        Level::Error => ERROR_NOTE_SECS,
+    })
+}
+
+/// Rows of the files table on a terminal `height` tall: all but the tab bar, the status
+/// line, the block's borders and the header row.
+pub fn files_visible_rows(height: u16) -> i64 {
+    (height.saturating_sub(5)).max(1) as i64
+}
+
+/// The first row to fetch for a viewport at `top`: a quarter page of slack above it.
+fn page_start(top: i64, rows: i64) -> i64 {
+    let len = page_len(rows);
+    (top - (len - rows) / 4).max(0)
+}
+
+fn page_len(rows: i64) -> i64 {
+    FILES_PAGE.max(rows * 2)
+}
+
+/// The tab under column `x` of the tab bar (labels as the renderer lays them out).
+pub fn tab_at(x: u16) -> Option<View> {
+    let mut col = super::view::TABS_START;
+    for v in View::ALL {
+        let w = super::view::tab_label(v).chars().count() as u16;
+        if x >= col && x < col + w {
+            return Some(v);
+        }
+        col += w;
+    }
+    None
+}
+
+/// Applies one action.
+pub fn update(app: &mut App, action: Action) {
+    match action {
+        Action::Key(k) => app.on_key(k),
+        Action::Mouse(m) => app.on_mouse(m),
+        Action::Resize(w, h) => {
+            app.width = w;
+            app.height = h;
+            if app.view == View::Files {
+                app.move_files(0);
+            }
+        }
+        Action::Tick(now) => {
+            app.now = now;
+            app.notifications
+                .retain(|n| n.at + note_life(n.level) > now);
+        }
+        Action::Refresh => app.load_view(),
+        Action::StatsLoaded(r) => {
+            app.dashboard.loading = false;
+            match r {
+                Ok(d) => {
+                    if d.stats.window == app.dashboard.window {
+                        app.dashboard
+                            .storage_baseline
+                            .get_or_insert((d.stats.storage_objects, d.stats.storage_bytes));
+                        app.dashboard.data = Some(*d);
+                        app.dashboard.error = None;
+                    }
+                }
+                Err(e) => {
+                    app.notify(Level::Error, format!("stats: {e}"));
+                    app.dashboard.error = Some(e);
+                }
+            }
+        }
+        Action::FilesLoaded {
+            generation,
+            offset,
+            result,
+        } => {
+            if generation != app.files.generation {
+                return;
+            }
+            if app.files.pending == Some(offset) {
+                app.files.pending = None;
+            }
+            match result {
+                Ok((rows, total)) => {
+                    app.files.page = rows;
+                    app.files.page_offset = offset;
+                    app.files.error = None;
+                    if let Some(t) = total {
+                        app.files.total = Some(t);
+                    }
+                    app.move_files(0);
+                }
+                Err(e) => {
+                    app.notify(Level::Error, format!("files: {e}"));
+                    app.files.error = Some(e);
+                }
+            }
+        }
+        Action::FileLoaded(r) => {
+            if let Some(d) = &mut app.files.detail {
+                match r {
+                    Ok(rep) => {
+                        d.report = Some(rep);
+                        d.error = None;
+                    }
+                    Err(e) => d.error = Some(e),
+                }
+            }
+        }
+        Action::HistoryLoaded(r) => {
+            app.history.loading = false;
+            match r {
+                Ok(rows) => {
+                    app.history.rows = rows;
+                    app.history.error = None;
+                    app.move_history(0);
+                }
+                Err(e) => {
+                    app.notify(Level::Error, format!("history: {e}"));
+                    app.history.error = Some(e);
+                }
+            }
+        }
+        Action::Presigned(r) => match r {
+            Ok(p) => {
+                app.mode = Mode::Message {
+                    title: format!("Presigned URL for {}", p.key),
+                    body: format!(
+                        "{}\n\nexpires {}",
+                        p.url,
+                        p.expires_at.format("%Y-%m-%d %H:%M UTC")
+                    ),
+                }
+            }
+            Err(e) => app.notify(Level::Error, format!("presign: {e}")),
+        },
+        Action::PreviewLoaded { op, result } => match result {
+            Ok(preview) => app.mode = Mode::Confirm { op, preview },
+            Err(e) => app.notify(Level::Error, e),
+        },
+        Action::Job { id, event } => {
+            // Events that arrive after the job's end (another task forwards them) are stale.
+            if let Some(j) = app
+                .jobs
+                .iter_mut()
+                .find(|j| j.id == id && !matches!(j.state, JobState::Finished { .. }))
+            {
+                match event {
+                    JobEvent::Started { .. } => j.msg = "running".into(),
+                    JobEvent::Progress { done, total, msg } => {
+                        j.done = done;
+                        j.total = total;
+                        j.msg = msg;
+                    }
+                    JobEvent::Finished { msg, .. } => j.msg = msg,
+                }
+            }
+        }
+        Action::JobDone { id, result } => {
+            let now = app.now;
+            let note = app.jobs.iter_mut().find(|j| j.id == id).map(|j| {
+                let (ok, msg) = match result {
+                    Ok(m) => (true, m),
+                    Err(e) => (false, e),
+                };
+                let note = format!("job #{} {}: {}", j.id, j.op.kind(), msg);
+                j.state = JobState::Finished { ok, msg, at: now };
+                (ok, note)
+            });
+            if let Some((ok, note)) = note {
+                app.notify(if ok { Level::Info } else { Level::Error }, note);
+                if app.view == View::Dashboard {
+                    app.load_view();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The operations the TUI can start, what each would do (a dry-run preview for the
+//! confirmation dialog), the equivalent headless command, and the calls into the engine.
+//! This file is the one place that maps a TUI request onto an engine operation.
+
+use crate::engine::error::Result;
+use crate::engine::jobs::Progress;
+use crate::engine::ops::{archive, drift, purge, remirror, validate};
+use crate::engine::Ctx;
+use crate::headless::bytes;
+
+/// An operation the operator asked for, with its parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpRequest {
+    /// Staleness check of every file against origin and mirror.
+    Validate,
+    /// Fetch one file again from the origin.
+    Remirror { id: i64, key: String },
+    /// Fetch every stale file again.
+    RemirrorStale,
+    /// Delete stale objects and soft-delete their rows.
+    PurgeStale,
+    /// Delete objects not downloaded for this many days.
+    PurgeUnused { days: u32 },
+    /// Compare main, backup and inventory.
+    DriftCheck,
+    /// Copy what the backup lacks and fix the inventory.
+    DriftRepair,
+    /// Export old partitions to Parquet and drop them.
+    ArchiveRun,
+}
+
+impl OpRequest {
+    /// The short name shown in the jobs list and the audit log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OpRequest::Validate => "validate",
+            OpRequest::Remirror { .. } | OpRequest::RemirrorStale => "remirror",
+            OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => "purge",
+            OpRequest::DriftCheck | OpRequest::DriftRepair => "drift",
+            OpRequest::ArchiveRun => "archive",
+        }
+    }
+
+    /// One line saying what will happen.
+    pub fn title(&self) -> String {
+        match self {
+            OpRequest::Validate => "validate every mirrored file against origin and mirror".into(),
+            OpRequest::Remirror { key, .. } => format!("remirror {key} from the origin"),
+            OpRequest::RemirrorStale => "remirror every stale file from the origin".into(),
+            OpRequest::PurgeStale => "purge stale objects".into(),
+            OpRequest::PurgeUnused { days } => {
+                format!("purge objects not downloaded for {days} days")
+            }
+            OpRequest::DriftCheck => "check drift between main, backup and inventory".into(),
+            OpRequest::DriftRepair => "repair drift: copy missing objects to the backup".into(),
+            OpRequest::ArchiveRun => "archive old download partitions to Parquet".into(),
+        }
+    }
+
+    /// Whether it changes buckets or the database (then it is refused in read-only mode and
+    /// needs a confirmation).
+    pub fn mutating(&self) -> bool {
+        !matches!(self, OpRequest::Validate | OpRequest::DriftCheck)
+    }
+
+    /// The command that does the same from a script.
+    pub fn headless_command(&self) -> String {
+        let args = match self {
+            OpRequest::Validate => "validate --all".to_string(),
+            OpRequest::Remirror { id, .. } => format!("remirror {id}"),
+            OpRequest::RemirrorStale => "remirror --all-stale".into(),
+            OpRequest::PurgeStale => "purge --stale --yes".into(),
+            OpRequest::PurgeUnused { days } => format!("purge --unused-days {days} --yes"),
+            OpRequest::DriftCheck => "drift".into(),
+            OpRequest::DriftRepair => "drift --repair --yes".into(),
+            OpRequest::ArchiveRun => "archive run --yes".into(),
+        };
+        format!("mirrorctl --headless {args}")
+    }
+}
+
+/// What an operation would do, from a dry run: the confirmation dialog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    /// Lines such as "12 objects, 3.4 MiB".
+    pub lines: Vec<String>,
+    pub count: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+/// A dry run of `op`: counts and bytes for the confirmation dialog.
+pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
+    let none = Progress::none();
+    match op {
+        OpRequest::Validate => {
+            let s = ctx.db.storage_totals().await?;
+            Ok(Preview {
+                lines: vec![
+                    "Asks the origin and the mirror bucket about every live file and marks the"
+                        .into(),
+                    "ones that changed as stale. Objects are not touched.".into(),
+                ],
+                count: Some(s.objects.max(0) as u64),
+                bytes: Some(s.bytes.max(0) as u64),
+            })
+        }
+        OpRequest::Remirror { .. } | OpRequest::RemirrorStale => {
+            let r = remirror::run(ctx, remirror_params(op, true), &none).await?;
+            let mut lines = vec![
+                "Fetches each file from the origin and replaces the mirrored object.".to_string(),
+            ];
+            lines.extend(r.items.iter().take(3).map(|i| format!("  {}", i.key)));
+            Ok(Preview {
+                lines,
+                count: Some(r.candidates),
+                bytes: Some(r.bytes),
+            })
+        }
+        OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => {
+            let r = purge::run(ctx, purge_params(op, true), &none).await?;
+            let mut lines = vec![
+                format!(
+                    "Deletes the objects {} from the mirror bucket,",
+                    r.selection
+                ),
+                "then soft-deletes their rows.".into(),
+            ];
+            lines.extend(r.first_keys.iter().take(3).map(|k| format!("  {k}")));
+            Ok(Preview {
+                lines,
+                count: Some(r.candidates),
+                bytes: Some(r.bytes),
+            })
+        }
+        OpRequest::DriftCheck => Ok(Preview {
+            lines: vec![
+                "Lists the main and backup buckets and compares them with the inventory.".into(),
+                "Changes nothing.".into(),
+            ],
+            count: None,
+            bytes: None,
+        }),
+        OpRequest::DriftRepair => {
+            let r = drift::run(ctx, drift_params(true, true), &none).await?;
+            let copy = r
+                .repair
+                .as_ref()
+                .map(|x| (x.copied, x.copied_bytes))
+                .unwrap_or((0, 0));
+            Ok(Preview {
+                lines: vec![
+                    format!(
+                        "Drift now: {} missing in backup, {} differ, {} only in backup.",
+                        r.summary.missing_in_backup, r.summary.differ, r.summary.extra_in_backup
+                    ),
+                    "Copies missing and different objects main → backup and fixes the inventory."
+                        .into(),
+                ],
+                count: Some(copy.0),
+                bytes: Some(copy.1),
+            })
+        }
+        OpRequest::ArchiveRun => {
+            let r = archive::run(ctx, archive_params(true), &none).await?;
+            let mut lines = vec![format!(
+                "Exports {} month(s) up to {} ({} rows) to Parquet, reads them back,",
+                r.archived, r.last_eligible_month, r.rows
+            )];
+            lines.push("and drops the rows only when the checksums and row counts match.".into());
+            Ok(Preview {
+                lines,
+                count: None,
+                bytes: Some(r.bytes),
+            })
+        }
+    }
+}
+
+/// Runs `op`, reporting through `progress`; returns the one-line result for the jobs list.
+pub async fn run(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<String> {
+    match op {
+        OpRequest::Validate => {
+            let p = validate::ValidateParams {
+                all: true,
+                ..Default::default()
+            };
+            let r = validate::run(ctx, p, progress).await?;
+            Ok(format!(
+                "checked {}: {} fresh, {} stale ({} newly), {} missing, {} origin errors",
+                r.checked, r.fresh, r.stale, r.newly_stale, r.missing_in_mirror, r.origin_errors
+            ))
+        }
+        OpRequest::Remirror { .. } | OpRequest::RemirrorStale => {
+            let r = remirror::run(ctx, remirror_params(op, false), progress).await?;
+            Ok(format!(
+                "remirrored {} of {} ({}), {} failed",
+                r.remirrored,
+                r.candidates,
+                bytes(r.bytes as i64),
+                r.failed
+            ))
+        }
+        OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => {
+            let r = purge::run(ctx, purge_params(op, false), progress).await?;
+            Ok(format!(
+                "deleted {} of {} ({} freed), {} failed",
+                r.deleted,
+                r.candidates,
+                bytes(r.bytes_freed as i64),
+                r.failed
+            ))
+        }
+        OpRequest::DriftCheck | OpRequest::DriftRepair => {
+            let repair = *op == OpRequest::DriftRepair;
+            let r = drift::run(ctx, drift_params(repair, false), progress).await?;
+            let s = &r.summary;
+            let mut line = format!(
+                "same {}, missing in backup {}, extra in backup {}, differ {}, unverifiable {}, inventory missing {}, orphaned {}, errors {}",
+                s.same,
+                s.missing_in_backup,
+                s.extra_in_backup,
+                s.differ,
+                s.unverifiable,
+                s.inventory_missing,
+                s.inventory_orphaned,
+                s.errors
+            );
+            if let Some(x) = &r.repair {
+                line.push_str(&format!(
+                    "; copied {} ({})",
+                    x.copied,
+                    bytes(x.copied_bytes as i64)
+                ));
+            }
+            Ok(line)
+        }
+        OpRequest::ArchiveRun => {
+            let r = archive::run(ctx, archive_params(false), progress).await?;
+            Ok(format!(
+                "archived {} partition(s), {} rows, {}",
+                r.archived,
+                r.rows,
+                bytes(r.bytes as i64)
+            ))
+        }
+    }
+}
+
+fn remirror_params(op: &OpRequest, dry_run: bool) -> remirror::RemirrorParams {
+    let (targets, all_stale) = match op {
+        OpRequest::Remirror { id, .. } => (vec![id.to_string()], false),
+        _ => (Vec::new(), true),
+    };
+    remirror::RemirrorParams {
+        targets,
+        all_stale,
+        dry_run,
+        // The TUI's confirmation is the operator's yes.
+        yes: !dry_run,
+        ..Default::default()
+    }
+}
+
+fn purge_params(op: &OpRequest, dry_run: bool) -> purge::PurgeParams {
+    purge::PurgeParams {
+        target: match op {
+            OpRequest::PurgeUnused { days } => purge::PurgeTarget::UnusedDays(*days),
+            _ => purge::PurgeTarget::Stale,
+        },
+        dry_run,
+        max_delete: None,
+        yes: !dry_run,
+    }
+}
+
+fn drift_params(repair: bool, dry_run: bool) -> drift::DriftParams {
+    drift::DriftParams {
+        repair,
+        dry_run,
+        ..Default::default()
+    }
+}
+
+fn archive_params(dry_run: bool) -> archive::ArchiveRunParams {
+    archive::ArchiveRunParams {
+        dry_run,
+        yes: !dry_run,
+        ..Default::default()
+    }
+}

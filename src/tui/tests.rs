@@ -1,0 +1,855 @@
+//! Tests of the TUI: state tests that feed actions (keys, query results, job events) into
+//! `update`, and `TestBackend` snapshots of every view at 80×24, 120×40 and 160×48 with every
+//! dynamic value (times, counts) fixed by building the state directly.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::backend::TestBackend;
+use ratatui::buffer::Buffer;
+use ratatui::Terminal;
+
+use crate::config::ThemeName;
+use crate::engine::jobs::JobEvent;
+use crate::engine::model::{
+    DailyDownloads, FileDetail, FileRow, FileSort, OperationRecord, SeriesPoint,
+};
+use crate::engine::ops::files::{FileReport, OriginView};
+use crate::engine::ops::stats::{StatsReport, Window};
+
+use super::app::{
+    update, Action, App, DashboardData, Effect, JobState, Level, Mode, Options, View,
+};
+use super::keymap::{self, BINDINGS, COMMANDS};
+use super::ops::{OpRequest, Preview};
+use super::view;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 14, 0, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn opts(start: Option<&str>, read_only: bool) -> Options {
+    Options {
+        read_only,
+        theme: ThemeName::Dark,
+        refresh: Duration::from_secs(5),
+        start: start.map(str::to_string),
+    }
+}
+
+fn app_at(start: Option<&str>, (w, h): (u16, u16)) -> App {
+    let mut app = App::new(opts(start, false), now(), (w, h));
+    app.effects.clear();
+    app
+}
+
+fn key(c: char) -> Action {
+    Action::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE))
+}
+
+fn code(c: KeyCode) -> Action {
+    Action::Key(KeyEvent::new(c, KeyModifiers::NONE))
+}
+
+fn typed(app: &mut App, s: &str) {
+    for c in s.chars() {
+        update(app, key(c));
+    }
+}
+
+fn stats() -> StatsReport {
+    let series = (0..24)
+        .map(|h| SeriesPoint {
+            at: now() - TimeDelta::hours(23 - h),
+            hits: 40 + (h * 7) % 60,
+            misses: 3 + h % 5,
+            errors: h % 2,
+        })
+        .collect();
+    StatsReport {
+        window: Window::Day,
+        since: Some(now() - TimeDelta::hours(24)),
+        generated_at: now(),
+        requests: 1723,
+        hits: 1612,
+        misses: 104,
+        hit_rate: Some(1612.0 / 1716.0),
+        bytes_served: 15_278_000,
+        bandwidth_saved_bytes: 14_282_000,
+        storage_objects: 2100,
+        storage_bytes: 16_441_000,
+        stale_files: 13,
+        errors: 7,
+        error_rate: Some(7.0 / 1723.0),
+        archived_months_excluded: Vec::new(),
+        series,
+    }
+}
+
+fn dashboard_data() -> DashboardData {
+    DashboardData {
+        stats: stats(),
+        last_validate: Some(now() - TimeDelta::minutes(42)),
+        last_drift: None,
+        last_archive: Some(now() - TimeDelta::days(3)),
+    }
+}
+
+fn file_row(i: i64) -> FileRow {
+    FileRow {
+        id: i + 1,
+        bucket: "mirror".into(),
+        key: format!(
+            "mods/{}/{}/textures-v{}.zip",
+            4000 + i * 17,
+            90000 + i * 31,
+            i % 9
+        ),
+        size: 1000 + i * 997,
+        downloads: 50_000 - i * 13,
+        bytes_served: (50_000 - i * 13) * (1000 + i * 997),
+        last_downloaded_at: if i % 7 == 3 {
+            None
+        } else {
+            Some(now() - TimeDelta::minutes(i * 11))
+        },
+        is_stale: i % 5 == 2,
+    }
+}
+
+/// A files view over a million rows with the first page loaded.
+fn files_app(size: (u16, u16)) -> App {
+    let mut app = app_at(Some("files"), size);
+    let generation = app.files.generation;
+    update(
+        &mut app,
+        Action::FilesLoaded {
+            generation,
+            offset: 0,
+            result: Ok(((0..200).map(file_row).collect(), Some(1_000_000))),
+        },
+    );
+    app.effects.clear();
+    app
+}
+
+fn file_report() -> FileReport {
+    let file = FileDetail {
+        id: 418,
+        bucket: "mirror".into(),
+        key: "mods/8383/92919/ui-v7.zip".into(),
+        size: 2995,
+        downloads: 8996,
+        bytes_served: 26_940_000,
+        last_downloaded_at: Some(now() - TimeDelta::minutes(48)),
+        is_stale: true,
+        origin_file_id: 77,
+        sha256: Some("85ebda1dc594d8befb9b5e4c2bd3d7226b27b6a15b5296c0178a429332d0df49".into()),
+        etag: Some("9843ed7b0d13e0052f22b2577b899c7b".into()),
+        mirrored_at: now() - TimeDelta::days(200),
+        last_validated_at: Some(now() - TimeDelta::hours(5)),
+        stale_reason: Some("origin size 3120 != mirrored 2995".into()),
+        deleted_at: None,
+        origin_source: "modio".into(),
+        origin_remote_id: "92919".into(),
+        origin_file_name: "ui-v7.zip".into(),
+        origin_url: "http://127.0.0.1:1/files/ui-v7.zip".into(),
+        origin_size: Some(3120),
+        origin_etag: Some("18ea6456e0d9e9a1-bb3".into()),
+        origin_updated_at: now() - TimeDelta::days(2),
+    };
+    FileReport {
+        origin: OriginView {
+            url: file.origin_url.clone(),
+            size: file.origin_size,
+            etag: file.origin_etag.clone(),
+            updated_at: file.origin_updated_at,
+            live: None,
+        },
+        file,
+        mirror_object: None,
+        downloads_per_day: (0..30)
+            .filter(|d| d % 4 != 1)
+            .map(|d| DailyDownloads {
+                day: (now() - TimeDelta::days(29 - d))
+                    .format("%Y-%m-%d")
+                    .to_string(),
+                downloads: 10 + (d * 13) % 50,
+                bytes: 0,
+            })
+            .collect(),
+    }
+}
+
+fn operations() -> Vec<OperationRecord> {
+    let kinds = [
+        ("validate", "ok"),
+        ("purge", "dry_run"),
+        ("drift", "found_problems"),
+        ("archive", "failed"),
+    ];
+    (0..12)
+        .map(|i| {
+            let (kind, status) = kinds[i as usize % kinds.len()];
+            OperationRecord {
+                id: 100 - i,
+                kind: kind.into(),
+                params: serde_json::json!({ "all": true }),
+                operator: "oncall@mirror-1".into(),
+                started_at: now() - TimeDelta::hours(i * 3),
+                finished_at: Some(now() - TimeDelta::hours(i * 3) + TimeDelta::seconds(4 + i)),
+                status: status.into(),
+                summary: Some(serde_json::json!({ "checked": 2100 - i, "stale": i })),
+            }
+        })
+        .collect()
+}
+
+/// The screen as text, one line per row.
+fn screen(b: &Buffer) -> String {
+    let mut out = String::new();
+    for y in 0..b.area.height {
+        let mut line = String::new();
+        for x in 0..b.area.width {
+            line.push_str(b[(x, y)].symbol());
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn draw(app: &App) -> String {
+    let backend = TestBackend::new(app.width, app.height);
+    let mut terminal = match Terminal::new(backend) {
+        Ok(t) => t,
+        Err(e) => panic!("test terminal: {e}"),
+    };
+    if let Err(e) = terminal.draw(|f| view::render(app, f)) {
+        panic!("draw: {e}");
+    }
+    screen(terminal.backend().buffer())
+}
+
+const SIZES: [(u16, u16); 3] = [(80, 24), (120, 40), (160, 48)];
+
+/// Every view (and the popups) at every size, as the operator sees them.
+fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
+    let mut scenes = Vec::new();
+
+    let mut dash = app_at(None, size);
+    update(
+        &mut dash,
+        Action::StatsLoaded(Ok(Box::new(dashboard_data()))),
+    );
+    scenes.push(("dashboard", dash.clone()));
+
+    let mut loading = app_at(None, size);
+    loading.dashboard.loading = true;
+    scenes.push(("dashboard_loading", loading));
+
+    let mut files = files_app(size);
+    for _ in 0..3 {
+        update(&mut files, code(KeyCode::Down));
+    }
+    scenes.push(("files", files.clone()));
+
+    let mut filtered = files_app(size);
+    filtered.files.filter = "textures".into();
+    filtered.files.sort = FileSort::Size;
+    scenes.push(("files_filtered_sorted", filtered));
+
+    let mut detail = files.clone();
+    update(&mut detail, code(KeyCode::Enter));
+    update(&mut detail, Action::FileLoaded(Ok(Box::new(file_report()))));
+    scenes.push(("file_detail", detail));
+
+    let mut jobs = app_at(None, size);
+    jobs.dashboard.data = Some(dashboard_data());
+    update(
+        &mut jobs,
+        Action::PreviewLoaded {
+            op: OpRequest::Validate,
+            result: Ok(Preview {
+                lines: vec!["checks every file".into()],
+                count: Some(2100),
+                bytes: Some(16_441_000),
+            }),
+        },
+    );
+    scenes.push(("confirm_validate", jobs.clone()));
+    update(&mut jobs, key('y'));
+    update(
+        &mut jobs,
+        Action::Job {
+            id: 1,
+            event: JobEvent::Progress {
+                done: 500,
+                total: Some(2100),
+                msg: "validating".into(),
+            },
+        },
+    );
+    jobs.now = now() + TimeDelta::seconds(5);
+    scenes.push(("jobs_running", jobs.clone()));
+    update(
+        &mut jobs,
+        Action::JobDone {
+            id: 1,
+            result: Ok(
+                "checked 2100: 2028 fresh, 60 stale (59 newly), 12 missing, 0 origin errors".into(),
+            ),
+        },
+    );
+    jobs.notifications.clear();
+    scenes.push(("jobs_done", jobs.clone()));
+
+    let mut drift = jobs.clone();
+    update(&mut drift, key('4'));
+    scenes.push(("drift", drift));
+    let mut archive = jobs.clone();
+    update(&mut archive, key('5'));
+    scenes.push(("archive", archive));
+
+    let mut history = app_at(Some("history"), size);
+    update(&mut history, Action::HistoryLoaded(Ok(operations())));
+    update(&mut history, code(KeyCode::Down));
+    scenes.push(("history", history.clone()));
+    update(&mut history, code(KeyCode::Enter));
+    scenes.push(("history_detail", history));
+
+    let mut help = dash.clone();
+    update(&mut help, key('?'));
+    scenes.push(("help", help));
+
+    let mut command = dash.clone();
+    update(&mut command, key(':'));
+    typed(&mut command, "pu");
+    scenes.push(("command_line", command));
+
+    let mut error = dash;
+    update(
+        &mut error,
+        Action::HistoryLoaded(Err("database sqlite://x: unable to open".into())),
+    );
+    scenes.push(("error_notification", error));
+    scenes
+}
+
+#[test]
+fn snapshots_of_every_view_at_every_size() {
+    for size in SIZES {
+        for (name, app) in scenes(size) {
+            let text = draw(&app);
+            insta::assert_snapshot!(format!("{name}_{}x{}", size.0, size.1), text);
+        }
+    }
+}
+
+#[test]
+fn every_scene_fits_and_shows_its_view() {
+    for size in SIZES {
+        for (name, app) in scenes(size) {
+            let text = draw(&app);
+            assert!(
+                text.contains("mirrorctl"),
+                "{name} at {size:?} lost the tab bar"
+            );
+            assert!(
+                !text.contains("loading…") || name.contains("loading"),
+                "{name} at {size:?} is still loading"
+            );
+        }
+    }
+}
+
+#[test]
+fn start_command_opens_its_view_with_the_action_awaiting_confirmation() {
+    let app = App::new(opts(Some("drift"), false), now(), (80, 24));
+    assert_eq!(app.view, View::Drift);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::DriftCheck))));
+    let app = App::new(opts(Some("validate"), false), now(), (80, 24));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::Validate))));
+    let app = App::new(opts(Some("files"), false), now(), (80, 24));
+    assert_eq!(app.view, View::Files);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadFiles { count: true, .. })));
+    let app = App::new(opts(None, false), now(), (80, 24));
+    assert_eq!(app.view, View::Dashboard);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadStats(Window::Day))));
+}
+
+#[test]
+fn number_keys_tab_and_commands_switch_views() {
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key('2'));
+    assert_eq!(app.view, View::Files);
+    update(&mut app, code(KeyCode::Tab));
+    assert_eq!(app.view, View::Jobs);
+    update(&mut app, code(KeyCode::BackTab));
+    update(&mut app, code(KeyCode::BackTab));
+    assert_eq!(app.view, View::Dashboard);
+    update(&mut app, key(':'));
+    typed(&mut app, "history");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.view, View::History);
+    assert!(app.effects.iter().any(|e| matches!(e, Effect::LoadHistory)));
+    update(&mut app, key('q'));
+    assert!(app.quit);
+}
+
+#[test]
+fn files_page_from_the_database_as_the_selection_moves() {
+    let mut app = files_app((80, 24));
+    let rows = app.files_visible_rows();
+    // Within the cached page: no query.
+    for _ in 0..(rows + 5) {
+        update(&mut app, code(KeyCode::Down));
+    }
+    assert!(app.effects.is_empty());
+    assert_eq!(app.files.selected, rows + 5);
+    assert_eq!(app.files.top, 6);
+    // Past it: one query for the page around the viewport, never more than a page.
+    for _ in 0..20 {
+        update(&mut app, code(KeyCode::PageDown));
+    }
+    let loads: Vec<_> = app
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::LoadFiles { query, .. } => Some((query.offset, query.limit)),
+            _ => None,
+        })
+        .collect();
+    assert!(!loads.is_empty());
+    assert!(loads.iter().all(|(_, limit)| *limit <= 200));
+    let top = app.files.top;
+    let (offset, limit) = *loads.last().unwrap_or(&(0, 0));
+    assert!(
+        offset <= top && top + rows <= offset + limit,
+        "page {offset}+{limit} misses viewport at {top}"
+    );
+    // The end of a million rows is one key away.
+    app.effects.clear();
+    update(&mut app, key('G'));
+    assert_eq!(app.files.selected, 999_999);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadFiles { query, .. } if query.offset > 999_000)));
+}
+
+#[test]
+fn answers_to_an_old_sort_are_dropped() {
+    let mut app = files_app((80, 24));
+    let old = app.files.generation;
+    update(&mut app, key('s'));
+    assert_ne!(app.files.generation, old);
+    assert_eq!(app.files.sort, FileSort::BytesServed);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadFiles { query, count: true, .. } if query.sort == FileSort::BytesServed)));
+    update(
+        &mut app,
+        Action::FilesLoaded {
+            generation: old,
+            offset: 0,
+            result: Ok((vec![file_row(9)], Some(1))),
+        },
+    );
+    assert!(app.files.page.is_empty());
+    update(&mut app, key('S'));
+    update(&mut app, key('S'));
+    assert_eq!(app.files.sort, FileSort::Size);
+}
+
+#[test]
+fn filter_applies_on_enter_and_esc_clears_it() {
+    let mut app = files_app((80, 24));
+    update(&mut app, key('/'));
+    typed(&mut app, "maps");
+    assert!(matches!(&app.mode, Mode::Filter { input } if input == "maps"));
+    assert!(app.effects.is_empty());
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.files.filter, "maps");
+    assert!(app.effects.iter().any(
+        |e| matches!(e, Effect::LoadFiles { query, .. } if query.filter.as_deref() == Some("maps"))
+    ));
+    update(&mut app, code(KeyCode::Esc));
+    assert_eq!(app.files.filter, "");
+}
+
+#[test]
+fn command_line_completes_and_runs() {
+    assert_eq!(keymap::tab_complete("pu"), "purge ");
+    assert_eq!(keymap::tab_complete("purge u"), "purge unused");
+    assert_eq!(keymap::tab_complete("d"), "d");
+    assert!(keymap::complete("d").contains(&"drift".to_string()));
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key(':'));
+    typed(&mut app, "pu");
+    update(&mut app, code(KeyCode::Tab));
+    typed(&mut app, "unused 30");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.mode, Mode::Normal);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::PurgeUnused { days: 30 }))));
+    update(&mut app, key(':'));
+    typed(&mut app, "frobnicate");
+    update(&mut app, code(KeyCode::Enter));
+    assert!(app
+        .notifications
+        .iter()
+        .any(|n| n.level == Level::Error && n.text.contains("frobnicate")));
+}
+
+#[test]
+fn read_only_refuses_mutations_before_any_dry_run() {
+    let mut app = App::new(opts(None, true), now(), (80, 24));
+    app.effects.clear();
+    update(&mut app, key(':'));
+    typed(&mut app, "purge stale");
+    update(&mut app, code(KeyCode::Enter));
+    assert!(app.effects.is_empty());
+    let n = app
+        .notifications
+        .last()
+        .map(|n| n.text.clone())
+        .unwrap_or_default();
+    assert!(n.contains("read-only"), "{n}");
+    // Looking is still allowed.
+    update(&mut app, key(':'));
+    typed(&mut app, "drift check");
+    update(&mut app, code(KeyCode::Enter));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::DriftCheck))));
+    assert!(draw(&app)
+        .lines()
+        .next()
+        .is_some_and(|l| l.ends_with(" RO")));
+}
+
+#[test]
+fn confirmation_starts_a_job_that_reports_progress_and_finishes() {
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key('v'));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::Validate))));
+    app.effects.clear();
+    let preview = Preview {
+        lines: vec![],
+        count: Some(12),
+        bytes: Some(3400),
+    };
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op: OpRequest::PurgeStale,
+            result: Ok(preview),
+        },
+    );
+    let text = draw(&app);
+    assert!(text.contains("12 files, 3.32 KiB"), "{text}");
+    assert!(
+        text.contains("mirrorctl --headless purge --stale --yes"),
+        "{text}"
+    );
+    // Keys other than y/n do nothing while the question is open.
+    update(&mut app, key('2'));
+    assert!(matches!(app.mode, Mode::Confirm { .. }));
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.view, View::Jobs);
+    assert!(app.effects.iter().any(|e| matches!(
+        e,
+        Effect::StartJob {
+            id: 1,
+            op: OpRequest::PurgeStale
+        }
+    )));
+    update(
+        &mut app,
+        Action::Job {
+            id: 1,
+            event: JobEvent::Progress {
+                done: 6,
+                total: Some(12),
+                msg: "deleting".into(),
+            },
+        },
+    );
+    assert_eq!((app.jobs[0].done, app.jobs[0].total), (6, Some(12)));
+    app.effects.clear();
+    update(&mut app, key('c'));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::CancelJob(1))));
+    assert_eq!(app.jobs[0].state, JobState::Cancelling);
+    update(
+        &mut app,
+        Action::JobDone {
+            id: 1,
+            result: Err("cancelled".into()),
+        },
+    );
+    assert!(matches!(
+        app.jobs[0].state,
+        JobState::Finished { ok: false, .. }
+    ));
+    // A late progress event does not revive it.
+    update(
+        &mut app,
+        Action::Job {
+            id: 1,
+            event: JobEvent::Progress {
+                done: 7,
+                total: Some(12),
+                msg: "late".into(),
+            },
+        },
+    );
+    assert_eq!(app.jobs[0].done, 6);
+}
+
+#[test]
+fn declining_a_confirmation_changes_nothing() {
+    let mut app = app_at(None, (80, 24));
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op: OpRequest::DriftRepair,
+            result: Ok(Preview {
+                lines: vec![],
+                count: Some(3),
+                bytes: None,
+            }),
+        },
+    );
+    update(&mut app, key('n'));
+    assert_eq!(app.mode, Mode::Normal);
+    assert!(app.effects.is_empty());
+    assert!(app.jobs.is_empty());
+}
+
+#[test]
+fn errors_are_notifications_that_expire() {
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, Action::StatsLoaded(Err("database down".into())));
+    assert_eq!(app.notifications.len(), 1);
+    assert!(draw(&app).contains("database down"));
+    update(&mut app, Action::Tick(now() + TimeDelta::seconds(5)));
+    assert_eq!(app.notifications.len(), 1);
+    update(&mut app, Action::Tick(now() + TimeDelta::seconds(30)));
+    assert!(app.notifications.is_empty());
+    assert_eq!(app.next_expiry(), None);
+}
+
+#[test]
+fn help_is_generated_from_the_keymap() {
+    let text: String = view::help_lines(&super::theme::Theme::default())
+        .iter()
+        .map(|l| {
+            l.spans
+                .iter()
+                .map(|s| s.content.as_ref())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect();
+    for b in BINDINGS {
+        assert!(text.contains(b.help), "help lacks {:?}", b.help);
+    }
+    for c in COMMANDS {
+        assert!(text.contains(c.usage), "help lacks :{}", c.usage);
+    }
+}
+
+#[test]
+fn every_bound_key_does_something_in_its_scope() {
+    // Keys are unique within a scope, so a lookup finds the binding that help shows.
+    for b in BINDINGS {
+        for k in b.keys {
+            let mods = if k.ctrl {
+                KeyModifiers::CONTROL
+            } else {
+                KeyModifiers::NONE
+            };
+            let found = keymap::lookup(&[b.scope], &KeyEvent::new(k.code, mods));
+            assert_eq!(found, Some(b.command), "{} in {:?}", k.label(), b.scope);
+        }
+    }
+}
+
+#[test]
+fn mouse_scrolls_and_clicks() {
+    let mut app = files_app((120, 40));
+    let scroll = |kind| {
+        Action::Mouse(MouseEvent {
+            kind,
+            column: 10,
+            row: 10,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    update(&mut app, scroll(MouseEventKind::ScrollDown));
+    assert_eq!(app.files.selected, 3);
+    update(&mut app, scroll(MouseEventKind::ScrollUp));
+    assert_eq!(app.files.selected, 0);
+    update(
+        &mut app,
+        Action::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: 20,
+            row: 7,
+            modifiers: KeyModifiers::NONE,
+        }),
+    );
+    assert_eq!(app.files.selected, 4);
+    // The tab bar: " mirrorctl " then " 1 Dashboard " …
+    let tab_x = view::TABS_START + 2;
+    update(
+        &mut app,
+        Action::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(MouseButton::Left),
+            column: tab_x,
+            row: 0,
+            modifiers: KeyModifiers::NONE,
+        }),
+    );
+    assert_eq!(app.view, View::Dashboard);
+}
+
+#[test]
+fn esc_then_key_typed_fast_is_two_keys() {
+    let mut app = files_app((80, 24));
+    update(&mut app, code(KeyCode::Enter));
+    assert!(app.files.detail.is_some());
+    update(
+        &mut app,
+        Action::Key(KeyEvent::new(KeyCode::Char('/'), KeyModifiers::ALT)),
+    );
+    assert!(app.files.detail.is_none());
+    assert!(matches!(app.mode, Mode::Filter { .. }));
+}
+
+#[test]
+fn window_switch_reloads_stats_and_ignores_answers_for_another_window() {
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key('w'));
+    assert_eq!(app.dashboard.window, Window::Week);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadStats(Window::Week))));
+    update(
+        &mut app,
+        Action::StatsLoaded(Ok(Box::new(dashboard_data()))),
+    );
+    assert!(
+        app.dashboard.data.is_none(),
+        "a 24h answer must not show as 7d"
+    );
+}
+
+#[test]
+fn mono_theme_uses_no_colour() {
+    let mut app = App::new(
+        Options {
+            theme: ThemeName::Mono,
+            ..opts(None, false)
+        },
+        now(),
+        (80, 24),
+    );
+    update(
+        &mut app,
+        Action::StatsLoaded(Ok(Box::new(dashboard_data()))),
+    );
+    let backend = TestBackend::new(80, 24);
+    let mut terminal = Terminal::new(backend).unwrap_or_else(|e| panic!("{e}"));
+    terminal
+        .draw(|f| view::render(&app, f))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let buf = terminal.backend().buffer();
+    for cell in buf.content() {
+        assert_eq!(cell.fg, ratatui::style::Color::Reset);
+        assert_eq!(cell.bg, ratatui::style::Color::Reset);
+    }
+}
+
+/// Render time of the files view over 1,000,000 rows while scrolling through them.
+/// `cargo test --release --lib tui::tests::bench_files_render -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_files_render() {
+    for (w, h) in [(80u16, 24u16), (120, 40), (200, 60)] {
+        let mut app = files_app((w, h));
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap_or_else(|e| panic!("{e}"));
+        let frames = 2000;
+        let mut worst = Duration::ZERO;
+        let mut drawing = Duration::ZERO;
+        let start = std::time::Instant::now();
+        for i in 0..frames {
+            // Jump through the million rows, serving each page as the database would.
+            update(&mut app, code(KeyCode::PageDown));
+            if i % 50 == 0 {
+                update(&mut app, key('G'));
+            }
+            let loads: Vec<_> = std::mem::take(&mut app.effects);
+            for e in loads {
+                if let Effect::LoadFiles {
+                    generation, query, ..
+                } = e
+                {
+                    let rows = (query.offset..(query.offset + query.limit).min(1_000_000))
+                        .map(file_row)
+                        .collect();
+                    update(
+                        &mut app,
+                        Action::FilesLoaded {
+                            generation,
+                            offset: query.offset,
+                            result: Ok((rows, None)),
+                        },
+                    );
+                }
+            }
+            app.effects.clear();
+            let t = std::time::Instant::now();
+            terminal
+                .draw(|f| view::render(&app, f))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let took = t.elapsed();
+            drawing += took;
+            worst = worst.max(took);
+        }
+        let total = start.elapsed();
+        println!(
+            "files view {w}x{h}, 1,000,000 rows: {frames} frames, mean draw {:.3} ms, worst draw {:.3} ms (whole loop incl. building pages {:.3} ms/frame)",
+            drawing.as_secs_f64() * 1000.0 / frames as f64,
+            worst.as_secs_f64() * 1000.0,
+            total.as_secs_f64() * 1000.0 / frames as f64
+        );
+    }
+}

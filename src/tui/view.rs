@@ -1,0 +1,1206 @@
+//! Rendering: a pure function of `App` onto a frame. No I/O, no state changes; what is on
+//! screen is decided by the state alone, which is what lets the snapshot tests pin it.
+
+use chrono::{DateTime, Utc};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{
+    Axis, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, LegendPosition, Paragraph, Row,
+    Sparkline, Table, Wrap,
+};
+use ratatui::Frame;
+
+use crate::engine::ops::stats::Window;
+use crate::headless::{bytes, count, percent};
+
+use super::app::{sort_label, App, JobState, Level, Mode, View};
+use super::keymap::{self, Scope, BINDINGS, COMMANDS};
+use super::ops;
+use super::theme::Theme;
+use super::widgets::{ago, bar, centered, duration, truncate_left, truncate_right};
+
+/// Column where the first tab starts: after " mirrorctl ".
+pub const TABS_START: u16 = 11;
+
+pub fn tab_label(v: View) -> String {
+    let n = View::ALL.iter().position(|x| *x == v).unwrap_or(0) + 1;
+    format!(" {n} {} ", v.title())
+}
+
+pub fn render(app: &App, f: &mut Frame) {
+    let area = f.area();
+    let [tabs, body, status] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    render_tabs(app, f, tabs);
+    match app.view {
+        View::Dashboard => render_dashboard(app, f, body),
+        View::Files => match &app.files.detail {
+            Some(_) => render_file_detail(app, f, body),
+            None => render_files(app, f, body),
+        },
+        View::Jobs => render_jobs(app, f, body),
+        View::Drift => render_operation_view(app, f, body, View::Drift),
+        View::Archive => render_operation_view(app, f, body, View::Archive),
+        View::History => render_history(app, f, body),
+    }
+    render_status(app, f, status);
+    match &app.mode {
+        Mode::Help { scroll } => render_help(app, f, area, *scroll),
+        Mode::Confirm { op, preview } => render_confirm(app, f, area, op, preview),
+        Mode::Message { title, body } => render_message(app, f, area, title, body),
+        Mode::Normal | Mode::Command { .. } | Mode::Filter { .. } => {}
+    }
+    if app.view == View::History && app.history.open && app.mode == Mode::Normal {
+        render_history_detail(app, f, area);
+    }
+}
+
+fn block<'a>(t: &Theme, title: impl Into<Line<'a>>) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_style(t.border)
+        .title(title.into().style(t.title))
+}
+
+fn render_tabs(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let mut spans = vec![Span::styled(" mirrorctl ", t.title)];
+    for v in View::ALL {
+        let style = if v == app.view {
+            t.title.add_modifier(Modifier::REVERSED)
+        } else {
+            t.text
+        };
+        spans.push(Span::styled(tab_label(v), style));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+    if app.read_only {
+        let badge = " RO ";
+        let w = badge.len() as u16;
+        if area.width > w {
+            let r = Rect {
+                x: area.x + area.width - w,
+                width: w,
+                ..area
+            };
+            f.render_widget(
+                Paragraph::new(Span::styled(badge, t.warn.add_modifier(Modifier::REVERSED))),
+                r,
+            );
+        }
+    }
+}
+
+fn render_status(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let line = match &app.mode {
+        Mode::Command { input } => {
+            let mut spans = vec![
+                Span::styled(":", t.key),
+                Span::styled(input.clone(), t.text),
+                Span::styled("▏", t.key),
+            ];
+            let cands = keymap::complete(input);
+            if !input.is_empty() && cands.len() > 1 {
+                spans.push(Span::styled(format!("   {}", cands.join("  ")), t.dim));
+            } else if let Some(spec) = COMMANDS.iter().find(|c| {
+                input.trim_start().starts_with(c.name) || c.name.starts_with(input.trim())
+            }) {
+                if !input.is_empty() {
+                    spans.push(Span::styled(
+                        format!("   {} — {}", spec.usage, spec.help),
+                        t.dim,
+                    ));
+                }
+            }
+            Line::from(spans)
+        }
+        Mode::Filter { input } => Line::from(vec![
+            Span::styled("filter keys: /", t.key),
+            Span::styled(input.clone(), t.text),
+            Span::styled("▏", t.key),
+            Span::styled("   Enter apply · Esc cancel · empty clears", t.dim),
+        ]),
+        _ => match app.notifications.last() {
+            Some(n) => {
+                let (tag, style) = match n.level {
+                    Level::Info => ("info", t.good),
+                    Level::Error => ("error", t.bad),
+                };
+                Line::from(vec![
+                    Span::styled(format!(" {tag} "), style.add_modifier(Modifier::REVERSED)),
+                    Span::styled(format!(" {}", n.text), style),
+                ])
+            }
+            None => {
+                // Whole hints only: the ones that do not fit are in `?`.
+                let mut spans = Vec::new();
+                let mut used = 0usize;
+                for (k, h) in keymap::hints(&app.scopes()) {
+                    let text = format!(" {h}  ");
+                    let w = k.chars().count() + text.chars().count();
+                    if used + w > area.width as usize + 2 {
+                        break;
+                    }
+                    used += w;
+                    spans.push(Span::styled(k, t.key));
+                    spans.push(Span::styled(text, t.dim));
+                }
+                Line::from(spans)
+            }
+        },
+    };
+    f.render_widget(Paragraph::new(line), area);
+    if let Mode::Command { input } | Mode::Filter { input } = &app.mode {
+        let prefix = if matches!(app.mode, Mode::Command { .. }) {
+            1
+        } else {
+            14
+        };
+        let x = area.x + (prefix + input.chars().count() as u16).min(area.width.saturating_sub(1));
+        f.set_cursor_position((x, area.y));
+    }
+}
+
+// ---- Dashboard -----------------------------------------------------------------------------
+
+fn window_tabs(t: &Theme, cur: Window) -> Vec<Span<'static>> {
+    let mut spans = vec![Span::styled(" window ", t.dim)];
+    for w in Window::ALL {
+        let s = if w == cur {
+            t.title.add_modifier(Modifier::REVERSED)
+        } else {
+            t.dim
+        };
+        spans.push(Span::styled(format!(" {} ", w.label()), s));
+    }
+    spans.push(Span::styled(" [w] ", t.key));
+    spans
+}
+
+fn kv<'a>(t: &Theme, k: &'a str, v: Vec<Span<'a>>) -> Line<'a> {
+    let mut spans = vec![Span::styled(format!("{k:<12}"), t.dim)];
+    spans.extend(v);
+    Line::from(spans)
+}
+
+fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let d = &app.dashboard;
+    let mut title = vec![Span::styled(" Health ", t.title)];
+    title.extend(window_tabs(t, d.window));
+    if d.loading && d.data.is_none() {
+        title.push(Span::styled(" loading… ", t.dim));
+    }
+    let [top, chart_area] =
+        Layout::vertical([Constraint::Length(8), Constraint::Min(3)]).areas(area);
+    let outer = block(t, Line::from(title));
+    let inner = outer.inner(top);
+    f.render_widget(outer, top);
+    let Some(data) = &d.data else {
+        let msg = match &d.error {
+            Some(e) => Line::from(Span::styled(format!("cannot load stats: {e}"), t.bad)),
+            None => Line::from(Span::styled("loading…", t.dim)),
+        };
+        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), inner);
+        return;
+    };
+    let s = &data.stats;
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
+    let rate_style = match s.hit_rate {
+        Some(r) if r >= 0.9 => t.good,
+        Some(r) if r >= 0.7 => t.warn,
+        Some(_) => t.bad,
+        None => t.dim,
+    };
+    let bar_w = (left.width as usize).saturating_sub(20).clamp(4, 30);
+    let latest = s
+        .series
+        .iter()
+        .rev()
+        .find(|p| p.hits + p.misses > 0)
+        .map(|p| p.hits as f64 / (p.hits + p.misses) as f64);
+    let err_style = match s.error_rate {
+        Some(r) if r >= 0.05 => t.bad,
+        Some(r) if r >= 0.01 => t.warn,
+        _ => t.text,
+    };
+    let lines = vec![
+        kv(
+            t,
+            "Hit rate",
+            vec![
+                Span::styled(
+                    format!("{:>6} ", percent(s.hit_rate)),
+                    rate_style.add_modifier(Modifier::BOLD),
+                ),
+                Span::styled(bar(s.hit_rate.unwrap_or(0.0), bar_w), rate_style),
+            ],
+        ),
+        kv(
+            t,
+            "  latest",
+            vec![
+                Span::styled(format!("{:>6} ", percent(latest)), t.text),
+                Span::styled("(newest bucket)", t.dim),
+            ],
+        ),
+        kv(t, "Requests", vec![Span::styled(count(s.requests), t.text)]),
+        kv(
+            t,
+            "Hits/misses",
+            vec![
+                Span::styled(count(s.hits), t.hits),
+                Span::styled(" / ", t.dim),
+                Span::styled(count(s.misses), t.misses),
+            ],
+        ),
+        kv(
+            t,
+            "Saved",
+            vec![
+                Span::styled(bytes(s.bandwidth_saved_bytes), t.good),
+                Span::styled(format!(" of {}", bytes(s.bytes_served)), t.dim),
+            ],
+        ),
+        kv(
+            t,
+            "Errors",
+            vec![Span::styled(
+                format!("{} ({})", count(s.errors), percent(s.error_rate)),
+                err_style,
+            )],
+        ),
+    ];
+    f.render_widget(Paragraph::new(lines), left);
+    let growth = d
+        .storage_baseline
+        .map(|(o, b)| {
+            let (dobj, dbytes) = (s.storage_objects - o, s.storage_bytes - b);
+            let sign = if dbytes < 0 { "-" } else { "+" };
+            format!(
+                " {}{} obj {}{}",
+                if dobj < 0 { "" } else { "+" },
+                count(dobj),
+                sign,
+                bytes(dbytes.abs())
+            )
+        })
+        .unwrap_or_default();
+    let stale_style = if s.stale_files > 0 { t.warn } else { t.good };
+    let when = |at: Option<DateTime<Utc>>| {
+        Span::styled(ago(app.now, at), if at.is_some() { t.text } else { t.dim })
+    };
+    let lines = vec![
+        kv(
+            t,
+            "Storage",
+            vec![Span::styled(
+                format!("{} objects", count(s.storage_objects)),
+                t.text,
+            )],
+        ),
+        kv(
+            t,
+            "",
+            vec![
+                Span::styled(bytes(s.storage_bytes), t.text),
+                Span::styled(growth, t.dim),
+            ],
+        ),
+        kv(
+            t,
+            "Stale",
+            vec![Span::styled(
+                format!("{} files", count(s.stale_files)),
+                stale_style,
+            )],
+        ),
+        kv(t, "Validated", vec![when(data.last_validate)]),
+        kv(t, "Drift check", vec![when(data.last_drift)]),
+        kv(t, "Archived", vec![when(data.last_archive)]),
+    ];
+    f.render_widget(Paragraph::new(lines), right);
+    render_series(app, f, chart_area);
+}
+
+fn render_series(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let s = match &app.dashboard.data {
+        Some(d) => &d.stats,
+        None => return,
+    };
+    let unit = if matches!(s.window, Window::Month | Window::All) {
+        "day"
+    } else {
+        "hour"
+    };
+    let title = Line::from(vec![
+        Span::styled(format!(" Hits vs misses per {unit} "), t.title),
+        Span::styled("━ hits ", t.hits),
+        Span::styled("━ misses ", t.misses),
+    ]);
+    let b = block(t, title);
+    if s.series.is_empty() {
+        f.render_widget(
+            Paragraph::new(Span::styled("no downloads in this window", t.dim)).block(b),
+            area,
+        );
+        return;
+    }
+    let hits: Vec<(f64, f64)> = s
+        .series
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as f64, p.hits as f64))
+        .collect();
+    let misses: Vec<(f64, f64)> = s
+        .series
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as f64, p.misses as f64))
+        .collect();
+    let max = s
+        .series
+        .iter()
+        .map(|p| p.hits.max(p.misses))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let fmt = if unit == "day" {
+        "%m-%d"
+    } else {
+        "%m-%d %H:00"
+    };
+    let first = s
+        .series
+        .first()
+        .map(|p| p.at.format(fmt).to_string())
+        .unwrap_or_default();
+    let last = s
+        .series
+        .last()
+        .map(|p| p.at.format(fmt).to_string())
+        .unwrap_or_default();
+    let n = s.series.len().max(2) as f64 - 1.0;
+    let chart = Chart::new(vec![
+        Dataset::default()
+            .name("hits")
+            .marker(t.hits_marker)
+            .graph_type(GraphType::Line)
+            .style(t.hits)
+            .data(&hits),
+        Dataset::default()
+            .name("misses")
+            .marker(t.misses_marker)
+            .graph_type(GraphType::Line)
+            .style(t.misses)
+            .data(&misses),
+    ])
+    .block(b)
+    .legend_position(Some(LegendPosition::TopLeft))
+    .hidden_legend_constraints((Constraint::Length(0), Constraint::Length(0)))
+    .x_axis(
+        Axis::default()
+            .style(t.dim)
+            .bounds([0.0, n])
+            .labels([Span::styled(first, t.dim), Span::styled(last, t.dim)]),
+    )
+    .y_axis(
+        Axis::default()
+            .style(t.dim)
+            .bounds([0.0, max as f64])
+            .labels([Span::styled("0", t.dim), Span::styled(count(max), t.dim)]),
+    );
+    f.render_widget(chart, area);
+}
+
+// ---- Files ---------------------------------------------------------------------------------
+
+fn render_files(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let fs = &app.files;
+    let total = fs.total.map(count).unwrap_or_else(|| "…".into());
+    let mut title = vec![
+        Span::styled(" Files ", t.title),
+        Span::styled(format!("{total} "), t.text),
+        Span::styled("· sort ", t.dim),
+        Span::styled(sort_label(fs.sort), t.text),
+    ];
+    if !fs.filter.is_empty() {
+        title.push(Span::styled(" · filter ", t.dim));
+        title.push(Span::styled(format!("\"{}\"", fs.filter), t.warn));
+    }
+    if fs.pending.is_some() {
+        title.push(Span::styled(" · loading…", t.dim));
+    }
+    title.push(Span::raw(" "));
+    let position = match fs.total {
+        Some(0) => " no files match ".to_string(),
+        Some(n) => format!(" {} of {} ", count(fs.selected + 1), count(n)),
+        None => String::new(),
+    };
+    let b = block(t, Line::from(title))
+        .title_bottom(Line::from(Span::styled(position, t.dim)).right_aligned());
+    let narrow = area.width < 100;
+    let date_fmt = if narrow {
+        "%m-%d %H:%M"
+    } else {
+        "%Y-%m-%d %H:%M"
+    };
+    let widths = [
+        Constraint::Length(6),
+        Constraint::Fill(1),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(if narrow { 11 } else { 16 }),
+        Constraint::Length(6),
+    ];
+    // The key column gets what the fixed columns leave; keys are cut to fit from the left.
+    let fixed: u16 = 6 + 10 + 10 + 10 + if narrow { 11 } else { 16 } + 6 + 6;
+    let key_w = area.width.saturating_sub(2 + fixed).max(4) as usize;
+    let names = [
+        "ID",
+        "KEY",
+        "SIZE",
+        "DOWNLOADS",
+        "SERVED",
+        if narrow { "LAST DL" } else { "LAST DOWNLOADED" },
+        "STALE",
+    ];
+    let sorted = super::app::SORTS.iter().position(|s| *s == fs.sort);
+    let header = Row::new(names.iter().enumerate().map(|(i, n)| {
+        if Some(i) == sorted {
+            Cell::from(Span::styled(
+                format!("{n}▼"),
+                t.header.add_modifier(Modifier::REVERSED),
+            ))
+        } else {
+            Cell::from(*n)
+        }
+    }))
+    .style(t.header);
+    let visible = app.files_visible_rows();
+    let end = match fs.total {
+        Some(n) => (fs.top + visible).min(n),
+        None => fs.top + visible.min(fs.page.len() as i64),
+    };
+    let mut rows = Vec::with_capacity(visible as usize);
+    for i in fs.top..end {
+        let style = if i == fs.selected { t.selected } else { t.text };
+        let row = match fs.row(i) {
+            Some(r) => Row::new(vec![
+                Cell::from(Line::from(r.id.to_string()).right_aligned()),
+                Cell::from(truncate_left(&r.key, key_w)),
+                Cell::from(Line::from(bytes(r.size)).right_aligned()),
+                Cell::from(Line::from(count(r.downloads)).right_aligned()),
+                Cell::from(Line::from(bytes(r.bytes_served)).right_aligned()),
+                Cell::from(
+                    r.last_downloaded_at
+                        .map(|d| d.format(date_fmt).to_string())
+                        .unwrap_or_else(|| "never".into()),
+                ),
+                Cell::from(if r.is_stale {
+                    Span::styled("stale", t.warn)
+                } else {
+                    Span::raw("")
+                }),
+            ]),
+            None => Row::new(vec![Cell::from(""), Cell::from(Span::styled("…", t.dim))]),
+        };
+        rows.push(row.style(style));
+    }
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(b)
+        .column_spacing(1);
+    f.render_widget(table, area);
+    if fs.total == Some(0) || (fs.total.is_none() && fs.page.is_empty() && fs.pending.is_none()) {
+        let inner = area.inner(ratatui::layout::Margin::new(2, 3));
+        let msg = match &fs.error {
+            Some(e) => Span::styled(format!("cannot load files: {e}"), t.bad),
+            None if fs.filter.is_empty() => Span::styled("no mirrored files", t.dim),
+            None => Span::styled("no keys contain the filter (Esc clears it)", t.dim),
+        };
+        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), inner);
+    }
+}
+
+fn render_file_detail(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let Some(d) = &app.files.detail else { return };
+    let Some(r) = &d.report else {
+        let msg = match &d.error {
+            Some(e) => Span::styled(e.clone(), t.bad),
+            None => Span::styled("loading…", t.dim),
+        };
+        f.render_widget(
+            Paragraph::new(msg)
+                .block(block(t, format!(" File {} ", d.id_or_key)))
+                .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    };
+    let file = &r.file;
+    let [info, chart] = Layout::vertical([Constraint::Length(13), Constraint::Min(3)]).areas(area);
+    let title = format!(" File {} ", file.id);
+    let b = block(t, title);
+    let inner_w = info.width.saturating_sub(2) as usize;
+    let col = (inner_w.saturating_sub(12)) / 2;
+    let cell = |s: String, style: Style| {
+        Span::styled(
+            format!("{:<col$}", truncate_right(&s, col.saturating_sub(1))),
+            style,
+        )
+    };
+    let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
+    let size_differs = r.origin.size.is_some_and(|o| o != file.size);
+    // Origin ETags are the origin's, not S3 MD5s: unequal is normal, so they are not flagged.
+    let etag_differs = false;
+    let diff = |bad: bool| if bad { t.bad } else { t.text };
+    let stale = if file.is_stale {
+        Span::styled(
+            format!(
+                "yes: {}",
+                file.stale_reason.as_deref().unwrap_or("no reason recorded")
+            ),
+            t.warn,
+        )
+    } else {
+        Span::styled("no", t.good)
+    };
+    let lines = vec![
+        kv(
+            t,
+            "Key",
+            vec![Span::styled(
+                truncate_left(&file.key, inner_w.saturating_sub(12)),
+                t.text,
+            )],
+        ),
+        kv(t, "Bucket", vec![Span::styled(file.bucket.clone(), t.text)]),
+        kv(
+            t,
+            "",
+            vec![
+                cell("Mirror".into(), t.header),
+                cell("Origin (recorded)".into(), t.header),
+            ],
+        ),
+        kv(
+            t,
+            "Size",
+            vec![
+                cell(
+                    format!("{} ({})", bytes(file.size), file.size),
+                    diff(size_differs),
+                ),
+                cell(
+                    r.origin
+                        .size
+                        .map(|s| format!("{} ({s})", bytes(s)))
+                        .unwrap_or_else(|| "?".into()),
+                    diff(size_differs),
+                ),
+            ],
+        ),
+        kv(
+            t,
+            "ETag",
+            vec![
+                cell(opt(&file.etag), diff(etag_differs)),
+                cell(opt(&r.origin.etag), diff(etag_differs)),
+            ],
+        ),
+        kv(
+            t,
+            "Updated",
+            vec![
+                cell(
+                    file.mirrored_at.format("%Y-%m-%d %H:%M").to_string(),
+                    t.text,
+                ),
+                cell(
+                    r.origin.updated_at.format("%Y-%m-%d %H:%M").to_string(),
+                    t.text,
+                ),
+            ],
+        ),
+        kv(
+            t,
+            "SHA-256",
+            vec![Span::styled(
+                truncate_right(&opt(&file.sha256), inner_w.saturating_sub(12)),
+                t.text,
+            )],
+        ),
+        kv(
+            t,
+            "Validated",
+            vec![Span::styled(ago(app.now, file.last_validated_at), t.text)],
+        ),
+        kv(
+            t,
+            "Downloads",
+            vec![Span::styled(
+                format!(
+                    "{} · {} served · last {}",
+                    count(file.downloads),
+                    bytes(file.bytes_served),
+                    ago(app.now, file.last_downloaded_at)
+                ),
+                t.text,
+            )],
+        ),
+        kv(t, "Stale", vec![stale]),
+        kv(
+            t,
+            "Actions",
+            vec![
+                Span::styled("p", t.key),
+                Span::styled(" presign  ", t.dim),
+                Span::styled("m", t.key),
+                Span::styled(" remirror  ", t.dim),
+                Span::styled("Esc", t.key),
+                Span::styled(" back", t.dim),
+            ],
+        ),
+    ];
+    f.render_widget(Paragraph::new(lines).block(b), info);
+    let per_day = &r.downloads_per_day;
+    let max = per_day.iter().map(|d| d.downloads).max().unwrap_or(0);
+    let total: i64 = per_day.iter().map(|d| d.downloads).sum();
+    let span = match (per_day.first(), per_day.last()) {
+        (Some(a), Some(b)) => format!("{} – {}", a.day, b.day),
+        _ => "no downloads in 30 days".into(),
+    };
+    let title = Line::from(vec![
+        Span::styled(" Downloads per day ", t.title),
+        Span::styled(
+            format!("{span} · total {} · max {}/day ", count(total), count(max)),
+            t.dim,
+        ),
+    ]);
+    // One bar per day of the last 30 (days without downloads are zero), widened to fill.
+    let days: Vec<u64> = (0..30)
+        .rev()
+        .map(|back| {
+            let day = (app.now - chrono::TimeDelta::days(back))
+                .format("%Y-%m-%d")
+                .to_string();
+            per_day
+                .iter()
+                .find(|d| d.day == day)
+                .map(|d| d.downloads.max(0) as u64)
+                .unwrap_or(0)
+        })
+        .collect();
+    let cols = (chart.width.saturating_sub(2) as usize).max(days.len());
+    let data: Vec<u64> = (0..cols)
+        .map(|c| days.get(c * days.len() / cols).copied().unwrap_or(0))
+        .collect();
+    f.render_widget(
+        Sparkline::default()
+            .block(block(t, title))
+            .data(&data)
+            .style(t.hits),
+        chart,
+    );
+}
+
+// ---- Jobs ----------------------------------------------------------------------------------
+
+fn render_jobs(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let running = app
+        .jobs
+        .iter()
+        .filter(|j| matches!(j.state, JobState::Running | JobState::Cancelling))
+        .count();
+    let b = block(
+        t,
+        format!(
+            " Jobs · {running} running · {} this session ",
+            app.jobs.len()
+        ),
+    );
+    if app.jobs.is_empty() {
+        let text = vec![
+            Line::from(Span::styled(
+                "No operations started in this session.",
+                t.text,
+            )),
+            Line::from(""),
+            Line::from(vec![
+                Span::styled("Start one with ", t.dim),
+                Span::styled(":validate", t.key),
+                Span::styled(", ", t.dim),
+                Span::styled(":purge stale", t.key),
+                Span::styled(", ", t.dim),
+                Span::styled(":drift check", t.key),
+                Span::styled(" or ", t.dim),
+                Span::styled(":archive run", t.key),
+                Span::styled(".", t.dim),
+            ]),
+            Line::from(Span::styled(
+                "The audit log of every operation is under 6 History.",
+                t.dim,
+            )),
+        ];
+        f.render_widget(
+            Paragraph::new(text).block(b).wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let inner_w = area.width.saturating_sub(2) as usize;
+    // The head (id, kind, state) takes 26 columns and the figures about 42; the bar gets the rest.
+    let bar_w = inner_w.saturating_sub(26 + 42).clamp(6, 40);
+    let mut lines = Vec::new();
+    for (i, j) in app.jobs.iter().enumerate() {
+        let elapsed = match &j.state {
+            JobState::Finished { at, .. } => {
+                (*at - j.started_at).num_milliseconds() as f64 / 1000.0
+            }
+            _ => (app.now - j.started_at).num_milliseconds() as f64 / 1000.0,
+        };
+        let (state, style) = match &j.state {
+            JobState::Running => ("running", t.text),
+            JobState::Cancelling => ("cancelling", t.warn),
+            JobState::Finished { ok: true, .. } => ("done", t.good),
+            JobState::Finished { ok: false, .. } => ("failed", t.bad),
+        };
+        let ratio = match (j.total, &j.state) {
+            (_, JobState::Finished { ok: true, .. }) => 1.0,
+            (Some(total), _) if total > 0 => j.done as f64 / total as f64,
+            _ => 0.0,
+        };
+        let rate = if elapsed > 0.0 {
+            j.done as f64 / elapsed
+        } else {
+            0.0
+        };
+        let eta = match (j.total, &j.state) {
+            (Some(total), JobState::Running) if rate > 0.0 && total > j.done => {
+                format!("ETA {}", duration((total - j.done) as f64 / rate))
+            }
+            _ => String::new(),
+        };
+        let progress = match j.total {
+            Some(total) => format!("{}/{}", count(j.done as i64), count(total as i64)),
+            None => count(j.done as i64),
+        };
+        let msg = match &j.state {
+            JobState::Finished { msg, .. } => msg.clone(),
+            _ => j.msg.clone(),
+        };
+        let head = format!("#{:<3} {:<9} {:<10} ", j.id, j.op.kind(), state);
+        let stats = format!(
+            " {progress:>11} {:>4.0}% {:>6}/s {:<9} {}",
+            ratio * 100.0,
+            format!("{rate:.0}"),
+            eta,
+            duration(elapsed)
+        );
+        let mut line = Line::from(vec![
+            Span::styled(head, style),
+            Span::styled(bar(ratio, bar_w), style),
+            Span::styled(stats, t.text),
+        ]);
+        if i == app.jobs_selected {
+            line = line.style(t.selected);
+        }
+        lines.push(line);
+        lines.push(Line::from(Span::styled(
+            format!("     {}", truncate_right(&msg, inner_w.saturating_sub(5))),
+            t.dim,
+        )));
+    }
+    if let Some(j) = app.jobs.get(app.jobs_selected) {
+        lines.push(Line::from(""));
+        lines.push(Line::from(vec![
+            Span::styled("Selected: ", t.dim),
+            Span::styled(j.op.title(), t.text),
+        ]));
+        lines.push(Line::from(vec![
+            Span::styled("Headless: ", t.dim),
+            Span::styled(j.op.headless_command(), t.text),
+        ]));
+    }
+    f.render_widget(Paragraph::new(lines).block(b), area);
+}
+
+// ---- Drift and Archive ---------------------------------------------------------------------
+
+fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
+    let t = &app.theme;
+    let (kind, what, command, keys, last) = match v {
+        View::Drift => (
+            "drift",
+            "Compares the main bucket, the backup bucket and the inventory; a repair copies what the backup lacks.",
+            "mirrorctl --headless drift",
+            "c check · R repair",
+            app.dashboard.data.as_ref().and_then(|d| d.last_drift),
+        ),
+        _ => (
+            "archive",
+            "Exports old months of download events to Parquet on S3, verifies them, then drops the rows.",
+            "mirrorctl --headless archive list",
+            "a archive old partitions",
+            app.dashboard.data.as_ref().and_then(|d| d.last_archive),
+        ),
+    };
+    let mut text = vec![
+        Line::from(Span::styled(what, t.text)),
+        Line::from(""),
+        Line::from(vec![
+            Span::styled("Keys:      ", t.dim),
+            Span::styled(keys, t.key),
+        ]),
+        Line::from(vec![
+            Span::styled("Headless:  ", t.dim),
+            Span::styled(command, t.text),
+        ]),
+        Line::from(vec![
+            Span::styled("Last run:  ", t.dim),
+            Span::styled(ago(app.now, last), t.text),
+        ]),
+        Line::from(""),
+    ];
+    match app.jobs.iter().rev().find(|j| j.op.kind() == kind) {
+        Some(j) => {
+            let (state, style, msg) = match &j.state {
+                JobState::Running => ("running", t.text, j.msg.clone()),
+                JobState::Cancelling => ("cancelling", t.warn, j.msg.clone()),
+                JobState::Finished { ok: true, msg, .. } => ("finished", t.good, msg.clone()),
+                JobState::Finished { ok: false, msg, .. } => ("failed", t.bad, msg.clone()),
+            };
+            text.push(Line::from(vec![
+                Span::styled(format!("Job #{} ", j.id), t.header),
+                Span::styled(state, style),
+                Span::styled(format!(" · {}", j.op.title()), t.dim),
+            ]));
+            for part in msg.split([',', ';']) {
+                text.push(Line::from(Span::styled(
+                    format!("  {}", part.trim()),
+                    style,
+                )));
+            }
+        }
+        None => text.push(Line::from(Span::styled(
+            format!("No {kind} job in this session; the audit log (6 History) has earlier runs."),
+            t.dim,
+        ))),
+    }
+    f.render_widget(
+        Paragraph::new(text)
+            .block(block(t, format!(" {} ", v.title())))
+            .wrap(Wrap { trim: true }),
+        area,
+    );
+}
+
+// ---- History -------------------------------------------------------------------------------
+
+fn status_style(t: &Theme, status: &str) -> Style {
+    match status {
+        "ok" | "dry_run" => t.good,
+        "found_problems" | "cancelled" | "running" => t.warn,
+        "failed" => t.bad,
+        _ => t.text,
+    }
+}
+
+/// `key=value` pairs of a summary's scalar fields.
+fn summary_line(v: Option<&serde_json::Value>) -> String {
+    let Some(serde_json::Value::Object(m)) = v else {
+        return String::new();
+    };
+    m.iter()
+        .filter(|(_, v)| !v.is_object() && !v.is_array())
+        .map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"')))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn render_history(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let h = &app.history;
+    let mut title = vec![
+        Span::styled(" History ", t.title),
+        Span::styled(format!("{} operations ", h.rows.len()), t.dim),
+    ];
+    if h.loading {
+        title.push(Span::styled("loading… ", t.dim));
+    }
+    let b = block(t, Line::from(title));
+    if h.rows.is_empty() {
+        let msg = match &h.error {
+            Some(e) => Span::styled(format!("cannot load history: {e}"), t.bad),
+            None if h.loading => Span::styled("loading…", t.dim),
+            None => Span::styled("No operations recorded yet.", t.dim),
+        };
+        f.render_widget(Paragraph::new(msg).block(b).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let narrow = area.width < 100;
+    let widths = [
+        Constraint::Length(5),
+        Constraint::Length(if narrow { 11 } else { 16 }),
+        Constraint::Length(9),
+        Constraint::Length(14),
+        Constraint::Length(if narrow { 12 } else { 20 }),
+        Constraint::Length(7),
+        Constraint::Fill(1),
+    ];
+    let fmt = if narrow {
+        "%m-%d %H:%M"
+    } else {
+        "%Y-%m-%d %H:%M"
+    };
+    let visible = app.history_visible_rows();
+    let rows: Vec<Row> = h
+        .rows
+        .iter()
+        .enumerate()
+        .skip(h.top)
+        .take(visible)
+        .map(|(i, o)| {
+            let took = o
+                .finished_at
+                .map(|f| duration((f - o.started_at).num_milliseconds() as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into());
+            let row = Row::new(vec![
+                Cell::from(Line::from(o.id.to_string()).right_aligned()),
+                Cell::from(o.started_at.format(fmt).to_string()),
+                Cell::from(o.kind.clone()),
+                Cell::from(Span::styled(o.status.clone(), status_style(t, &o.status))),
+                Cell::from(o.operator.clone()),
+                Cell::from(Line::from(took).right_aligned()),
+                Cell::from(summary_line(o.summary.as_ref())),
+            ]);
+            row.style(if i == h.selected { t.selected } else { t.text })
+        })
+        .collect();
+    let header = Row::new([
+        "ID", "STARTED", "KIND", "STATUS", "OPERATOR", "TOOK", "SUMMARY",
+    ])
+    .style(t.header);
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(b)
+            .column_spacing(1),
+        area,
+    );
+}
+
+fn render_history_detail(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let Some(o) = app.history.rows.get(app.history.selected) else {
+        return;
+    };
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut text = vec![
+        Line::from(vec![
+            Span::styled("status   ", t.dim),
+            Span::styled(o.status.clone(), status_style(t, &o.status)),
+        ]),
+        Line::from(vec![
+            Span::styled("operator ", t.dim),
+            Span::styled(o.operator.clone(), t.text),
+        ]),
+        Line::from(vec![
+            Span::styled("started  ", t.dim),
+            Span::styled(o.started_at.format("%Y-%m-%d %H:%M:%S").to_string(), t.text),
+        ]),
+        Line::from(Span::styled("params", t.header)),
+    ];
+    text.extend(
+        pretty(&o.params)
+            .lines()
+            .map(|l| Line::from(Span::styled(l.to_string(), t.text))),
+    );
+    text.push(Line::from(Span::styled("summary", t.header)));
+    let summary = o.summary.as_ref().map(pretty).unwrap_or_else(|| "-".into());
+    text.extend(
+        summary
+            .lines()
+            .map(|l| Line::from(Span::styled(l.to_string(), t.text))),
+    );
+    let r = centered(
+        area,
+        area.width.saturating_sub(8).max(20),
+        area.height.saturating_sub(4).max(6),
+    );
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(text)
+            .block(
+                block(t, format!(" Operation {} · {} ", o.id, o.kind))
+                    .title_bottom(Line::from(Span::styled(" Esc close ", t.dim))),
+            )
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}
+
+// ---- Popups --------------------------------------------------------------------------------
+
+/// The help text: every binding by scope, then every `:` command. Generated from the keymap
+/// that handles the keys.
+pub fn help_lines(t: &Theme) -> Vec<Line<'static>> {
+    let scopes = [
+        Scope::Global,
+        Scope::List,
+        Scope::Dashboard,
+        Scope::Files,
+        Scope::FileDetail,
+        Scope::Jobs,
+        Scope::Drift,
+        Scope::Archive,
+        Scope::History,
+    ];
+    let mut lines = Vec::new();
+    for s in scopes {
+        lines.push(Line::from(Span::styled(s.label().to_string(), t.header)));
+        for b in BINDINGS.iter().filter(|b| b.scope == s) {
+            let keys = b
+                .keys
+                .iter()
+                .map(|k| k.label())
+                .collect::<Vec<_>>()
+                .join(" ");
+            lines.push(Line::from(vec![
+                Span::styled(format!("  {keys:<16}"), t.key),
+                Span::styled(b.help.to_string(), t.text),
+            ]));
+        }
+    }
+    lines.push(Line::from(Span::styled(
+        "Commands (type : then Tab to complete)",
+        t.header,
+    )));
+    for c in COMMANDS {
+        lines.push(Line::from(vec![
+            Span::styled(format!("  :{:<30}", c.usage), t.key),
+            Span::styled(c.help.to_string(), t.text),
+        ]));
+    }
+    lines
+}
+
+fn render_help(app: &App, f: &mut Frame, area: Rect, scroll: u16) {
+    let t = &app.theme;
+    let r = centered(
+        area,
+        area.width.saturating_sub(4).min(90),
+        area.height.saturating_sub(2),
+    );
+    let lines = help_lines(t);
+    let max_scroll = (lines.len() as u16).saturating_sub(r.height.saturating_sub(2));
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(
+                block(t, " Help ").title_bottom(
+                    Line::from(Span::styled(" ↑↓ scroll · Esc close ", t.dim))
+                        .alignment(Alignment::Right),
+                ),
+            )
+            .scroll((scroll.min(max_scroll), 0)),
+        r,
+    );
+}
+
+fn render_confirm(
+    app: &App,
+    f: &mut Frame,
+    area: Rect,
+    op: &ops::OpRequest,
+    preview: &ops::Preview,
+) {
+    let t = &app.theme;
+    let w = area.width.saturating_sub(4).min(76);
+    let mut text = vec![
+        Line::from(Span::styled(
+            op.title(),
+            t.text.add_modifier(Modifier::BOLD),
+        )),
+        Line::from(""),
+    ];
+    for l in &preview.lines {
+        text.push(Line::from(Span::styled(l.clone(), t.text)));
+    }
+    let mut figures = Vec::new();
+    if let Some(c) = preview.count {
+        figures.push(format!("{} files", count(c as i64)));
+    }
+    if let Some(b) = preview.bytes {
+        figures.push(bytes(b as i64));
+    }
+    if !figures.is_empty() {
+        text.push(Line::from(vec![
+            Span::styled("Affects:  ", t.dim),
+            Span::styled(figures.join(", "), t.warn),
+        ]));
+    }
+    text.push(Line::from(""));
+    text.push(Line::from(Span::styled("Same from a script:", t.dim)));
+    text.push(Line::from(Span::styled(op.headless_command(), t.text)));
+    text.push(Line::from(""));
+    text.push(Line::from(vec![
+        Span::styled("y", t.key),
+        Span::styled("/", t.dim),
+        Span::styled("Enter", t.key),
+        Span::styled(" confirm    ", t.dim),
+        Span::styled("n", t.key),
+        Span::styled("/", t.dim),
+        Span::styled("Esc", t.key),
+        Span::styled(" cancel", t.dim),
+    ]));
+    let h = (text.len() as u16 + 3).min(area.height);
+    let r = centered(area, w, h);
+    f.render_widget(Clear, r);
+    let style = if op.mutating() { t.warn } else { t.title };
+    f.render_widget(
+        Paragraph::new(text)
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .border_style(style)
+                    .title(Span::styled(
+                        format!(" Confirm {} ", op.kind()),
+                        style.add_modifier(Modifier::BOLD),
+                    )),
+            )
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}
+
+fn render_message(app: &App, f: &mut Frame, area: Rect, title: &str, body: &str) {
+    let t = &app.theme;
+    let w = area.width.saturating_sub(4).min(100);
+    let lines = Text::from(body.to_string());
+    let h = (lines.height() as u16 + 6).min(area.height);
+    let r = centered(area, w, h);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .style(t.text)
+            .block(block(t, format!(" {title} ")).title_bottom(
+                Line::from(Span::styled(" Esc close ", t.dim)).alignment(Alignment::Right),
+            ))
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}
