@@ -65,7 +65,7 @@ FROM (SELECT file_id, count(*) AS n, sum(bytes) AS b, max(occurred_at) AS last
       FROM download_events WHERE status < 500 GROUP BY file_id) s
 WHERE m.id = s.file_id;
 
-VACUUM ANALYZE;
+VACUUM ANALYZE origin_files, mirrored_files, download_events, download_stats_hourly, mirror_counters;
 SELECT (SELECT count(*) FROM mirrored_files) AS files, (SELECT count(*) FROM download_events) AS events;
 SQL
 echo "scale dataset ready in $(( $(date +%s) - t0 ))s" >&2

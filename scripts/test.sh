@@ -92,6 +92,12 @@ if ! python3 -c 'import pyarrow' 2>/dev/null; then
   python3 -m pip install -q pyarrow >/dev/null 2>&1 || log "pyarrow not installed: the interop test will fail"
 fi
 
+# --- rclone, the reference for the drift difference set ---------------------------------------
+if ! command -v rclone >/dev/null; then
+  log "installing rclone"
+  apt_install rclone
+fi
+
 # --- The suite ---------------------------------------------------------------------------------
 log "running the tests"
 if cargo nextest --version >/dev/null 2>&1; then

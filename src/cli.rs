@@ -121,12 +121,142 @@ pub enum Command {
         #[arg(long, default_value = "1h")]
         expires: String,
     },
+    /// Check mirrored files against the origin and the mirror bucket; mark stale and missing ones
+    ///
+    /// Exit 3 when it finds newly stale or missing files or the origin fails for some, 0 when all are fresh.
+    Validate {
+        /// Every live file (default: files downloaded in the last policy.validate_recent_days days)
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Only these mirrored file ids (space- or comma-separated)
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "ID")]
+        ids: Vec<i64>,
+        /// The recent window in days, instead of policy.validate_recent_days
+        #[arg(long, value_name = "N", conflicts_with_all = ["all", "ids"])]
+        recent_days: Option<u32>,
+        /// Files checked at once
+        #[arg(long, short = 'j', default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Fetch files from the origin again and stream them into the mirror bucket
+    Remirror {
+        /// Mirrored file ids or object keys
+        #[arg(
+            value_name = "ID|KEY",
+            required_unless_present = "all_stale",
+            conflicts_with = "all_stale"
+        )]
+        targets: Vec<String>,
+        /// Every file marked stale (validate marks missing objects stale too)
+        #[arg(long)]
+        all_stale: bool,
+        /// Show what would be remirrored, touching nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm replacing the objects (required headless)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Files transferred at once
+        #[arg(long, short = 'j', default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Delete stale, unused or least-recently-used objects and soft-delete their rows
+    #[command(group(clap::ArgGroup::new("selection").required(true).args(["stale", "unused_days", "max_bytes"])))]
+    Purge {
+        /// Files marked stale
+        #[arg(long)]
+        stale: bool,
+        /// Files not downloaded for N days or more
+        #[arg(long, value_name = "N")]
+        unused_days: Option<u32>,
+        /// Least recently used first until the live mirror fits in SIZE (e.g. 500GiB)
+        #[arg(long, value_name = "SIZE")]
+        max_bytes: Option<String>,
+        /// Show the candidates, count and bytes, touching nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow deleting up to N objects (default policy.max_delete)
+        #[arg(long, value_name = "N")]
+        max_delete: Option<u64>,
+        /// Confirm the deletion (required headless)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Old months of download events to Parquet on S3, verified before they are dropped
+    Archive {
+        #[command(subcommand)]
+        action: ArchiveAction,
+    },
+    /// Compare the main bucket, the backup bucket and the inventory; optionally repair
+    ///
+    /// Exit 3 when drift was found (after --repair: when something is still wrong), 0 when clean.
+    Drift {
+        /// Copy missing and different objects main → backup and fix the inventory
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: also delete objects only the backup has
+        #[arg(long, requires = "repair")]
+        delete_extra: bool,
+        /// With --repair: show the plan, change nothing
+        #[arg(long, requires = "repair")]
+        dry_run: bool,
+        /// Confirm the repair (required headless)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Print one line per key in rclone's --combined form (= same, + only in main,
+        /// - only in backup, * differ, ! error or unverifiable) instead of the report
+        #[arg(long)]
+        combined: bool,
+        /// Hash both bodies of pairs that size, ETag and checksums cannot decide
+        #[arg(long)]
+        checksum: bool,
+        /// Key ranges listed at once
+        #[arg(long, short = 'j', default_value_t = 16)]
+        concurrency: usize,
+        /// Only keys under this prefix
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// Apply the database schema migrations
     Migrate,
     /// The embedded demo environment
     Demo {
         #[command(subcommand)]
         action: DemoAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArchiveAction {
+    /// Every month with events or an archive: rows, bytes, state and where the archive is
+    List,
+    /// Export eligible months to Parquet, upload, read back and verify, then drop them
+    ///
+    /// A month is eligible when it ended more than N months ago (policy.archive_after_months);
+    /// the current month never is.
+    Run {
+        /// Archive months that ended more than N months ago (default policy.archive_after_months)
+        #[arg(long, value_name = "N")]
+        older_than_months: Option<u32>,
+        /// Only this partition, e.g. download_events_y2026m07
+        #[arg(long, value_name = "P")]
+        partition: Option<String>,
+        /// Show what would be archived, touching nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm dropping the archived months from the database (required headless)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Re-read an archive and check checksums and row counts (exit 3 on a mismatch)
+    Verify {
+        /// Partition name, e.g. download_events_y2026m07
+        partition: String,
+    },
+    /// Load an archived month back into the database
+    Restore {
+        /// Partition name, e.g. download_events_y2026m07
+        partition: String,
     },
 }
 
@@ -156,6 +286,11 @@ impl Command {
             Command::File { .. } => "file",
             Command::History { .. } => "history",
             Command::Presign { .. } => "presign",
+            Command::Validate { .. } => "validate",
+            Command::Remirror { .. } => "remirror",
+            Command::Purge { .. } => "purge",
+            Command::Archive { .. } => "archive",
+            Command::Drift { .. } => "drift",
             Command::Migrate => "migrate",
             Command::Demo { .. } => "demo",
         }

@@ -58,7 +58,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Int(n) => Ok(ByteSize(n)),
-            Raw::Str(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Str(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -223,7 +225,9 @@ impl BucketConfig {
 
     /// Where this bucket lives, for messages: the endpoint or "AWS".
     pub fn endpoint_label(&self) -> String {
-        self.endpoint.clone().unwrap_or_else(|| format!("AWS {}", self.region))
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| format!("AWS {}", self.region))
     }
 }
 
@@ -427,7 +431,7 @@ pub fn parse(text: &str) -> Result<Config, String> {
         let msg = inner.message().replace('\n', " ");
         let line = inner
             .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            .map(|s| text.get(..s.start).unwrap_or(text).matches('\n').count() + 1);
         match (key.as_str(), line) {
             ("." | "", Some(l)) => format!("line {l}: {msg}"),
             ("." | "", None) => msg,
@@ -510,10 +514,9 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
 impl Config {
     /// The mirror bucket, or a usage error naming the key to set.
     pub fn mirror_bucket(&self) -> Result<&BucketConfig, String> {
-        self.buckets
-            .mirror
-            .as_ref()
-            .ok_or_else(|| "no mirror bucket configured: set [buckets.mirror] bucket = \"...\"".into())
+        self.buckets.mirror.as_ref().ok_or_else(|| {
+            "no mirror bucket configured: set [buckets.mirror] bucket = \"...\"".into()
+        })
     }
     /// The main copy for drift: `buckets.main`, else the mirror bucket.
     pub fn main_bucket(&self) -> Result<&BucketConfig, String> {
@@ -524,10 +527,9 @@ impl Config {
     }
     /// The backup copy for drift.
     pub fn backup_bucket(&self) -> Result<&BucketConfig, String> {
-        self.buckets
-            .backup
-            .as_ref()
-            .ok_or_else(|| "no backup bucket configured: set [buckets.backup] bucket = \"...\"".into())
+        self.buckets.backup.as_ref().ok_or_else(|| {
+            "no backup bucket configured: set [buckets.backup] bucket = \"...\"".into()
+        })
     }
     /// Where archives go: `buckets.archive`, else the mirror bucket under `archive/`.
     pub fn archive_bucket(&self) -> Result<BucketConfig, String> {
@@ -546,7 +548,8 @@ impl Config {
             .as_ref()
             .map(|s| s.expose())
             .ok_or_else(|| {
-                "no database configured: set [database] url = \"...\" or MIRRORCTL_DATABASE_URL".into()
+                "no database configured: set [database] url = \"...\" or MIRRORCTL_DATABASE_URL"
+                    .into()
             })
     }
 }
@@ -584,7 +587,10 @@ mod tests {
         )
         .unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2") && !dbg.contains("topsecret") && !dbg.contains("AKIAXX"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("topsecret") && !dbg.contains("AKIAXX"),
+            "{dbg}"
+        );
     }
 
     #[test]
@@ -592,7 +598,9 @@ mod tests {
         let c = parse("[database]\nurl = \"mysql://x/y\"\n").unwrap();
         assert!(validate(&c).unwrap_err().contains("database.url"));
         let c = parse("[buckets.mirror]\nbucket = \"b\"\nendpoint = \"not a url\"\n").unwrap();
-        assert!(validate(&c).unwrap_err().contains("buckets.mirror.endpoint"));
+        assert!(validate(&c)
+            .unwrap_err()
+            .contains("buckets.mirror.endpoint"));
     }
 }
 

@@ -118,14 +118,37 @@ impl Demo {
         for f in ["mirror.db", "mirror.db-wal", "mirror.db-shm"] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
-        for sub in ["origin"].iter().map(|s| self.dir.join(s)).chain(BUCKETS.iter().map(|b| self.dir.join("s3").join(b))) {
+        for sub in ["origin"]
+            .iter()
+            .map(|s| self.dir.join(s))
+            .chain(BUCKETS.iter().map(|b| self.dir.join("s3").join(b)))
+        {
             let _ = std::fs::remove_dir_all(&sub);
             std::fs::create_dir_all(&sub)?;
         }
-        let db = Db::connect(self.config.database_url().map_err(Error::Usage)?, 4, Duration::from_secs(10)).await?;
+        let db = Db::connect(
+            self.config.database_url().map_err(Error::Usage)?,
+            4,
+            Duration::from_secs(10),
+        )
+        .await?;
         db.migrate().await?;
-        let mirror = S3Bucket::connect(self.config.buckets.mirror.as_ref().expect("demo config has a mirror")).await?;
-        let backup = S3Bucket::connect(self.config.buckets.backup.as_ref().expect("demo config has a backup")).await?;
+        let mirror = S3Bucket::connect(
+            self.config
+                .buckets
+                .mirror
+                .as_ref()
+                .expect("demo config has a mirror"),
+        )
+        .await?;
+        let backup = S3Bucket::connect(
+            self.config
+                .buckets
+                .backup
+                .as_ref()
+                .expect("demo config has a backup"),
+        )
+        .await?;
         generate(&self.dir, &db, &mirror, &backup, progress).await?;
         db.close().await;
         std::fs::write(self.dir.join(".generated"), GENERATOR_VERSION)?;
@@ -136,8 +159,12 @@ impl Demo {
 /// The configuration of a demo at these endpoints.
 pub fn demo_config(dir: &Path, s3_endpoint: &str, origin_url: &str) -> Config {
     let mut c = Config::default();
-    c.database.url = Some(Secret::new(format!("sqlite://{}", dir.join("mirror.db").display())));
-    let bucket = |name: &str| BucketConfig::with_static_keys(name, s3_endpoint, ACCESS_KEY, SECRET_KEY);
+    c.database.url = Some(Secret::new(format!(
+        "sqlite://{}",
+        dir.join("mirror.db").display()
+    )));
+    let bucket =
+        |name: &str| BucketConfig::with_static_keys(name, s3_endpoint, ACCESS_KEY, SECRET_KEY);
     c.buckets.mirror = Some(bucket("mirror"));
     c.buckets.backup = Some(bucket("backup"));
     let mut archive = bucket("archive");
@@ -155,7 +182,8 @@ async fn bind(port: u16) -> Result<TcpListener> {
 
 /// An s3s-fs endpoint over `root` (one directory per bucket), with the demo's keys.
 pub async fn start_s3(root: &Path, port: u16) -> Result<(SocketAddr, JoinHandle<()>)> {
-    let fs = s3s_fs::FileSystem::new(root).map_err(|e| Error::runtime(format!("S3 endpoint over {}: {e:?}", root.display())))?;
+    let fs = s3s_fs::FileSystem::new(root)
+        .map_err(|e| Error::runtime(format!("S3 endpoint over {}: {e:?}", root.display())))?;
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let service = b.build();
@@ -164,8 +192,12 @@ pub async fn start_s3(root: &Path, port: u16) -> Result<(SocketAddr, JoinHandle<
     let task = tokio::spawn(async move {
         let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         loop {
-            let Ok((socket, _)) = listener.accept().await else { continue };
-            let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
             tokio::spawn(async move {
                 let _ = conn.await;
             });
@@ -187,7 +219,11 @@ pub async fn start_origin(root: &Path, port: u16) -> Result<(SocketAddr, JoinHan
     Ok((addr, task))
 }
 
-async fn serve_origin_file(State(root): State<PathBuf>, UrlPath(path): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn serve_origin_file(
+    State(root): State<PathBuf>,
+    UrlPath(path): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     if path.split('/').any(|seg| seg == "..") || path.chars().any(char::is_control) {
         return StatusCode::BAD_REQUEST.into_response();
     }
@@ -210,11 +246,17 @@ async fn serve_origin_file(State(root): State<PathBuf>, UrlPath(path): UrlPath<S
     {
         return StatusCode::NOT_MODIFIED.into_response();
     }
-    let last_modified = DateTime::<Utc>::from(mtime).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-    let mut resp = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    let last_modified = DateTime::<Utc>::from(mtime)
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let mut resp =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
         h.insert(header::ETAG, v);
     }
@@ -252,14 +294,24 @@ struct GenFile {
 
 /// Builds the dataset: origin files, mirrored objects and rows, months of downloads through
 /// the real write path, stale and missing files, backup drift and inventory disagreements.
-async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, progress: &dyn Fn(&str)) -> Result<()> {
+async fn generate(
+    dir: &Path,
+    db: &Db,
+    mirror: &S3Bucket,
+    backup: &S3Bucket,
+    progress: &dyn Fn(&str),
+) -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(0x6d69_7272_6f72);
-    let now = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap_or_else(|_| Utc::now());
+    let now = Utc::now()
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap_or_else(|_| Utc::now());
     let start = now - TimeDelta::days(DAYS);
 
     // Origin files: mods with one to three files each, log-uniform sizes 512 B – 32 KiB.
     progress("writing origin files");
-    let names = ["textures", "models", "sounds", "maps", "scripts", "ui", "fonts", "shaders"];
+    let names = [
+        "textures", "models", "sounds", "maps", "scripts", "ui", "fonts", "shaders",
+    ];
     let mut files = Vec::with_capacity(ORIGIN_FILES);
     let mut mod_id = 4100u32;
     while files.len() < ORIGIN_FILES {
@@ -270,7 +322,10 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
             let size = (512.0 * (64.0f64).powf(rng.random::<f64>())) as usize;
             files.push(GenFile {
                 remote_id: format!("{mod_id}-{file_id}"),
-                path: format!("mods/{mod_id}/{file_id}/{name}-v{}.zip", rng.random_range(1..9)),
+                path: format!(
+                    "mods/{mod_id}/{file_id}/{name}-v{}.zip",
+                    rng.random_range(1..9)
+                ),
                 size,
                 seed: files.len() as u64,
             });
@@ -312,17 +367,23 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
         cdf.push(acc);
     }
     // Dormant files: popular enough to have history, silent for the last 100 days.
-    let dormant: std::collections::HashSet<usize> = order[40..40 + DORMANT_FILES].iter().copied().collect();
+    let dormant: std::collections::HashSet<usize> =
+        order[40..40 + DORMANT_FILES].iter().copied().collect();
     let dormant_cutoff = now - TimeDelta::days(100);
     let hours = DAYS * 24;
     let base = TARGET_EVENTS / hours as f64 / 0.47;
-    let mut raw: Vec<(DateTime<Utc>, usize, u32)> = Vec::with_capacity(TARGET_EVENTS as usize + 10_000);
+    let mut raw: Vec<(DateTime<Utc>, usize, u32)> =
+        Vec::with_capacity(TARGET_EVENTS as usize + 10_000);
     for h in 0..hours {
         let t = start + TimeDelta::hours(h);
         use chrono::{Datelike, Timelike};
         let hour = t.hour() as f64;
         let daily = 0.55 + 0.45 * ((hour - 18.0) / 24.0 * std::f64::consts::TAU).cos();
-        let weekly = if t.weekday().number_from_monday() >= 6 { 1.3 } else { 1.0 };
+        let weekly = if t.weekday().number_from_monday() >= 6 {
+            1.3
+        } else {
+            1.0
+        };
         let growth = 0.6 + 0.4 * h as f64 / hours as f64;
         let lambda = base * daily * weekly * growth;
         let n = lambda.floor() as usize + usize::from(rng.random::<f64>() < lambda.fract());
@@ -344,14 +405,21 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
     for (at, idx, _) in &raw {
         first_seen[*idx].get_or_insert(*at);
     }
-    let mirrored: Vec<usize> = (0..files.len()).filter(|i| first_seen[*i].is_some()).collect();
+    let mirrored: Vec<usize> = (0..files.len())
+        .filter(|i| first_seen[*i].is_some())
+        .collect();
     // Pick the special files among the mirrored, non-dormant ones, deterministically.
-    let mut pool: Vec<usize> = mirrored.iter().copied().filter(|i| !dormant.contains(i)).collect();
+    let mut pool: Vec<usize> = mirrored
+        .iter()
+        .copied()
+        .filter(|i| !dormant.contains(i))
+        .collect();
     for i in (1..pool.len()).rev() {
         pool.swap(i, rng.random_range(0..=i));
     }
     let changed: Vec<usize> = pool[..CHANGED_AT_ORIGIN].to_vec();
-    let missing: Vec<usize> = pool[CHANGED_AT_ORIGIN..CHANGED_AT_ORIGIN + MISSING_IN_MIRROR].to_vec();
+    let missing: Vec<usize> =
+        pool[CHANGED_AT_ORIGIN..CHANGED_AT_ORIGIN + MISSING_IN_MIRROR].to_vec();
     let drift_pool = &pool[CHANGED_AT_ORIGIN + MISSING_IN_MIRROR..];
     let missing_in_backup: Vec<usize> = drift_pool[..15].to_vec();
     let backup_other_size: Vec<usize> = drift_pool[15..25].to_vec();
@@ -367,7 +435,12 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
         .map(|i| {
             let f = &files[i];
             let body = Bytes::from(content(f.seed, f.size));
-            async move { mirror.put_bytes(&f.path, body, Some("application/zip")).await.map(|r| (i, r)) }
+            async move {
+                mirror
+                    .put_bytes(&f.path, body, Some("application/zip"))
+                    .await
+                    .map(|r| (i, r))
+            }
         })
         .buffer_unordered(16);
     futures::pin_mut!(uploads);
@@ -390,10 +463,19 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
             };
             (f.path.clone(), body)
         })
-        .chain((0..10).map(|n| (format!("mods/retired/{n}/old-pack.zip"), content(900_000 + n, 2048 + n as usize))))
+        .chain((0..10).map(|n| {
+            (
+                format!("mods/retired/{n}/old-pack.zip"),
+                content(900_000 + n, 2048 + n as usize),
+            )
+        }))
         .collect::<Vec<_>>();
     let puts = futures::stream::iter(backup_puts)
-        .map(|(key, body)| async move { backup.put_bytes(&key, Bytes::from(body), Some("application/zip")).await })
+        .map(|(key, body)| async move {
+            backup
+                .put_bytes(&key, Bytes::from(body), Some("application/zip"))
+                .await
+        })
         .buffer_unordered(16);
     futures::pin_mut!(puts);
     while let Some(r) = puts.next().await {
@@ -436,7 +518,11 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
     // The origin moves on: new content for some files, after they were mirrored.
     for (n, &i) in changed.iter().enumerate() {
         let f = &files[i];
-        let size = if n % 3 == 0 { f.size } else { f.size + 1024 + n * 13 };
+        let size = if n % 3 == 0 {
+            f.size
+        } else {
+            f.size + 1024 + n * 13
+        };
         std::fs::write(origin_root.join(&f.path), content(f.seed ^ 0x5eed, size))?;
     }
 
@@ -460,7 +546,11 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
             file_id: file_id_of[idx],
             cache_hit,
             bytes: if status == 200 { size } else { 0 },
-            duration_ms: if cache_hit { 4 + (roll * 400.0) as i32 % 40 } else { 120 + (roll * 9000.0) as i32 % 1800 },
+            duration_ms: if cache_hit {
+                4 + (roll * 400.0) as i32 % 40
+            } else {
+                120 + (roll * 9000.0) as i32 % 1800
+            },
             status,
         });
         if batch.len() == batch.capacity() {
@@ -480,7 +570,11 @@ async fn generate(dir: &Path, db: &Db, mirror: &S3Bucket, backup: &S3Bucket, pro
         let row = &mirror_rows[k];
         inventory.push(InventoryRow {
             path: row.key.clone(),
-            size: if inventory_wrong_size.contains(&i) { row.size + 4096 } else { row.size },
+            size: if inventory_wrong_size.contains(&i) {
+                row.size + 4096
+            } else {
+                row.size
+            },
             etag: row.etag.clone(),
             content_type: Some("application/zip".into()),
             is_backed_up: !missing_in_backup.contains(&i),

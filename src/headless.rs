@@ -16,7 +16,8 @@ pub fn bytes(n: i64) -> String {
 
 /// A rate as "87.3%", or "-" when undefined.
 pub fn percent(r: Option<f64>) -> String {
-    r.map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "-".into())
+    r.map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// A timestamp as "2026-11-22 14:05", or "never".
@@ -30,7 +31,7 @@ pub fn count(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -101,6 +102,14 @@ pub fn stats_table(r: &StatsReport) -> String {
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<16} {v}");
     }
+    if !r.archived_months_excluded.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:<16} {} (events on S3; totals above include them)",
+            "archived months",
+            r.archived_months_excluded.join(", ")
+        );
+    }
     out
 }
 
@@ -117,18 +126,61 @@ pub fn stats_prometheus(r: &StatsReport) -> String {
     let w = r.window.label();
     let mut out = String::new();
     let mut metric = |name: &str, help: &str, v: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{window=\"{w}\"}} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{window=\"{w}\"}} {v}"
+        );
     };
-    metric("mirrorctl_requests", "Downloads served in the window.", r.requests as f64);
-    metric("mirrorctl_hits", "Downloads served from the mirror in the window.", r.hits as f64);
-    metric("mirrorctl_misses", "Downloads fetched from the origin in the window.", r.misses as f64);
-    metric("mirrorctl_hit_rate", "hits / (hits + misses) in the window.", r.hit_rate.unwrap_or(0.0));
-    metric("mirrorctl_bytes_served", "Bytes served in the window.", r.bytes_served as f64);
-    metric("mirrorctl_bandwidth_saved_bytes", "Bytes served from the mirror in the window.", r.bandwidth_saved_bytes as f64);
-    metric("mirrorctl_storage_objects", "Live mirrored objects.", r.storage_objects as f64);
-    metric("mirrorctl_storage_bytes", "Bytes of live mirrored objects.", r.storage_bytes as f64);
-    metric("mirrorctl_stale_files", "Mirrored files marked stale.", r.stale_files as f64);
-    metric("mirrorctl_errors", "Failed downloads in the window.", r.errors as f64);
+    metric(
+        "mirrorctl_requests",
+        "Downloads served in the window.",
+        r.requests as f64,
+    );
+    metric(
+        "mirrorctl_hits",
+        "Downloads served from the mirror in the window.",
+        r.hits as f64,
+    );
+    metric(
+        "mirrorctl_misses",
+        "Downloads fetched from the origin in the window.",
+        r.misses as f64,
+    );
+    metric(
+        "mirrorctl_hit_rate",
+        "hits / (hits + misses) in the window.",
+        r.hit_rate.unwrap_or(0.0),
+    );
+    metric(
+        "mirrorctl_bytes_served",
+        "Bytes served in the window.",
+        r.bytes_served as f64,
+    );
+    metric(
+        "mirrorctl_bandwidth_saved_bytes",
+        "Bytes served from the mirror in the window.",
+        r.bandwidth_saved_bytes as f64,
+    );
+    metric(
+        "mirrorctl_storage_objects",
+        "Live mirrored objects.",
+        r.storage_objects as f64,
+    );
+    metric(
+        "mirrorctl_storage_bytes",
+        "Bytes of live mirrored objects.",
+        r.storage_bytes as f64,
+    );
+    metric(
+        "mirrorctl_stale_files",
+        "Mirrored files marked stale.",
+        r.stale_files as f64,
+    );
+    metric(
+        "mirrorctl_errors",
+        "Failed downloads in the window.",
+        r.errors as f64,
+    );
     out
 }
 
@@ -144,12 +196,24 @@ pub fn files_table(r: &FilesReport) -> String {
                 count(f.downloads),
                 bytes(f.bytes_served),
                 time(f.last_downloaded_at),
-                if f.is_stale { "stale".into() } else { String::new() },
+                if f.is_stale {
+                    "stale".into()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
     table(
-        &["ID", "KEY", "SIZE", "DOWNLOADS", "SERVED", "LAST DOWNLOADED", "STALE"],
+        &[
+            "ID",
+            "KEY",
+            "SIZE",
+            "DOWNLOADS",
+            "SERVED",
+            "LAST DOWNLOADED",
+            "STALE",
+        ],
         &[true, false, true, true, true, false, false],
         &rows,
     )
@@ -169,11 +233,17 @@ pub fn file_table(r: &FileReport) -> String {
     kv("mirrored at", time(Some(f.mirrored_at)));
     kv("last downloaded", time(f.last_downloaded_at));
     kv("last validated", time(f.last_validated_at));
-    kv("downloads", format!("{} ({} served)", count(f.downloads), bytes(f.bytes_served)));
+    kv(
+        "downloads",
+        format!("{} ({} served)", count(f.downloads), bytes(f.bytes_served)),
+    );
     kv(
         "stale",
         if f.is_stale {
-            format!("yes: {}", f.stale_reason.as_deref().unwrap_or("no reason recorded"))
+            format!(
+                "yes: {}",
+                f.stale_reason.as_deref().unwrap_or("no reason recorded")
+            )
         } else {
             "no".into()
         },
@@ -181,13 +251,22 @@ pub fn file_table(r: &FileReport) -> String {
     if let Some(d) = f.deleted_at {
         kv("deleted at", time(Some(d)));
     }
-    kv("origin file", format!("{} ({}:{})", f.origin_file_id, f.origin_source, f.origin_remote_id));
+    kv(
+        "origin file",
+        format!(
+            "{} ({}:{})",
+            f.origin_file_id, f.origin_source, f.origin_remote_id
+        ),
+    );
     kv("origin url", r.origin.url.clone());
     kv(
         "origin (recorded)",
         format!(
             "size {} etag {}",
-            r.origin.size.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+            r.origin
+                .size
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "?".into()),
             r.origin.etag.as_deref().unwrap_or("-")
         ),
     );
@@ -220,7 +299,13 @@ pub fn file_table(r: &FileReport) -> String {
     }
     if !r.downloads_per_day.is_empty() {
         out.push_str("\ndownloads per day:\n");
-        let max = r.downloads_per_day.iter().map(|d| d.downloads).max().unwrap_or(1).max(1);
+        let max = r
+            .downloads_per_day
+            .iter()
+            .map(|d| d.downloads)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         for d in &r.downloads_per_day {
             let bar = "#".repeat(((d.downloads * 40) / max) as usize);
             let _ = writeln!(out, "  {}  {:>6}  {bar}", d.day, count(d.downloads));
@@ -241,14 +326,21 @@ pub fn history_table(r: &HistoryReport) -> String {
                 o.status.clone(),
                 o.operator.clone(),
                 o.finished_at
-                    .map(|f| format!("{:.1}s", (f - o.started_at).num_milliseconds() as f64 / 1000.0))
+                    .map(|f| {
+                        format!(
+                            "{:.1}s",
+                            (f - o.started_at).num_milliseconds() as f64 / 1000.0
+                        )
+                    })
                     .unwrap_or_else(|| "-".into()),
                 summary_line(o.summary.as_ref()),
             ]
         })
         .collect();
     table(
-        &["ID", "STARTED", "KIND", "STATUS", "OPERATOR", "TOOK", "SUMMARY"],
+        &[
+            "ID", "STARTED", "KIND", "STATUS", "OPERATOR", "TOOK", "SUMMARY",
+        ],
         &[true, false, false, false, false, true, false],
         &rows,
     )
@@ -271,6 +363,469 @@ fn summary_line(v: Option<&serde_json::Value>) -> String {
     s
 }
 
+pub fn validate_table(r: &crate::engine::ops::validate::ValidateReport) -> String {
+    use crate::engine::ops::validate::ValidateStatus;
+    let mut out = String::new();
+    for (k, v) in [
+        ("scope", r.scope.clone()),
+        ("checked", count(r.checked as i64)),
+        ("fresh", count(r.fresh as i64)),
+        ("stale", count(r.stale as i64)),
+        ("newly stale", count(r.newly_stale as i64)),
+        ("missing in mirror", count(r.missing_in_mirror as i64)),
+        ("origin errors", count(r.origin_errors as i64)),
+    ] {
+        let _ = writeln!(out, "{k:<18} {v}");
+    }
+    if !r.recorded {
+        out.push_str("(read-only: results were not written to the database)\n");
+    }
+    if !r.items.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = r
+            .items
+            .iter()
+            .map(|i| {
+                let status = match i.status {
+                    ValidateStatus::Fresh => "fresh",
+                    ValidateStatus::Stale => "stale",
+                    ValidateStatus::Missing => "missing",
+                    ValidateStatus::OriginError => "origin_error",
+                };
+                vec![
+                    i.id.to_string(),
+                    i.key.clone(),
+                    status.into(),
+                    i.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["ID", "KEY", "STATUS", "REASON"],
+            &[true, false, false, false],
+            &rows,
+        ));
+    }
+    if r.items_omitted > 0 {
+        let _ = writeln!(
+            out,
+            "… and {} more (see --output json or `files --stale`)",
+            count(r.items_omitted as i64)
+        );
+    }
+    out
+}
+
+pub fn remirror_table(r: &crate::engine::ops::remirror::RemirrorReport) -> String {
+    use crate::engine::ops::remirror::RemirrorStatus;
+    let mut out = String::new();
+    if r.dry_run {
+        let _ = writeln!(
+            out,
+            "dry run: would remirror {} files ({} recorded); nothing was changed",
+            count(r.candidates as i64),
+            bytes(r.bytes as i64)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "remirrored {} of {} files ({}), {} failed",
+            count(r.remirrored as i64),
+            count(r.candidates as i64),
+            bytes(r.bytes as i64),
+            count(r.failed as i64)
+        );
+    }
+    if !r.items.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = r
+            .items
+            .iter()
+            .map(|i| {
+                let status = match i.status {
+                    RemirrorStatus::Remirrored => "remirrored",
+                    RemirrorStatus::Failed => "failed",
+                    RemirrorStatus::Planned => "planned",
+                };
+                vec![
+                    i.id.to_string(),
+                    i.key.clone(),
+                    status.into(),
+                    bytes(i.bytes as i64),
+                    i.error
+                        .clone()
+                        .or_else(|| i.sha256.clone())
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["ID", "KEY", "STATUS", "SIZE", "SHA-256 / ERROR"],
+            &[true, false, false, true, false],
+            &rows,
+        ));
+    }
+    if r.items_omitted > 0 {
+        let _ = writeln!(
+            out,
+            "… and {} more (see --output json)",
+            count(r.items_omitted as i64)
+        );
+    }
+    out
+}
+
+pub fn purge_table(r: &crate::engine::ops::purge::PurgeReport) -> String {
+    let mut out = String::new();
+    if r.dry_run {
+        let _ = writeln!(
+            out,
+            "dry run ({}): {} objects, {} would be deleted; nothing was changed",
+            r.selection,
+            count(r.candidates as i64),
+            bytes(r.bytes as i64)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "purged ({}): {} of {} objects deleted, {} freed, {} failed",
+            r.selection,
+            count(r.deleted as i64),
+            count(r.candidates as i64),
+            bytes(r.bytes_freed as i64),
+            count(r.failed as i64)
+        );
+    }
+    if !r.first_keys.is_empty() {
+        out.push_str(if r.dry_run {
+            "\nfirst candidates (least recently used first):\n"
+        } else {
+            "\nfirst keys:\n"
+        });
+        for k in &r.first_keys {
+            let _ = writeln!(out, "  {k}");
+        }
+    }
+    if !r.errors.is_empty() {
+        out.push_str("\nerrors:\n");
+        for e in &r.errors {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
+    out
+}
+
+pub fn archive_list_table(r: &crate::engine::ops::archive::ArchiveListReport) -> String {
+    use crate::engine::ops::archive::PartitionState;
+    let rows: Vec<Vec<String>> = r
+        .partitions
+        .iter()
+        .map(|p| {
+            let state = match p.state {
+                PartitionState::Live => "live",
+                PartitionState::Archived if p.live_rows > 0 => "archived (+late rows)",
+                PartitionState::Archived => "archived",
+                PartitionState::Restored => "restored",
+            };
+            vec![
+                p.partition.clone(),
+                count(p.rows),
+                p.bytes.map(bytes).unwrap_or_else(|| "-".into()),
+                state.into(),
+                p.object.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["PARTITION", "ROWS", "BYTES", "STATE", "OBJECT"],
+        &[false, true, true, false, false],
+        &rows,
+    )
+}
+
+pub fn archive_run_table(r: &crate::engine::ops::archive::ArchiveRunReport) -> String {
+    use crate::engine::ops::archive::RunStatus;
+    let rows: Vec<Vec<String>> = r
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.clone(),
+                match p.status {
+                    RunStatus::Archived => "archived".into(),
+                    RunStatus::WouldArchive => "would archive".into(),
+                    RunStatus::Skipped => "skipped".into(),
+                },
+                count(p.rows as i64),
+                p.bytes
+                    .map(|b| bytes(b as i64))
+                    .unwrap_or_else(|| "-".into()),
+                p.object
+                    .clone()
+                    .or_else(|| p.reason.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out = if rows.is_empty() {
+        format!(
+            "nothing to archive: no month up to {} has events\n",
+            r.last_eligible_month
+        )
+    } else {
+        table(
+            &["PARTITION", "RESULT", "ROWS", "BYTES", "OBJECT"],
+            &[false, false, true, true, false],
+            &rows,
+        )
+    };
+    if r.dry_run {
+        let n = r
+            .partitions
+            .iter()
+            .filter(|p| p.status == RunStatus::WouldArchive)
+            .count();
+        let _ = writeln!(
+            out,
+            "dry run: would archive {n} partition(s), {} rows (months up to {}); run with --yes to archive",
+            count(r.rows as i64),
+            r.last_eligible_month
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "archived {} partition(s): {} rows, {} of Parquet",
+            r.archived,
+            count(r.rows as i64),
+            bytes(r.bytes as i64)
+        );
+    }
+    out
+}
+
+pub fn archive_verify_table(r: &crate::engine::ops::archive::ArchiveVerifyReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .parts
+        .iter()
+        .map(|p| {
+            vec![
+                p.key.clone(),
+                p.footer_rows
+                    .map(|n| count(n as i64))
+                    .unwrap_or_else(|| "-".into()),
+                p.bytes
+                    .map(|b| bytes(b as i64))
+                    .unwrap_or_else(|| "-".into()),
+                if p.ok { "ok".into() } else { "MISMATCH".into() },
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["PART", "ROWS", "BYTES", "CHECK"],
+        &[false, true, true, false],
+        &rows,
+    );
+    for p in &r.problems {
+        let _ = writeln!(out, "problem: {p}");
+    }
+    let _ = writeln!(
+        out,
+        "{}: {} ({} of {} rows)",
+        r.partition,
+        if r.ok { "verified" } else { "DOES NOT VERIFY" },
+        count(r.rows as i64),
+        count(r.expected_rows as i64)
+    );
+    out
+}
+
+pub fn archive_restore_table(r: &crate::engine::ops::archive::ArchiveRestoreReport) -> String {
+    format!(
+        "restored {}: {} rows from {}\n",
+        r.partition,
+        count(r.rows as i64),
+        r.object
+    )
+}
+
+/// `drift --combined` output: lines written through one buffered, locked stdout so that
+/// range workers never interleave within a line and a million keys cost few syscalls.
+pub struct DriftLines {
+    out: std::sync::Arc<std::sync::Mutex<std::io::BufWriter<std::io::Stdout>>>,
+}
+
+impl DriftLines {
+    pub fn stdout() -> DriftLines {
+        DriftLines {
+            out: std::sync::Arc::new(std::sync::Mutex::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            ))),
+        }
+    }
+
+    /// The callback the drift engine calls per key.
+    pub fn sink(&self) -> crate::engine::ops::drift::LineSink {
+        let out = self.out.clone();
+        std::sync::Arc::new(move |mark, key| {
+            use std::io::Write as _;
+            if let Ok(mut w) = out.lock() {
+                // A closed pipe (`| head`) is not an error worth reporting.
+                let _ = writeln!(w, "{mark} {key}");
+            }
+        })
+    }
+
+    pub fn finish(self) {
+        use std::io::Write as _;
+        if let Ok(mut w) = self.out.lock() {
+            let _ = w.flush();
+        }
+    }
+}
+
+/// Progress of a long headless run on stderr: one line redrawn in place on a terminal (at
+/// most 10 times a second), otherwise a plain line every 5 seconds for logs and cron mail.
+pub fn progress() -> crate::engine::jobs::Progress {
+    use crate::engine::jobs::{JobEvent, Progress};
+    use std::io::IsTerminal as _;
+    use std::time::{Duration, Instant};
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(5)
+    };
+    let last = std::sync::Mutex::new(Instant::now());
+    Progress::with_sink(move |e| {
+        if let JobEvent::Progress { msg, .. } = e {
+            let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() >= every {
+                *last = Instant::now();
+                if tty {
+                    eprint!("\r\x1b[2K{msg}");
+                } else {
+                    eprintln!("mirrorctl: {msg}");
+                }
+            }
+        }
+    })
+}
+
+/// Clears the progress line before the result is printed.
+pub fn clear_progress_line() {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K");
+    }
+}
+
+/// The drift counts on one line (stderr, under `--combined`).
+pub fn drift_summary_line(r: &crate::engine::ops::drift::DriftReport) -> String {
+    let s = &r.summary;
+    format!(
+        "drift: {} same, {} missing in backup, {} extra in backup, {} differ, {} unverifiable, {} errors; \
+         inventory: {} missing, {} orphaned, {} differ ({:.1}s)",
+        s.same,
+        s.missing_in_backup,
+        s.extra_in_backup,
+        s.differ,
+        s.unverifiable,
+        s.errors,
+        s.inventory_missing,
+        s.inventory_orphaned,
+        s.inventory_differ,
+        r.elapsed_seconds
+    )
+}
+
+pub fn drift_table(r: &crate::engine::ops::drift::DriftReport) -> String {
+    use crate::engine::ops::drift::{InventoryStatus, PairStatus};
+    let s = &r.summary;
+    let mut out = String::new();
+    let _ =
+        writeln!(
+        out,
+        "main   {} at {} ({} objects)\nbackup {} at {} ({} objects)\ninventory {} live rows{}\n",
+        r.main.bucket,
+        r.main.endpoint,
+        count(r.main_objects as i64),
+        r.backup.bucket,
+        r.backup.endpoint,
+        count(r.backup_objects as i64),
+        count(r.inventory_rows as i64),
+        if r.prefix.is_empty() { String::new() } else { format!(", prefix {:?}", r.prefix) }
+    );
+    for (k, v) in [
+        ("same", s.same),
+        ("missing in backup", s.missing_in_backup),
+        ("extra in backup", s.extra_in_backup),
+        ("differ", s.differ),
+        ("unverifiable", s.unverifiable),
+        ("errors", s.errors),
+        ("inventory missing", s.inventory_missing),
+        ("inventory orphaned", s.inventory_orphaned),
+        ("inventory differ", s.inventory_differ),
+    ] {
+        let _ = writeln!(out, "{k:<20} {:>12}", count(v as i64));
+    }
+    let _ = writeln!(out, "{:<20} {:>11.1}s", "took", r.elapsed_seconds);
+    if !r.items.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = r
+            .items
+            .iter()
+            .map(|i| {
+                vec![
+                    match i.status {
+                        Some(PairStatus::Same) | None => "",
+                        Some(PairStatus::MissingInBackup) => "missing in backup",
+                        Some(PairStatus::ExtraInBackup) => "extra in backup",
+                        Some(PairStatus::Differ) => "differ",
+                        Some(PairStatus::Unverifiable) => "unverifiable",
+                        Some(PairStatus::Error) => "error",
+                    }
+                    .to_string(),
+                    match i.inventory_status {
+                        None => "",
+                        Some(InventoryStatus::InventoryMissing) => "no row",
+                        Some(InventoryStatus::InventoryOrphaned) => "orphaned row",
+                        Some(InventoryStatus::InventoryDiffer) => "row differs",
+                    }
+                    .to_string(),
+                    format!("{:?}", i.key).trim_matches('"').to_string(),
+                    i.detail.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["BUCKETS", "INVENTORY", "KEY", "DETAIL"],
+            &[false; 4],
+            &rows,
+        ));
+    }
+    if let Some(rep) = &r.repair {
+        let verb = if rep.dry_run { "would" } else { "did" };
+        let _ = writeln!(
+            out,
+            "\nrepair ({verb}): copy {} objects ({}, {}), delete {} extra, keep {} extra, skip {} unverifiable/error, \
+             write {} inventory rows, soft-delete {}",
+            count(rep.copied as i64),
+            bytes(rep.copied_bytes as i64),
+            if rep.server_side_copy { "server-side" } else { "streamed" },
+            count(rep.deleted as i64),
+            count(rep.kept_extra as i64),
+            count(rep.skipped as i64),
+            count(rep.inventory_written as i64),
+            count(rep.inventory_soft_deleted as i64),
+        );
+        for f in &rep.failures {
+            let _ = writeln!(out, "  failed {} {:?}: {}", f.action, f.key, f.error);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +839,11 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&["A", "BB"], &[true, false], &[vec!["10".into(), "x".into()]]);
+        let t = table(
+            &["A", "BB"],
+            &[true, false],
+            &[vec!["10".into(), "x".into()]],
+        );
         assert_eq!(t, " A  BB\n10  x\n");
     }
 }

@@ -20,7 +20,10 @@ use mirrorctl::{headless, tui};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -60,13 +63,23 @@ fn init_logging(cli: &Cli) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MIRRORCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("mirrorctl={level},s3s=off,s3s_fs=off")));
-    let interactive = !cli.headless && !matches!(cli.command, Some(Command::Demo { .. }) | Some(Command::Migrate));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MIRRORCTL_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("mirrorctl={level},s3s=off,s3s_fs=off"))
+        });
+    let interactive = !cli.headless
+        && !matches!(
+            cli.command,
+            Some(Command::Demo { .. }) | Some(Command::Migrate)
+        );
     if interactive {
         // The TUI owns the screen: logs go to a file.
         let path = std::env::temp_dir().join("mirrorctl.log");
-        if let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        if let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+        {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_ansi(false)
@@ -88,7 +101,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let (ctx, _demo) = open(&cli).await?;
     if let Some(Command::Migrate) = &cli.command {
         let r = ctx.db.migrate().await?;
-        print(&cli, &r, || format!("migrated {}: {} applied, {} total\n", ctx.db.target(), r.applied, r.total))?;
+        print(&cli, &r, || {
+            format!(
+                "migrated {}: {} applied, {} total\n",
+                ctx.db.target(),
+                r.applied,
+                r.total
+            )
+        })?;
         return Ok(0);
     }
     ctx.db.check_schema().await?;
@@ -96,7 +116,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(tui::run(ctx, cli.command.as_ref().map(|c| c.name())).await?);
     }
     let Some(cmd) = &cli.command else {
-        return Err(Error::Usage("--headless needs a command (try `mirrorctl --help`)".into()).into());
+        return Err(
+            Error::Usage("--headless needs a command (try `mirrorctl --help`)".into()).into(),
+        );
     };
     run_headless(&cli, &ctx, cmd).await
 }
@@ -106,7 +128,10 @@ async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
     if cli.demo {
         let demo = Demo::start(&demo::default_dir(), Ports::default()).await?;
         if !demo.is_generated() {
-            eprintln!("mirrorctl: generating the demo dataset in {} (once)…", demo.dir.display());
+            eprintln!(
+                "mirrorctl: generating the demo dataset in {} (once)…",
+                demo.dir.display()
+            );
             demo.ensure_generated(&|step| eprintln!("  {step}")).await?;
         }
         let db = connect(&demo.config).await?;
@@ -123,11 +148,20 @@ async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
 
 async fn connect(config: &config::Config) -> anyhow::Result<Db> {
     let url = config.database_url().map_err(Error::Usage)?;
-    Ok(Db::connect(url, config.database.max_connections, config.database.connect_timeout.0).await?)
+    Ok(Db::connect(
+        url,
+        config.database.max_connections,
+        config.database.connect_timeout.0,
+    )
+    .await?)
 }
 
 /// Prints a report as JSON or with the table renderer.
-fn print<T: serde::Serialize>(cli: &Cli, report: &T, table: impl FnOnce() -> String) -> anyhow::Result<()> {
+fn print<T: serde::Serialize>(
+    cli: &Cli,
+    report: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     let text = match cli.output {
         OutputFormat::Json => headless::json(report) + "\n",
         OutputFormat::Table => table(),
@@ -199,7 +233,186 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             let r = files::presign(ctx, id, expires).await?;
             print(cli, &r, || format!("{}\n", r.url))?;
         }
+        Command::Validate {
+            all,
+            ids,
+            recent_days,
+            concurrency,
+        } => {
+            use mirrorctl::engine::ops::validate;
+            let params = validate::ValidateParams {
+                all: *all,
+                ids: ids.clone(),
+                recent_days: *recent_days,
+                concurrency: *concurrency,
+            };
+            let r = validate::run(ctx, params, &cancellable_progress()).await?;
+            print(cli, &r, || headless::validate_table(&r))?;
+            return Ok(report_exit(&r));
+        }
+        Command::Remirror {
+            targets,
+            all_stale,
+            dry_run,
+            yes,
+            concurrency,
+        } => {
+            use mirrorctl::engine::ops::remirror;
+            let params = remirror::RemirrorParams {
+                targets: targets.clone(),
+                all_stale: *all_stale,
+                dry_run: *dry_run,
+                yes: *yes,
+                concurrency: *concurrency,
+            };
+            let r = remirror::run(ctx, params, &cancellable_progress()).await?;
+            print(cli, &r, || headless::remirror_table(&r))?;
+            return Ok(report_exit(&r));
+        }
+        Command::Purge {
+            stale,
+            unused_days,
+            max_bytes,
+            dry_run,
+            max_delete,
+            yes,
+        } => {
+            use mirrorctl::engine::ops::purge;
+            let target = match (stale, unused_days, max_bytes) {
+                (true, _, _) => purge::PurgeTarget::Stale,
+                (_, Some(days), _) => purge::PurgeTarget::UnusedDays(*days),
+                (_, _, Some(size)) => purge::PurgeTarget::MaxBytes(
+                    config::parse_size(size)
+                        .map_err(|e| Error::Usage(format!("--max-bytes: {e}")))?,
+                ),
+                _ => {
+                    return Err(Error::Usage(
+                        "purge needs --stale, --unused-days N or --max-bytes SIZE".into(),
+                    )
+                    .into())
+                }
+            };
+            let params = purge::PurgeParams {
+                target,
+                dry_run: *dry_run,
+                max_delete: *max_delete,
+                yes: *yes,
+            };
+            let r = purge::run(ctx, params, &cancellable_progress()).await?;
+            print(cli, &r, || headless::purge_table(&r))?;
+            return Ok(report_exit(&r));
+        }
+        Command::Archive { action } => return run_archive(cli, ctx, action).await,
+        Command::Drift {
+            repair,
+            delete_extra,
+            dry_run,
+            yes,
+            combined,
+            checksum,
+            concurrency,
+            prefix,
+        } => {
+            use mirrorctl::engine::ops::drift;
+            if *repair && !*dry_run && !*yes {
+                return Err(Error::Refused("drift --repair changes the backup and the inventory: add --yes (or --dry-run to see the plan)".into()).into());
+            }
+            let lines = combined.then(headless::DriftLines::stdout);
+            let params = drift::DriftParams {
+                prefix: prefix.clone(),
+                concurrency: *concurrency,
+                checksum: *checksum,
+                repair: *repair,
+                delete_extra: *delete_extra,
+                dry_run: *dry_run,
+                on_line: lines.as_ref().map(|l| l.sink()),
+            };
+            let progress = cancellable_progress();
+            let r = drift::run(ctx, params, &progress).await;
+            headless::clear_progress_line();
+            let r = r?;
+            match lines {
+                // The lines are the output; the counts go to stderr so a diff sees only lines.
+                Some(lines) => {
+                    lines.finish();
+                    eprintln!("{}", headless::drift_summary_line(&r));
+                }
+                None => print(cli, &r, || headless::drift_table(&r))?,
+            }
+            return Ok(report_exit(&r));
+        }
         Command::Migrate | Command::Demo { .. } => unreachable!("handled before"),
+    }
+    Ok(0)
+}
+
+/// Headless progress on stderr, with Ctrl-C as a clean cancel: the operation stops after the
+/// work under way, its audit row says `cancelled` and the lock is released.
+fn cancellable_progress() -> mirrorctl::engine::jobs::Progress {
+    let progress = headless::progress();
+    let token = progress.token();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nmirrorctl: cancelling after the work under way…");
+            token.cancel();
+        }
+    });
+    progress
+}
+
+/// The exit code of a completed run: 3 when it found problems, 1 when some items failed.
+fn report_exit(r: &impl mirrorctl::engine::jobs::Report) -> u8 {
+    if r.failures() > 0 {
+        1
+    } else if r.found_problems() {
+        3
+    } else {
+        0
+    }
+}
+
+/// `archive list|run|verify|restore`; verify exits 3 when the archive does not match.
+async fn run_archive(
+    cli: &Cli,
+    ctx: &Ctx,
+    action: &mirrorctl::cli::ArchiveAction,
+) -> anyhow::Result<u8> {
+    use mirrorctl::cli::ArchiveAction;
+    use mirrorctl::engine::jobs::Report;
+    use mirrorctl::engine::ops::archive;
+    let progress = cancellable_progress();
+    match action {
+        ArchiveAction::List => {
+            let r = archive::list(ctx).await?;
+            print(cli, &r, || headless::archive_list_table(&r))?;
+        }
+        ArchiveAction::Run {
+            older_than_months,
+            partition,
+            dry_run,
+            yes,
+        } => {
+            let params = archive::ArchiveRunParams {
+                older_than_months: *older_than_months,
+                partition: partition.clone(),
+                dry_run: *dry_run,
+                yes: *yes,
+                rows_per_part: None,
+            };
+            let r = archive::run(ctx, params, &progress).await?;
+            print(cli, &r, || headless::archive_run_table(&r))?;
+        }
+        ArchiveAction::Verify { partition } => {
+            let r = archive::verify(ctx, partition, &progress).await?;
+            print(cli, &r, || headless::archive_verify_table(&r))?;
+            if r.found_problems() {
+                return Ok(3);
+            }
+        }
+        ArchiveAction::Restore { partition } => {
+            let r = archive::restore(ctx, partition, &progress).await?;
+            print(cli, &r, || headless::archive_restore_table(&r))?;
+        }
     }
     Ok(0)
 }
@@ -209,7 +422,10 @@ async fn run_demo(action: &DemoAction) -> anyhow::Result<u8> {
     match action {
         DemoAction::Env => {
             println!("demo directory: {}", dir.display());
-            println!("database:       sqlite://{}", dir.join("mirror.db").display());
+            println!(
+                "database:       sqlite://{}",
+                dir.join("mirror.db").display()
+            );
             println!("buckets:        {}", demo::BUCKETS.join(", "));
             println!("access key:     {}", demo::ACCESS_KEY);
             println!("secret key:     {}", demo::SECRET_KEY);
@@ -220,10 +436,17 @@ async fn run_demo(action: &DemoAction) -> anyhow::Result<u8> {
             let d = Demo::start(&dir, Ports::default()).await?;
             let t = std::time::Instant::now();
             d.generate(&|step| eprintln!("  {step}")).await?;
-            eprintln!("demo regenerated in {} ({:.1}s)", dir.display(), t.elapsed().as_secs_f64());
+            eprintln!(
+                "demo regenerated in {} ({:.1}s)",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            );
             Ok(0)
         }
-        DemoAction::Up { s3_port, origin_port } => {
+        DemoAction::Up {
+            s3_port,
+            origin_port,
+        } => {
             let d = Demo::start(
                 &dir,
                 Ports {
@@ -238,7 +461,11 @@ async fn run_demo(action: &DemoAction) -> anyhow::Result<u8> {
             println!("export AWS_SECRET_ACCESS_KEY={}", demo::SECRET_KEY);
             println!("export AWS_REGION=us-east-1");
             println!("export MIRRORCTL_DEMO_ORIGIN_URL={}", d.origin_url);
-            println!("# buckets: {}; database: sqlite://{}", demo::BUCKETS.join(", "), dir.join("mirror.db").display());
+            println!(
+                "# buckets: {}; database: sqlite://{}",
+                demo::BUCKETS.join(", "),
+                dir.join("mirror.db").display()
+            );
             println!("# serving until Ctrl-C");
             let _ = std::io::stdout().flush();
             let _ = tokio::signal::ctrl_c().await;

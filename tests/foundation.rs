@@ -12,13 +12,17 @@ use chrono::{TimeDelta, Utc};
 use common::{S3Server, TestDb};
 use mirrorctl::engine::db::{partition_name, Backend, Month};
 use mirrorctl::engine::jobs::{audited, Progress, Report};
-use mirrorctl::engine::model::{FileQuery, FileSort, NewDownloadEvent, NewMirroredFile, NewOriginFile};
+use mirrorctl::engine::model::{
+    FileQuery, FileSort, NewDownloadEvent, NewMirroredFile, NewOriginFile,
+};
 use mirrorctl::engine::ops::{files, history, stats};
 use tokio::io::AsyncReadExt;
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(common::binary());
-    cmd.args(args).env_remove("MIRRORCTL_CONFIG").env_remove("MIRRORCTL_DATABASE_URL");
+    cmd.args(args)
+        .env_remove("MIRRORCTL_CONFIG")
+        .env_remove("MIRRORCTL_DATABASE_URL");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -49,17 +53,34 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
         assert_eq!(code, 2, "{file}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{file}: not one line: {err}");
         assert!(err.contains(needle), "{file}: {err}");
-        assert!(err.contains(file), "{file}: error does not name the file: {err}");
-        assert!(!err.contains("AKIAEXAMPLE"), "{file}: secret printed: {err}");
+        assert!(
+            err.contains(file),
+            "{file}: error does not name the file: {err}"
+        );
+        assert!(
+            !err.contains("AKIAEXAMPLE"),
+            "{file}: secret printed: {err}"
+        );
     }
 }
 
 #[test]
 fn missing_explicit_config_is_an_error() {
-    let (code, _, err) = run(&["--config", "/nonexistent/mirrorctl.toml", "--headless", "stats"], &[]);
+    let (code, _, err) = run(
+        &[
+            "--config",
+            "/nonexistent/mirrorctl.toml",
+            "--headless",
+            "stats",
+        ],
+        &[],
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/mirrorctl.toml"), "{err}");
-    let (code, _, err) = run(&["--headless", "stats"], &[("MIRRORCTL_CONFIG", "/nonexistent/env.toml")]);
+    let (code, _, err) = run(
+        &["--headless", "stats"],
+        &[("MIRRORCTL_CONFIG", "/nonexistent/env.toml")],
+    );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/env.toml"), "{err}");
 }
@@ -68,7 +89,10 @@ fn missing_explicit_config_is_an_error() {
 fn bad_flags_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("x.db").display());
-    let env = [("MIRRORCTL_DATABASE_URL", url.as_str()), ("HOME", "/nonexistent")];
+    let env = [
+        ("MIRRORCTL_DATABASE_URL", url.as_str()),
+        ("HOME", "/nonexistent"),
+    ];
     let (code, _, err) = run(&["--headless", "stats", "--window", "3w"], &env);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("3w"), "{err}");
@@ -86,12 +110,22 @@ fn unreachable_database_exits_1_naming_it_without_hanging() {
     let t = Instant::now();
     let (code, _, err) = run(
         &["--headless", "stats"],
-        &[("MIRRORCTL_DATABASE_URL", "postgres://mirror:hunter2@127.0.0.1:1/mirror"), ("HOME", "/nonexistent")],
+        &[
+            (
+                "MIRRORCTL_DATABASE_URL",
+                "postgres://mirror:hunter2@127.0.0.1:1/mirror",
+            ),
+            ("HOME", "/nonexistent"),
+        ],
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("127.0.0.1:1"), "{err}");
     assert!(!err.contains("hunter2"), "password printed: {err}");
-    assert!(t.elapsed() < Duration::from_secs(12), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 /// Seeds two files and a few downloads, then checks every read the dashboards make.
@@ -149,7 +183,10 @@ async fn database_story(t: &TestDb) {
         .await
         .unwrap();
     let storage = db.storage_totals().await.unwrap();
-    assert_eq!((storage.objects, storage.bytes, storage.stale), (2, 5100, 1));
+    assert_eq!(
+        (storage.objects, storage.bytes, storage.stale),
+        (2, 5100, 1)
+    );
 
     // Events two months ago (another partition in PostgreSQL), yesterday and an hour ago.
     let ev = |at, file_id, cache_hit, bytes, status| NewDownloadEvent {
@@ -175,53 +212,153 @@ async fn database_story(t: &TestDb) {
         .unwrap();
 
     let ctx = common::ctx(t, mirrorctl::config::Config::default());
-    let day = stats::run(&ctx, stats::StatsParams { window: stats::Window::Day, series: true }).await.unwrap();
-    assert_eq!((day.hits, day.misses, day.errors, day.requests), (2, 1, 1, 4));
+    let day = stats::run(
+        &ctx,
+        stats::StatsParams {
+            window: stats::Window::Day,
+            series: true,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (day.hits, day.misses, day.errors, day.requests),
+        (2, 1, 1, 4)
+    );
     assert_eq!(day.bandwidth_saved_bytes, 200);
     assert_eq!(day.bytes_served, 5200);
     assert!((day.hit_rate.unwrap() - 2.0 / 3.0).abs() < 1e-9);
     assert!((day.error_rate.unwrap() - 0.25).abs() < 1e-9);
-    assert_eq!((day.storage_objects, day.storage_bytes, day.stale_files), (2, 5100, 1));
-    assert_eq!(day.series.iter().map(|p| p.hits + p.misses + p.errors).sum::<i64>(), 4);
-    let all = stats::run(&ctx, stats::StatsParams { window: stats::Window::All, series: true }).await.unwrap();
+    assert_eq!(
+        (day.storage_objects, day.storage_bytes, day.stale_files),
+        (2, 5100, 1)
+    );
+    assert_eq!(
+        day.series
+            .iter()
+            .map(|p| p.hits + p.misses + p.errors)
+            .sum::<i64>(),
+        4
+    );
+    let all = stats::run(
+        &ctx,
+        stats::StatsParams {
+            window: stats::Window::All,
+            series: true,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!((all.hits, all.misses, all.errors), (3, 2, 1));
     assert_eq!(all.series.iter().map(|p| p.hits).sum::<i64>(), 3);
 
     // The write path kept the per-file counters; errors do not count as downloads.
-    let q = FileQuery { sort: FileSort::Downloads, limit: 10, ..Default::default() };
+    let q = FileQuery {
+        sort: FileSort::Downloads,
+        limit: 10,
+        ..Default::default()
+    };
     let page = files::list(&ctx, &q).await.unwrap().files;
-    assert_eq!(page.iter().map(|f| (f.id, f.downloads)).collect::<Vec<_>>(), vec![(ids[0], 4), (ids[1], 1)]);
+    assert_eq!(
+        page.iter().map(|f| (f.id, f.downloads)).collect::<Vec<_>>(),
+        vec![(ids[0], 4), (ids[1], 1)]
+    );
     assert_eq!(page[0].bytes_served, 400);
     assert!(page[0].last_downloaded_at.unwrap() > now - TimeDelta::minutes(6));
-    let by_size = files::list(&ctx, &FileQuery { sort: FileSort::Size, limit: 1, ..Default::default() }).await.unwrap();
+    let by_size = files::list(
+        &ctx,
+        &FileQuery {
+            sort: FileSort::Size,
+            limit: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(by_size.files[0].id, ids[1]);
-    let stale = files::list(&ctx, &FileQuery { stale_only: true, limit: 10, ..Default::default() }).await.unwrap();
+    let stale = files::list(
+        &ctx,
+        &FileQuery {
+            stale_only: true,
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(stale.files.len(), 1);
     // LIKE wildcards in a filter are literal.
-    let filtered = files::list(&ctx, &FileQuery { filter: Some("B_%".into()), limit: 10, ..Default::default() })
-        .await
-        .unwrap();
-    assert_eq!(filtered.files.iter().map(|f| f.id).collect::<Vec<_>>(), vec![ids[1]]);
-    let none = files::list(&ctx, &FileQuery { filter: Some("_".into()), limit: 10, ..Default::default() })
-        .await
-        .unwrap();
+    let filtered = files::list(
+        &ctx,
+        &FileQuery {
+            filter: Some("B_%".into()),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        filtered.files.iter().map(|f| f.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+    let none = files::list(
+        &ctx,
+        &FileQuery {
+            filter: Some("_".into()),
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(none.files.len(), 1, "only b_%.zip has an underscore");
-    assert_eq!(db.count_files(&FileQuery { stale_only: true, ..Default::default() }).await.unwrap(), 1);
+    assert_eq!(
+        db.count_files(&FileQuery {
+            stale_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+        1
+    );
 
     // One file by id and by key, with downloads per day; an unknown id is NotFound (exit 2).
-    let f = files::show(&ctx, &files::FileParams { id_or_key: ids[0].to_string(), days: 60, ..Default::default() })
-        .await
-        .unwrap();
+    let f = files::show(
+        &ctx,
+        &files::FileParams {
+            id_or_key: ids[0].to_string(),
+            days: 60,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(f.file.key, "mods/a.zip");
-    assert_eq!(f.downloads_per_day.iter().map(|d| d.downloads).sum::<i64>(), 4);
-    let g = files::show(&ctx, &files::FileParams { id_or_key: "mods/b_%.zip".into(), ..Default::default() })
-        .await
-        .unwrap();
+    assert_eq!(
+        f.downloads_per_day.iter().map(|d| d.downloads).sum::<i64>(),
+        4
+    );
+    let g = files::show(
+        &ctx,
+        &files::FileParams {
+            id_or_key: "mods/b_%.zip".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(g.file.id, ids[1]);
     assert_eq!(g.origin.size, Some(5000));
-    let err = files::show(&ctx, &files::FileParams { id_or_key: "424242".into(), ..Default::default() })
-        .await
-        .unwrap_err();
+    let err = files::show(
+        &ctx,
+        &files::FileParams {
+            id_or_key: "424242".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.exit_code(), 2);
 
     // Partitions exist for every month written to (PostgreSQL).
@@ -246,17 +383,31 @@ async fn database_story(t: &TestDb) {
     }
     impl Report for Done {}
     let guard = db.acquire_lock("purge", "alice@host").await.unwrap();
-    let busy = audited(&ctx, "remirror", &serde_json::json!({}), true, &Progress::none(), || async {
-        Ok(Done { n: 1 })
-    })
+    let busy = audited(
+        &ctx,
+        "remirror",
+        &serde_json::json!({}),
+        true,
+        &Progress::none(),
+        || async { Ok(Done { n: 1 }) },
+    )
     .await
     .err()
     .expect("second mutation must be refused");
-    assert!(busy.to_string().starts_with("busy: purge started by alice@host at "), "{busy}");
+    assert!(
+        busy.to_string()
+            .starts_with("busy: purge started by alice@host at "),
+        "{busy}"
+    );
     guard.release().await.unwrap();
-    audited(&ctx, "remirror", &serde_json::json!({"ids": [1]}), true, &Progress::none(), || async {
-        Ok(Done { n: 7 })
-    })
+    audited(
+        &ctx,
+        "remirror",
+        &serde_json::json!({"ids": [1]}),
+        true,
+        &Progress::none(),
+        || async { Ok(Done { n: 7 }) },
+    )
     .await
     .unwrap();
     let h = history::run(&ctx, 10).await.unwrap();
@@ -267,7 +418,12 @@ async fn database_story(t: &TestDb) {
     assert_eq!(h.operations[0].params["ids"][0], 1);
 
     // Soft delete and size changes keep the counters right.
-    sqlx_update(t, "UPDATE mirrored_files SET deleted_at = $2 WHERE id = $1", ids[1]).await;
+    sqlx_update(
+        t,
+        "UPDATE mirrored_files SET deleted_at = $2 WHERE id = $1",
+        ids[1],
+    )
+    .await;
     let storage = db.storage_totals().await.unwrap();
     assert_eq!((storage.objects, storage.bytes, storage.stale), (1, 100, 0));
 }
@@ -278,12 +434,22 @@ async fn sqlx_update(t: &TestDb, sql: &str, id: i64) {
         Backend::Postgres => {
             use sqlx::Connection;
             let mut c = sqlx::PgConnection::connect(&t.url).await.unwrap();
-            sqlx::query(sql).bind(id).bind(Utc::now()).execute(&mut c).await.unwrap();
+            sqlx::query(sql)
+                .bind(id)
+                .bind(Utc::now())
+                .execute(&mut c)
+                .await
+                .unwrap();
         }
         Backend::Sqlite => {
             use sqlx::Connection;
             let mut c = sqlx::SqliteConnection::connect(&t.url).await.unwrap();
-            sqlx::query(sql).bind(id).bind(Utc::now()).execute(&mut c).await.unwrap();
+            sqlx::query(sql)
+                .bind(id)
+                .bind(Utc::now())
+                .execute(&mut c)
+                .await
+                .unwrap();
         }
     }
 }
@@ -305,7 +471,10 @@ async fn sqlite_url_to_missing_file_is_created_and_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/dir/m.db");
     let url = format!("sqlite://{}", path.display());
-    let (code, out, err) = run(&["--headless", "stats", "-o", "json"], &[("MIRRORCTL_DATABASE_URL", &url), ("HOME", "/nonexistent")]);
+    let (code, out, err) = run(
+        &["--headless", "stats", "-o", "json"],
+        &[("MIRRORCTL_DATABASE_URL", &url), ("HOME", "/nonexistent")],
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["requests"], 0);
@@ -316,12 +485,26 @@ async fn s3_layer(server: &S3Server) {
     let (mut cfg, b) = server.new_bucket("layer").await;
     let n = server.name;
     // put / head / get / range
-    b.put_bytes("dir/a b+ü.txt", Bytes::from_static(b"hello world"), Some("text/plain")).await.unwrap();
+    b.put_bytes(
+        "dir/a b+ü.txt",
+        Bytes::from_static(b"hello world"),
+        Some("text/plain"),
+    )
+    .await
+    .unwrap();
     let h = b.head("dir/a b+ü.txt").await.unwrap().expect("exists");
     assert_eq!(h.size, 11, "{n}");
-    assert_eq!(h.etag.as_deref(), Some("5eb63bbbe01eeed093cb22bb8f5acdc3"), "{n}");
+    assert_eq!(
+        h.etag.as_deref(),
+        Some("5eb63bbbe01eeed093cb22bb8f5acdc3"),
+        "{n}"
+    );
     assert!(b.head("nope").await.unwrap().is_none(), "{n}");
-    let mut g = b.get("dir/a b+ü.txt", Some((6, Some(10)))).await.unwrap().unwrap();
+    let mut g = b
+        .get("dir/a b+ü.txt", Some((6, Some(10))))
+        .await
+        .unwrap()
+        .unwrap();
     let mut s = String::new();
     g.body.read_to_string(&mut s).await.unwrap();
     assert_eq!(s, "world", "{n}");
@@ -330,37 +513,74 @@ async fn s3_layer(server: &S3Server) {
 
     // listing pages stream in byte order
     for k in ["k/3", "k/1", "k/5", "k/2", "k/4"] {
-        b.put_bytes(k, Bytes::from(k.as_bytes().to_vec()), None).await.unwrap();
+        b.put_bytes(k, Bytes::from(k.as_bytes().to_vec()), None)
+            .await
+            .unwrap();
     }
     use futures::TryStreamExt;
-    let pages: Vec<Vec<_>> = b.list_pages("k/".into(), None, 2).try_collect().await.unwrap();
+    let pages: Vec<Vec<_>> = b
+        .list_pages("k/".into(), None, 2)
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(pages.len(), 3, "{n}");
     let keys: Vec<String> = pages.into_iter().flatten().map(|o| o.key).collect();
     assert_eq!(keys, ["k/1", "k/2", "k/3", "k/4", "k/5"], "{n}");
-    let after: Vec<Vec<_>> = b.list_pages("k/".into(), Some("k/3".into()), 100).try_collect().await.unwrap();
+    let after: Vec<Vec<_>> = b
+        .list_pages("k/".into(), Some("k/3".into()), 100)
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(after.concat().len(), 2, "{n}");
 
     // multipart above the threshold: 5 MiB parts, 12 MiB body → 3 parts
     cfg.multipart_threshold = mirrorctl::config::ByteSize(6 * 1024 * 1024);
     cfg.part_size = mirrorctl::config::ByteSize(5 * 1024 * 1024);
-    let big_bucket = mirrorctl::engine::s3::S3Bucket::connect(&cfg).await.unwrap();
+    let big_bucket = mirrorctl::engine::s3::S3Bucket::connect(&cfg)
+        .await
+        .unwrap();
     let body: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let put = big_bucket.put_stream("big.bin", &body[..], None).await.unwrap();
+    let put = big_bucket
+        .put_stream("big.bin", &body[..], None)
+        .await
+        .unwrap();
     assert_eq!((put.parts, put.bytes), (3, body.len() as u64), "{n}");
     let h = b.head("big.bin").await.unwrap().unwrap();
     assert_eq!(h.size, body.len() as u64, "{n}");
     assert!(h.etag.unwrap().ends_with("-3"), "{n}");
     let mut got = Vec::new();
-    b.get("big.bin", None).await.unwrap().unwrap().body.read_to_end(&mut got).await.unwrap();
+    b.get("big.bin", None)
+        .await
+        .unwrap()
+        .unwrap()
+        .body
+        .read_to_end(&mut got)
+        .await
+        .unwrap();
     assert!(got == body, "{n}: multipart round trip differs");
     // a small stream goes up in one request
-    assert_eq!(big_bucket.put_stream("small.bin", &b"tiny"[..], None).await.unwrap().parts, 1, "{n}");
+    assert_eq!(
+        big_bucket
+            .put_stream("small.bin", &b"tiny"[..], None)
+            .await
+            .unwrap()
+            .parts,
+        1,
+        "{n}"
+    );
 
     // server-side copy between buckets on one endpoint
     let (_, other) = server.new_bucket("copy").await;
     assert!(other.same_endpoint(&b));
-    other.copy_from(&b, "dir/a b+ü.txt", "copied/a b+ü.txt").await.unwrap();
-    assert_eq!(other.head("copied/a b+ü.txt").await.unwrap().unwrap().size, 11, "{n}");
+    other
+        .copy_from(&b, "dir/a b+ü.txt", "copied/a b+ü.txt")
+        .await
+        .unwrap();
+    assert_eq!(
+        other.head("copied/a b+ü.txt").await.unwrap().unwrap().size,
+        11,
+        "{n}"
+    );
 
     // batch delete: 1,500 keys in two requests
     let keys: Vec<String> = (0..1500).map(|i| format!("del/{i:05}")).collect();
@@ -375,18 +595,31 @@ async fn s3_layer(server: &S3Server) {
         .unwrap();
     let rep = b.delete_batch(&keys).await.unwrap();
     assert_eq!((rep.deleted.len(), rep.failed.len()), (1500, 0), "{n}");
-    let left: Vec<Vec<_>> = b.list_pages("del/".into(), None, 1000).try_collect().await.unwrap();
+    let left: Vec<Vec<_>> = b
+        .list_pages("del/".into(), None, 1000)
+        .try_collect()
+        .await
+        .unwrap();
     assert!(left.concat().is_empty(), "{n}");
 
     // presigned GET works without credentials
-    let url = b.presign_get("dir/a b+ü.txt", Duration::from_secs(60)).await.unwrap();
+    let url = b
+        .presign_get("dir/a b+ü.txt", Duration::from_secs(60))
+        .await
+        .unwrap();
     let text = reqwest_get(&url).await;
     assert_eq!(text, "hello world", "{n}");
 
     // errors name bucket and endpoint
-    let missing = mirrorctl::engine::s3::S3Bucket::connect(&server.bucket_config("no-such-bucket-xyz")).await.unwrap();
+    let missing =
+        mirrorctl::engine::s3::S3Bucket::connect(&server.bucket_config("no-such-bucket-xyz"))
+            .await
+            .unwrap();
     let err = missing.check().await.unwrap_err().to_string();
-    assert!(err.contains("no-such-bucket-xyz") && err.contains(&server.endpoint), "{n}: {err}");
+    assert!(
+        err.contains("no-such-bucket-xyz") && err.contains(&server.endpoint),
+        "{n}: {err}"
+    );
 }
 
 use futures::StreamExt;
@@ -394,7 +627,12 @@ use futures::StreamExt;
 async fn reqwest_get(url: &str) -> String {
     // The origin layer's client is reqwest; use it directly for a plain GET.
     let origin = mirrorctl::engine::origin::HttpOrigin::new(&Default::default()).unwrap();
-    let mut body = origin.get(url).await.unwrap().expect("presigned GET found").body;
+    let mut body = origin
+        .get(url)
+        .await
+        .unwrap()
+        .expect("presigned GET found")
+        .body;
     let mut s = String::new();
     body.read_to_string(&mut s).await.unwrap();
     s
@@ -413,9 +651,16 @@ async fn s3_layer_garage() {
         let (mut cfg, _) = g.new_bucket("abort").await;
         cfg.multipart_threshold = mirrorctl::config::ByteSize(6 * 1024 * 1024);
         cfg.part_size = mirrorctl::config::ByteSize(5 * 1024 * 1024);
-        let b = mirrorctl::engine::s3::S3Bucket::connect(&cfg).await.unwrap();
-        let failing = FailAfter { left: 11 * 1024 * 1024 };
-        let err = b.put_stream("partial.bin", failing, None).await.unwrap_err();
+        let b = mirrorctl::engine::s3::S3Bucket::connect(&cfg)
+            .await
+            .unwrap();
+        let failing = FailAfter {
+            left: 11 * 1024 * 1024,
+        };
+        let err = b
+            .put_stream("partial.bin", failing, None)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("partial.bin"), "{err}");
         assert!(b.head("partial.bin").await.unwrap().is_none());
         assert!(b.pending_uploads().await.unwrap().is_empty());
@@ -445,12 +690,18 @@ impl tokio::io::AsyncRead for FailAfter {
 
 #[tokio::test]
 async fn unreachable_s3_endpoint_fails_fast_naming_it() {
-    let mut cfg = mirrorctl::config::BucketConfig::with_static_keys("b", "http://127.0.0.1:1", "k", "s");
+    let mut cfg =
+        mirrorctl::config::BucketConfig::with_static_keys("b", "http://127.0.0.1:1", "k", "s");
     cfg.timeout = mirrorctl::config::HumanDuration(Duration::from_secs(2));
-    let b = mirrorctl::engine::s3::S3Bucket::connect(&cfg).await.unwrap();
+    let b = mirrorctl::engine::s3::S3Bucket::connect(&cfg)
+        .await
+        .unwrap();
     let t = Instant::now();
     let err = b.head("x").await.unwrap_err().to_string();
-    assert!(err.contains("http://127.0.0.1:1") && err.contains("bucket b"), "{err}");
+    assert!(
+        err.contains("http://127.0.0.1:1") && err.contains("bucket b"),
+        "{err}"
+    );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
@@ -468,7 +719,12 @@ async fn http_origin_head_get_limits() {
     let m = origin.head("mods/a.zip").await.unwrap().unwrap();
     assert_eq!(m.size, Some(3000));
     assert!(m.etag.is_some() && m.last_modified.is_some());
-    let mut body = origin.get(&format!("http://{addr}/mods/a.zip")).await.unwrap().unwrap().body;
+    let mut body = origin
+        .get(&format!("http://{addr}/mods/a.zip"))
+        .await
+        .unwrap()
+        .unwrap()
+        .body;
     let mut v = Vec::new();
     body.read_to_end(&mut v).await.unwrap();
     assert_eq!(v.len(), 3000);
@@ -494,8 +750,18 @@ fn demo_headless_commands() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("stats JSON");
     for k in [
-        "window", "requests", "hits", "misses", "hit_rate", "bytes_served", "bandwidth_saved_bytes",
-        "storage_objects", "storage_bytes", "stale_files", "errors", "error_rate",
+        "window",
+        "requests",
+        "hits",
+        "misses",
+        "hit_rate",
+        "bytes_served",
+        "bandwidth_saved_bytes",
+        "storage_objects",
+        "storage_bytes",
+        "stale_files",
+        "errors",
+        "error_rate",
     ] {
         assert!(v.get(k).is_some(), "stats JSON lacks {k}: {out}");
     }
@@ -504,26 +770,73 @@ fn demo_headless_commands() {
     assert!((0.5..1.0).contains(&rate), "{out}");
     assert!(v["stale_files"].as_i64().unwrap() >= 5);
 
-    let (code, out, err) = run(&["--demo", "--headless", "stats", "--window", "all", "-o", "json"], &env);
+    let (code, out, err) = run(
+        &[
+            "--demo",
+            "--headless",
+            "stats",
+            "--window",
+            "all",
+            "-o",
+            "json",
+        ],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     let all: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(all["requests"].as_i64().unwrap() >= 200_000, "{out}");
 
-    let (code, out, err) = run(&["--demo", "--headless", "files", "--limit", "5", "-o", "json"], &env);
+    let (code, out, err) = run(
+        &[
+            "--demo",
+            "--headless",
+            "files",
+            "--limit",
+            "5",
+            "-o",
+            "json",
+        ],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     let files: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(files.len(), 5);
-    for k in ["id", "key", "size", "downloads", "bytes_served", "last_downloaded_at", "is_stale"] {
+    for k in [
+        "id",
+        "key",
+        "size",
+        "downloads",
+        "bytes_served",
+        "last_downloaded_at",
+        "is_stale",
+    ] {
         assert!(files[0].get(k).is_some(), "files JSON lacks {k}");
     }
-    let d: Vec<i64> = files.iter().map(|f| f["downloads"].as_i64().unwrap()).collect();
-    assert!(d.windows(2).all(|w| w[0] >= w[1]), "not sorted by downloads: {d:?}");
+    let d: Vec<i64> = files
+        .iter()
+        .map(|f| f["downloads"].as_i64().unwrap())
+        .collect();
+    assert!(
+        d.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted by downloads: {d:?}"
+    );
 
     let key = files[0]["key"].as_str().unwrap().to_string();
-    let (code, out, err) = run(&["--demo", "--headless", "file", &key, "--live", "-o", "json"], &env);
+    let (code, out, err) = run(
+        &["--demo", "--headless", "file", &key, "--live", "-o", "json"],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     let f: serde_json::Value = serde_json::from_str(&out).unwrap();
-    for k in ["origin_file_id", "sha256", "etag", "mirrored_at", "last_validated_at", "stale_reason", "origin"] {
+    for k in [
+        "origin_file_id",
+        "sha256",
+        "etag",
+        "mirrored_at",
+        "last_validated_at",
+        "stale_reason",
+        "origin",
+    ] {
         assert!(f.get(k).is_some(), "file JSON lacks {k}");
     }
     assert_eq!(f["mirror_object"]["exists"], true, "{out}");
@@ -537,21 +850,36 @@ fn demo_headless_commands() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mirrorctl_hit_rate{window=\"24h\"}"), "{out}");
 
-    let (code, out, err) = run(&["--demo", "--headless", "presign", &key, "--expires", "10m"], &env);
+    let (code, out, err) = run(
+        &["--demo", "--headless", "presign", &key, "--expires", "10m"],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("http://127.0.0.1:") && out.contains("X-Amz-Signature"), "{out}");
+    assert!(
+        out.starts_with("http://127.0.0.1:") && out.contains("X-Amz-Signature"),
+        "{out}"
+    );
 
     let (code, out, err) = run(&["--demo", "--headless", "history", "-o", "json"], &env);
     assert_eq!(code, 0, "{err}");
-    assert!(serde_json::from_str::<Vec<serde_json::Value>>(&out).is_ok(), "{out}");
+    assert!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).is_ok(),
+        "{out}"
+    );
 }
 
 #[tokio::test]
 async fn s3_origin_head_and_get() {
     for server in S3Server::all().await {
         let (cfg, b) = server.new_bucket("origin").await;
-        b.put_bytes("mods/1/a.zip", Bytes::from_static(b"origin bytes"), None).await.unwrap();
-        let origin = mirrorctl::engine::origin::Origin::S3(mirrorctl::engine::s3::S3Bucket::connect(&cfg).await.unwrap());
+        b.put_bytes("mods/1/a.zip", Bytes::from_static(b"origin bytes"), None)
+            .await
+            .unwrap();
+        let origin = mirrorctl::engine::origin::Origin::S3(
+            mirrorctl::engine::s3::S3Bucket::connect(&cfg)
+                .await
+                .unwrap(),
+        );
         let m = origin.head("mods/1/a.zip").await.unwrap().expect("found");
         assert_eq!(m.size, Some(12), "{}", server.name);
         let full = format!("s3://{}/mods/1/a.zip", cfg.bucket);
@@ -559,6 +887,10 @@ async fn s3_origin_head_and_get() {
         let mut s = String::new();
         body.read_to_string(&mut s).await.unwrap();
         assert_eq!(s, "origin bytes", "{}", server.name);
-        assert!(origin.head("mods/1/none.zip").await.unwrap().is_none(), "{}", server.name);
+        assert!(
+            origin.head("mods/1/none.zip").await.unwrap().is_none(),
+            "{}",
+            server.name
+        );
     }
 }

@@ -14,9 +14,18 @@ use super::Ctx;
 /// What a running job tells its listener.
 #[derive(Debug, Clone)]
 pub enum JobEvent {
-    Started { kind: String },
-    Progress { done: u64, total: Option<u64>, msg: String },
-    Finished { ok: bool, msg: String },
+    Started {
+        kind: String,
+    },
+    Progress {
+        done: u64,
+        total: Option<u64>,
+        msg: String,
+    },
+    Finished {
+        ok: bool,
+        msg: String,
+    },
 }
 
 /// A progress sink and cancellation token handed to an operation.
@@ -93,12 +102,24 @@ pub trait Report: Serialize {
     fn found_problems(&self) -> bool {
         false
     }
+
+    /// Items that failed while the run as a whole completed (status `partial`, exit 1).
+    fn failures(&self) -> u64 {
+        0
+    }
 }
 
 /// Runs an operation with its audit row and, when it mutates, the mutation lock.
-/// The row records who, what, the params and the outcome (`ok`, `found_problems`, `failed`,
-/// `cancelled`, `dry_run`).
-pub async fn audited<T, F, Fut>(ctx: &Ctx, kind: &str, params: &impl Serialize, mutating: bool, progress: &Progress, f: F) -> Result<T>
+/// The row records who, what, the params and the outcome (`ok`, `found_problems`, `partial`,
+/// `failed`, `cancelled`, `dry_run`).
+pub async fn audited<T, F, Fut>(
+    ctx: &Ctx,
+    kind: &str,
+    params: &impl Serialize,
+    mutating: bool,
+    progress: &Progress,
+    f: F,
+) -> Result<T>
 where
     T: Report,
     F: FnOnce() -> Fut,
@@ -111,11 +132,19 @@ where
         None
     };
     let id = ctx.db.start_operation(kind, &params, &ctx.operator).await?;
-    progress.emit(JobEvent::Started { kind: kind.to_string() });
+    progress.emit(JobEvent::Started {
+        kind: kind.to_string(),
+    });
     let out = f().await;
     let (status, summary) = match &out {
         Ok(r) => (
-            if r.found_problems() { "found_problems" } else { "ok" },
+            if r.failures() > 0 {
+                "partial"
+            } else if r.found_problems() {
+                "found_problems"
+            } else {
+                "ok"
+            },
             serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
         ),
         Err(Error::Cancelled) => ("cancelled", serde_json::json!({ "error": "cancelled" })),

@@ -47,7 +47,10 @@ impl Ctx {
         }
     }
 
-    async fn bucket(cell: &OnceCell<S3Bucket>, cfg: std::result::Result<BucketConfig, String>) -> Result<&S3Bucket> {
+    async fn bucket(
+        cell: &OnceCell<S3Bucket>,
+        cfg: std::result::Result<BucketConfig, String>,
+    ) -> Result<&S3Bucket> {
         let cfg = cfg.map_err(Error::Usage)?;
         cell.get_or_try_init(|| S3Bucket::connect(&cfg)).await
     }
@@ -70,12 +73,9 @@ impl Ctx {
                 match self.config.origin.kind {
                     OriginKind::Http => Ok(Origin::Http(HttpOrigin::new(&self.config.origin)?)),
                     OriginKind::S3 => {
-                        let cfg = self
-                            .config
-                            .buckets
-                            .origin
-                            .as_ref()
-                            .ok_or_else(|| Error::Usage("origin.kind = \"s3\" needs [buckets.origin]".into()))?;
+                        let cfg = self.config.buckets.origin.as_ref().ok_or_else(|| {
+                            Error::Usage("origin.kind = \"s3\" needs [buckets.origin]".into())
+                        })?;
                         Ok(Origin::S3(S3Bucket::connect(cfg).await?))
                     }
                 }
@@ -86,7 +86,9 @@ impl Ctx {
     /// Fails with a refusal when mutations are not allowed.
     pub fn check_writable(&self, what: &str) -> Result<()> {
         if self.read_only {
-            return Err(Error::Refused(format!("{what} is not allowed in read-only mode")));
+            return Err(Error::Refused(format!(
+                "{what} is not allowed in read-only mode"
+            )));
         }
         Ok(())
     }

@@ -126,6 +126,10 @@ pub enum FileSort {
     Size,
     LastDownloaded,
     Name,
+    Id,
+    BytesServed,
+    /// Stale files first.
+    Stale,
 }
 
 /// A page request for the per-file table.

@@ -93,7 +93,9 @@ impl HttpOrigin {
             .build()
             .map_err(|e| Error::runtime(format!("HTTP client: {e}")))?;
         let base = match &cfg.base_url {
-            Some(b) => Some(url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?),
+            Some(b) => Some(
+                url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?,
+            ),
             None => None,
         };
         Ok(HttpOrigin {
@@ -133,7 +135,10 @@ impl HttpOrigin {
         loop {
             let res = self.client.request(method.clone(), url).send().await;
             let retryable = match &res {
-                Ok(r) => r.status().is_server_error() || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS,
+                Ok(r) => {
+                    r.status().is_server_error()
+                        || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                }
                 Err(e) => e.is_connect() || e.is_timeout() || e.is_request(),
             };
             if !retryable || attempt >= self.retries {
@@ -149,19 +154,27 @@ impl HttpOrigin {
 
     fn meta(&self, url: &str, r: &reqwest::Response) -> Result<OriginMeta> {
         let h = r.headers();
-        let text = |name: reqwest::header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = |name: reqwest::header::HeaderName| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let size = text(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         if let Some(size) = size {
             if size > self.max_size {
                 return Err(Self::fail(
                     url,
-                    format!("file is {size} bytes, over origin.max_file_size ({} bytes)", self.max_size),
+                    format!(
+                        "file is {size} bytes, over origin.max_file_size ({} bytes)",
+                        self.max_size
+                    ),
                 ));
             }
         }
         Ok(OriginMeta {
             size,
-            etag: text(reqwest::header::ETAG).map(|e| e.trim_start_matches("W/").trim_matches('"').to_string()),
+            etag: text(reqwest::header::ETAG)
+                .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string()),
             last_modified: text(reqwest::header::LAST_MODIFIED)
                 .and_then(|v| DateTime::parse_from_rfc2822(&v).ok())
                 .map(|t| t.with_timezone(&Utc)),
@@ -186,17 +199,20 @@ impl HttpOrigin {
                 let max = self.max_size;
                 let shown = redact_query(url);
                 let mut seen = 0u64;
-                let stream = r.bytes_stream().map_err(std::io::Error::other).and_then(move |chunk| {
-                    seen += chunk.len() as u64;
-                    let res = if seen > max {
-                        Err(std::io::Error::other(format!(
+                let stream =
+                    r.bytes_stream()
+                        .map_err(std::io::Error::other)
+                        .and_then(move |chunk| {
+                            seen += chunk.len() as u64;
+                            let res = if seen > max {
+                                Err(std::io::Error::other(format!(
                             "origin {shown}: body exceeds origin.max_file_size ({max} bytes)"
                         )))
-                    } else {
-                        Ok(chunk)
-                    };
-                    futures::future::ready(res)
-                });
+                            } else {
+                                Ok(chunk)
+                            };
+                            futures::future::ready(res)
+                        });
                 Ok(Some(OriginBody {
                     meta,
                     body: Box::pin(tokio_util::io::StreamReader::new(stream)),

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
@@ -99,7 +101,12 @@ impl std::fmt::Debug for S3Bucket {
 }
 
 /// Characters escaped in a CopySource key: everything but unreserved characters and '/'.
-const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
 
 fn unquote(etag: Option<&str>) -> Option<String> {
     etag.map(|e| e.trim_matches('"').to_string())
@@ -152,7 +159,11 @@ impl S3Bucket {
             prefix: cfg.prefix.clone(),
             multipart_threshold: cfg.multipart_threshold.0,
             part_size: cfg.part_size.0 as usize,
-            endpoint_id: format!("{}|{}", cfg.endpoint_label(), cfg.access_key_id.as_ref().map(|k| k.expose()).unwrap_or("")),
+            endpoint_id: format!(
+                "{}|{}",
+                cfg.endpoint_label(),
+                cfg.access_key_id.as_ref().map(|k| k.expose()).unwrap_or("")
+            ),
         })
     }
 
@@ -227,11 +238,22 @@ impl S3Bucket {
         if self.check().await.is_ok() {
             return Ok(());
         }
-        match self.client.create_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
-                let code = e.as_service_error().and_then(|s| s.code().map(str::to_string));
-                if matches!(code.as_deref(), Some("BucketAlreadyOwnedByYou") | Some("BucketAlreadyExists")) {
+                let code = e
+                    .as_service_error()
+                    .and_then(|s| s.code().map(str::to_string));
+                if matches!(
+                    code.as_deref(),
+                    Some("BucketAlreadyOwnedByYou") | Some("BucketAlreadyExists")
+                ) {
                     Ok(())
                 } else {
                     Err(self.sdk_err("create bucket", e))
@@ -248,7 +270,11 @@ impl S3Bucket {
         token: Option<&str>,
         max_keys: i32,
     ) -> Result<ListPage> {
-        let mut req = self.client.list_objects_v2().bucket(&self.bucket).max_keys(max_keys);
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .max_keys(max_keys);
         if !prefix.is_empty() {
             req = req.prefix(prefix);
         }
@@ -275,7 +301,10 @@ impl S3Bucket {
         } else {
             None
         };
-        Ok(ListPage { objects, next_token })
+        Ok(ListPage {
+            objects,
+            next_token,
+        })
     }
 
     /// Every object under `prefix` after `start_after`, as a stream of pages (never all in memory).
@@ -297,8 +326,14 @@ impl S3Bucket {
             async move {
                 let page = match state {
                     State::Done => return Ok(None),
-                    State::Start(after) => this.list_page(&prefix, after.as_deref(), None, page_size).await?,
-                    State::Next(token) => this.list_page(&prefix, None, Some(&token), page_size).await?,
+                    State::Start(after) => {
+                        this.list_page(&prefix, after.as_deref(), None, page_size)
+                            .await?
+                    }
+                    State::Next(token) => {
+                        this.list_page(&prefix, None, Some(&token), page_size)
+                            .await?
+                    }
                 };
                 let next = match page.next_token {
                     Some(t) => State::Next(t),
@@ -335,8 +370,51 @@ impl S3Bucket {
         }
     }
 
+    /// HEAD with checksums requested: `checksum` holds the full-object checksum as
+    /// "ALGO:base64" when the server keeps one. Composite (per-part) checksums are left out:
+    /// they depend on the part layout, like multipart ETags. `None` when the object is absent.
+    pub async fn head_with_checksum(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
+        let o = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.sdk_err(&format!("head {key:?}"), e)),
+        };
+        let checksum = if matches!(o.checksum_type(), Some(ChecksumType::Composite)) {
+            None
+        } else {
+            o.checksum_crc64_nvme()
+                .map(|c| format!("CRC64NVME:{c}"))
+                .or_else(|| o.checksum_sha256().map(|c| format!("SHA256:{c}")))
+                .or_else(|| o.checksum_crc32_c().map(|c| format!("CRC32C:{c}")))
+                // A "-N" suffix marks a composite checksum on servers that do not send the type.
+                .filter(|s| !s.contains('-'))
+        };
+        Ok(Some(ObjectMeta {
+            size: o.content_length().unwrap_or(0).max(0) as u64,
+            etag: unquote(o.e_tag()),
+            last_modified: to_chrono(o.last_modified()),
+            content_type: o.content_type().map(str::to_string),
+            checksum,
+        }))
+    }
+
     /// Streams an object (or the byte range `start..=end`); `None` when it does not exist.
-    pub async fn get(&self, key: &str, range: Option<(u64, Option<u64>)>) -> Result<Option<GetObject>> {
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, Option<u64>)>,
+    ) -> Result<Option<GetObject>> {
         let mut req = self.client.get_object().bucket(&self.bucket).key(key);
         if let Some((start, end)) = range {
             req = req.range(match end {
@@ -373,7 +451,12 @@ impl S3Bucket {
     }
 
     /// Uploads a small body in one request.
-    pub async fn put_bytes(&self, key: &str, body: Bytes, content_type: Option<&str>) -> Result<PutResult> {
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<PutResult> {
         let len = body.len() as u64;
         let out = self
             .client
@@ -396,7 +479,12 @@ impl S3Bucket {
     /// Streams `reader` to `key`: one PUT below the multipart threshold, else a multipart upload
     /// with a few parts in flight. The object appears only when the upload completes; a failed
     /// upload is aborted so no parts are left behind.
-    pub async fn put_stream<R>(&self, key: &str, mut reader: R, content_type: Option<&str>) -> Result<PutResult>
+    pub async fn put_stream<R>(
+        &self,
+        key: &str,
+        mut reader: R,
+        content_type: Option<&str>,
+    ) -> Result<PutResult>
     where
         R: AsyncRead + Unpin + Send,
     {
@@ -419,7 +507,9 @@ impl S3Bucket {
             .upload_id()
             .ok_or_else(|| self.fail(format!("start multipart {key:?}: no upload id")))?
             .to_string();
-        let res = self.upload_parts(key, &upload_id, first.freeze(), &mut reader).await;
+        let res = self
+            .upload_parts(key, &upload_id, first.freeze(), &mut reader)
+            .await;
         match res {
             Ok((parts, bytes)) => {
                 let n = parts.len();
@@ -429,7 +519,11 @@ impl S3Bucket {
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(&upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send()
                     .await;
                 match out {
@@ -485,12 +579,22 @@ impl S3Bucket {
             // Fill the window: split what was read into part-size pieces and read more.
             while in_flight.len() < PART_CONCURRENCY && !eof {
                 let chunk = match pending.take() {
-                    Some(mut buf) if buf.len() > self.part_size => {
+                    Some(mut buf) if buf.len() >= self.part_size => {
                         let part = buf.split_to(self.part_size);
-                        pending = Some(buf);
+                        pending = (!buf.is_empty()).then_some(buf);
                         part
                     }
-                    Some(buf) => buf,
+                    // A short leftover is topped up from the source to a full part.
+                    Some(buf) => {
+                        let mut part = BytesMut::from(&buf[..]);
+                        let more = read_chunk(reader, self.part_size - part.len())
+                            .await
+                            .map_err(|e| {
+                                self.fail(format!("put {key:?}: reading the source: {e}"))
+                            })?;
+                        part.extend_from_slice(&more);
+                        part.freeze()
+                    }
                     None => read_chunk(reader, self.part_size)
                         .await
                         .map_err(|e| self.fail(format!("put {key:?}: reading the source: {e}")))?
@@ -500,7 +604,7 @@ impl S3Bucket {
                     eof = true;
                     break;
                 }
-                if chunk.len() < self.part_size && pending.is_none() {
+                if chunk.len() < self.part_size {
                     eof = true;
                 }
                 number += 1;
@@ -524,7 +628,9 @@ impl S3Bucket {
                         .set_e_tag(out.e_tag().map(str::to_string))
                         .build(),
                 ),
-                Some((n, Err(e))) => return Err(self.sdk_err(&format!("upload part {n} of {key:?}"), e)),
+                Some((n, Err(e))) => {
+                    return Err(self.sdk_err(&format!("upload part {n} of {key:?}"), e))
+                }
                 None => break,
             }
         }
@@ -533,7 +639,11 @@ impl S3Bucket {
 
     /// Server-side copy from another bucket on the same endpoint.
     pub async fn copy_from(&self, src: &S3Bucket, src_key: &str, dst_key: &str) -> Result<()> {
-        let source = format!("{}/{}", src.bucket, utf8_percent_encode(src_key, COPY_SOURCE));
+        let source = format!(
+            "{}/{}",
+            src.bucket,
+            utf8_percent_encode(src_key, COPY_SOURCE)
+        );
         self.client
             .copy_object()
             .bucket(&self.bucket)
@@ -573,7 +683,11 @@ impl S3Bucket {
                 .filter_map(|e| {
                     Some((
                         e.key()?,
-                        format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("")),
+                        format!(
+                            "{}: {}",
+                            e.code().unwrap_or("error"),
+                            e.message().unwrap_or("")
+                        ),
                     ))
                 })
                 .collect();
@@ -601,7 +715,8 @@ impl S3Bucket {
 
     /// A time-limited GET URL for `key`.
     pub async fn presign_get(&self, key: &str, expires: Duration) -> Result<String> {
-        let cfg = PresigningConfig::expires_in(expires).map_err(|e| Error::Usage(format!("bad expiry: {e}")))?;
+        let cfg = PresigningConfig::expires_in(expires)
+            .map_err(|e| Error::Usage(format!("bad expiry: {e}")))?;
         let req = self
             .client
             .get_object()
@@ -622,7 +737,11 @@ impl S3Bucket {
             .send()
             .await
             .map_err(|e| self.sdk_err("list multipart uploads", e))?;
-        Ok(out.uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect())
+        Ok(out
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_string))
+            .collect())
     }
 }
 

@@ -41,7 +41,9 @@ impl S3Server {
     /// s3s-fs in this process, over a temporary directory.
     pub async fn s3s() -> S3Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (addr, task) = mirrorctl::demo::start_s3(dir.path(), 0).await.expect("start s3s-fs");
+        let (addr, task) = mirrorctl::demo::start_s3(dir.path(), 0)
+            .await
+            .expect("start s3s-fs");
         S3Server {
             name: "s3s-fs",
             endpoint: format!("http://{addr}"),
@@ -61,12 +63,16 @@ impl S3Server {
                 name: "garage",
                 endpoint,
                 key: std::env::var("MIRRORCTL_TEST_GARAGE_KEY").expect("MIRRORCTL_TEST_GARAGE_KEY"),
-                secret: std::env::var("MIRRORCTL_TEST_GARAGE_SECRET").expect("MIRRORCTL_TEST_GARAGE_SECRET"),
+                secret: std::env::var("MIRRORCTL_TEST_GARAGE_SECRET")
+                    .expect("MIRRORCTL_TEST_GARAGE_SECRET"),
                 _dir: None,
                 _task: None,
             }),
             None => {
-                assert!(!servers_required(), "MIRRORCTL_TEST_GARAGE_ENDPOINT is not set");
+                assert!(
+                    !servers_required(),
+                    "MIRRORCTL_TEST_GARAGE_ENDPOINT is not set"
+                );
                 eprintln!("Garage not configured (run scripts/test.sh): skipping the Garage half");
                 None
             }
@@ -104,22 +110,35 @@ impl TestDb {
     pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let db = Db::connect(&url, 4, std::time::Duration::from_secs(5)).await.expect("sqlite");
+        let db = Db::connect(&url, 4, std::time::Duration::from_secs(5))
+            .await
+            .expect("sqlite");
         db.migrate().await.expect("migrate sqlite");
-        TestDb { url, db, _dir: Some(dir) }
+        TestDb {
+            url,
+            db,
+            _dir: Some(dir),
+        }
     }
 
     /// A new database on the server at MIRRORCTL_TEST_DATABASE_URL, migrated.
     pub async fn postgres() -> Option<TestDb> {
         let Ok(admin_url) = std::env::var("MIRRORCTL_TEST_DATABASE_URL") else {
-            assert!(!servers_required(), "MIRRORCTL_TEST_DATABASE_URL is not set");
-            eprintln!("PostgreSQL not configured (run scripts/test.sh): skipping the PostgreSQL half");
+            assert!(
+                !servers_required(),
+                "MIRRORCTL_TEST_DATABASE_URL is not set"
+            );
+            eprintln!(
+                "PostgreSQL not configured (run scripts/test.sh): skipping the PostgreSQL half"
+            );
             return None;
         };
         let name = unique("mt").replace('-', "_");
         {
             use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+            let mut conn = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .expect("connect to PostgreSQL");
             sqlx::query(&format!("CREATE DATABASE {name}"))
                 .execute(&mut conn)
                 .await
@@ -128,9 +147,15 @@ impl TestDb {
         let mut url = url::Url::parse(&admin_url).expect("url");
         url.set_path(&format!("/{name}"));
         let url = url.to_string();
-        let db = Db::connect(&url, 4, std::time::Duration::from_secs(5)).await.expect("postgres");
+        let db = Db::connect(&url, 4, std::time::Duration::from_secs(5))
+            .await
+            .expect("postgres");
         db.migrate().await.expect("migrate postgres");
-        Some(TestDb { url, db, _dir: None })
+        Some(TestDb {
+            url,
+            db,
+            _dir: None,
+        })
     }
 
     /// SQLite always, PostgreSQL when configured.

@@ -29,6 +29,9 @@ struct FileAgg {
     last: Option<DateTime<Utc>>,
 }
 
+/// `min(occurred_at), max(occurred_at)`, both NULL on an empty table.
+type MinMax = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// A served download counts as an error when the status is 5xx.
 pub fn is_error_status(status: i16) -> bool {
     status >= 500
@@ -41,7 +44,10 @@ impl Db {
         if events.is_empty() {
             return Ok(());
         }
-        let (mut lo, mut hi) = (Month::of(events[0].occurred_at), Month::of(events[0].occurred_at));
+        let (mut lo, mut hi) = (
+            Month::of(events[0].occurred_at),
+            Month::of(events[0].occurred_at),
+        );
         let mut hours: BTreeMap<DateTime<Utc>, HourAgg> = BTreeMap::new();
         let mut files: HashMap<i64, FileAgg> = HashMap::new();
         for e in events {
@@ -147,7 +153,11 @@ impl Db {
     }
 
     /// Hits/misses/errors per hour (`daily = false`) or per day since `since`, oldest first.
-    pub async fn download_series(&self, since: DateTime<Utc>, daily: bool) -> Result<Vec<SeriesPoint>> {
+    pub async fn download_series(
+        &self,
+        since: DateTime<Utc>,
+        daily: bool,
+    ) -> Result<Vec<SeriesPoint>> {
         let since = since.duration_trunc(TimeDelta::hours(1)).unwrap_or(since);
         let sql = match (daily, self.backend()) {
             (false, _) => {
@@ -172,7 +182,11 @@ impl Db {
     }
 
     /// Downloads of one file per day since `since`, from the events still in the database.
-    pub async fn downloads_per_day(&self, file_id: i64, since: DateTime<Utc>) -> Result<Vec<DailyDownloads>> {
+    pub async fn downloads_per_day(
+        &self,
+        file_id: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DailyDownloads>> {
         let sql = match self.backend() {
             Backend::Postgres => {
                 "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, count(*) AS n, \
@@ -186,21 +200,26 @@ impl Db {
                  GROUP BY 1 ORDER BY 1"
             }
         };
-        let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> = on_pool!(self, |p| sqlx::query_as(sql)
-            .bind(file_id)
-            .bind(ts(since))
-            .fetch_all(p)
-            .await);
+        let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> =
+            on_pool!(self, |p| sqlx::query_as(sql)
+                .bind(file_id)
+                .bind(ts(since))
+                .fetch_all(p)
+                .await);
         Ok(rows
             .map_err(|e| self.err(e))?
             .into_iter()
-            .map(|(day, downloads, bytes)| DailyDownloads { day, downloads, bytes })
+            .map(|(day, downloads, bytes)| DailyDownloads {
+                day,
+                downloads,
+                bytes,
+            })
             .collect())
     }
 
     /// The oldest and newest event in the database, if any.
     pub async fn event_range(&self) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
-        let r: Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), sqlx::Error> = on_pool!(self, |p| {
+        let r: Result<MinMax, sqlx::Error> = on_pool!(self, |p| {
             sqlx::query_as("SELECT min(occurred_at), max(occurred_at) FROM download_events")
                 .fetch_one(p)
                 .await

@@ -4,12 +4,15 @@ use sqlx::QueryBuilder;
 
 use super::{on_pool, ts, Db};
 use crate::engine::error::Result;
-use crate::engine::model::{FileDetail, FileQuery, FileRow, FileSort, NewMirroredFile, NewOriginFile, OriginFile};
+use crate::engine::model::{
+    FileDetail, FileQuery, FileRow, FileSort, NewMirroredFile, NewOriginFile, OriginFile,
+};
 
 const FILE_COLUMNS: &str = "id, bucket, key, size, download_count AS downloads, bytes_served, \
                             last_downloaded_at, is_stale";
 
-const DETAIL_SQL: &str = "SELECT m.id, m.bucket, m.key, m.size, m.download_count AS downloads, m.bytes_served, \
+const DETAIL_SQL: &str =
+    "SELECT m.id, m.bucket, m.key, m.size, m.download_count AS downloads, m.bytes_served, \
        m.last_downloaded_at, m.is_stale, m.origin_file_id, m.sha256, m.etag, m.mirrored_at, \
        m.last_validated_at, m.stale_reason, m.deleted_at, o.source AS origin_source, \
        o.remote_id AS origin_remote_id, o.file_name AS origin_file_name, o.url AS origin_url, \
@@ -22,6 +25,9 @@ fn order_by(sort: FileSort) -> &'static str {
         FileSort::Size => " ORDER BY size DESC, id",
         FileSort::LastDownloaded => " ORDER BY last_downloaded_at DESC NULLS LAST, id",
         FileSort::Name => " ORDER BY key, id",
+        FileSort::Id => " ORDER BY id",
+        FileSort::BytesServed => " ORDER BY bytes_served DESC, id",
+        FileSort::Stale => " ORDER BY is_stale DESC, download_count DESC, id",
     }
 }
 
@@ -42,7 +48,11 @@ fn contains_pattern(s: &str) -> String {
 impl Db {
     /// One page of live mirrored files, sorted and filtered in the database.
     pub async fn list_files(&self, q: &FileQuery) -> Result<Vec<FileRow>> {
-        let pattern = q.filter.as_deref().filter(|f| !f.is_empty()).map(contains_pattern);
+        let pattern = q
+            .filter
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(contains_pattern);
         let r = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new("SELECT ");
             qb.push(FILE_COLUMNS);
@@ -51,7 +61,9 @@ impl Db {
                 qb.push(" AND is_stale");
             }
             if let Some(pat) = &pattern {
-                qb.push(" AND lower(key) LIKE ").push_bind(pat.clone()).push(" ESCAPE '\\'");
+                qb.push(" AND lower(key) LIKE ")
+                    .push_bind(pat.clone())
+                    .push(" ESCAPE '\\'");
             }
             qb.push(order_by(q.sort));
             qb.push(" LIMIT ").push_bind(q.limit.max(0));
@@ -63,17 +75,24 @@ impl Db {
 
     /// How many live files match the same filter as `list_files` (for a table's scroll bar).
     pub async fn count_files(&self, q: &FileQuery) -> Result<i64> {
-        let pattern = q.filter.as_deref().filter(|f| !f.is_empty()).map(contains_pattern);
+        let pattern = q
+            .filter
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .map(contains_pattern);
         if pattern.is_none() && !q.stale_only {
             return Ok(self.storage_totals().await?.objects);
         }
         let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
-            let mut qb = QueryBuilder::new("SELECT count(*) FROM mirrored_files WHERE deleted_at IS NULL");
+            let mut qb =
+                QueryBuilder::new("SELECT count(*) FROM mirrored_files WHERE deleted_at IS NULL");
             if q.stale_only {
                 qb.push(" AND is_stale");
             }
             if let Some(pat) = &pattern {
-                qb.push(" AND lower(key) LIKE ").push_bind(pat.clone()).push(" ESCAPE '\\'");
+                qb.push(" AND lower(key) LIKE ")
+                    .push_bind(pat.clone())
+                    .push(" ESCAPE '\\'");
             }
             qb.build_query_scalar().fetch_one(p).await
         });
@@ -83,10 +102,12 @@ impl Db {
     /// A mirrored file by id, or by key (the live copy), with its origin row.
     pub async fn get_file(&self, id_or_key: &str) -> Result<Option<FileDetail>> {
         let r = match id_or_key.trim().parse::<i64>() {
-            Ok(id) => on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!("{DETAIL_SQL} WHERE m.id = $1"))
-                .bind(id)
-                .fetch_optional(p)
-                .await),
+            Ok(id) => on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
+                "{DETAIL_SQL} WHERE m.id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(p)
+            .await),
             Err(_) => on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
                 "{DETAIL_SQL} WHERE m.key = $1 ORDER BY m.deleted_at IS NOT NULL, m.id DESC LIMIT 1"
             ))
@@ -158,11 +179,28 @@ impl Db {
 
     /// An origin file by id.
     pub async fn get_origin_file(&self, id: i64) -> Result<Option<OriginFile>> {
-        let r = on_pool!(self, |p| sqlx::query_as::<_, OriginFile>(
+        let r = on_pool!(self, |p| {
+            sqlx::query_as::<_, OriginFile>(
             "SELECT id, source, remote_id, file_name, url, size, etag, updated_at FROM origin_files WHERE id = $1"
         )
         .bind(id)
         .fetch_optional(p)
+        .await
+        });
+        r.map_err(|e| self.err(e))
+    }
+}
+
+impl Db {
+    /// Live objects, bytes and stale files, from the trigger-kept counters.
+    pub async fn storage_totals(&self) -> Result<crate::engine::model::StorageTotals> {
+        let r = on_pool!(self, |p| sqlx::query_as::<
+            _,
+            crate::engine::model::StorageTotals,
+        >(
+            "SELECT objects, bytes, stale FROM mirror_counters WHERE id = 1"
+        )
+        .fetch_one(p)
         .await);
         r.map_err(|e| self.err(e))
     }
@@ -173,17 +211,5 @@ mod tests {
     #[test]
     fn like_wildcards_are_literal() {
         assert_eq!(super::contains_pattern("a_b%C"), "%a\\_b\\%c%");
-    }
-}
-
-impl Db {
-    /// Live objects, bytes and stale files, from the trigger-kept counters.
-    pub async fn storage_totals(&self) -> Result<crate::engine::model::StorageTotals> {
-        let r = on_pool!(self, |p| sqlx::query_as::<_, crate::engine::model::StorageTotals>(
-            "SELECT objects, bytes, stale FROM mirror_counters WHERE id = 1"
-        )
-        .fetch_one(p)
-        .await);
-        r.map_err(|e| self.err(e))
     }
 }

@@ -40,15 +40,21 @@ impl Db {
     }
 
     /// Live inventory rows whose path is `>= after` in byte order, a page at a time.
-    pub async fn inventory_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<InventoryRow>> {
-        let r = on_pool!(self, |p| sqlx::query_as::<_, InventoryRow>(
+    pub async fn inventory_page(
+        &self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<InventoryRow>> {
+        let r = on_pool!(self, |p| {
+            sqlx::query_as::<_, InventoryRow>(
             "SELECT path, size, etag, content_type, is_backed_up, last_modified, deleted, updated_at \
              FROM backup_inventory WHERE NOT deleted AND ($1 IS NULL OR path > $1) ORDER BY path LIMIT $2"
         )
         .bind(after)
         .bind(limit)
         .fetch_all(p)
-        .await);
+        .await
+        });
         r.map_err(|e| self.err(e))
     }
 }

@@ -2,9 +2,12 @@
 //! schema migrations for both kept in lockstep. Queries are written once where the SQL is
 //! portable (`on_pool!` compiles the same code for both pools) and per backend where it is not.
 
+mod archive;
+mod drift;
 mod events;
 mod files;
 mod inventory;
+mod lifecycle;
 mod oplog;
 mod partitions;
 
@@ -13,10 +16,16 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::engine::error::{Error, Result};
 
+pub use archive::{ArchiveRecord, EventRow, LiveMonth};
+pub use lifecycle::{
+    FileScope, LifecycleRow, PurgePlan, PurgeRow, PurgeSelector, Remirrored, StaleMark,
+};
 pub use oplog::LockGuard;
 pub use partitions::{month_bounds, partition_name, Month};
 
@@ -64,7 +73,11 @@ impl Db {
     /// Connects (creating a missing SQLite file) within `timeout`; errors name the target.
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Db> {
         let target = crate::config::redact_url(url);
-        let target = if url.starts_with("sqlite:") { url.to_string() } else { target };
+        let target = if url.starts_with("sqlite:") {
+            url.to_string()
+        } else {
+            target
+        };
         let db_err = |message: String| Error::Database {
             target: target.clone(),
             message,
@@ -93,15 +106,36 @@ impl Db {
                 .map_err(|e| db_err(describe(&e)))?;
             Pool::Sqlite(pool)
         } else {
-            let opts = PgConnectOptions::from_str(url).map_err(|e| db_err(format!("bad URL: {e}")))?;
-            let pool = PgPoolOptions::new()
+            let opts =
+                PgConnectOptions::from_str(url).map_err(|e| db_err(format!("bad URL: {e}")))?;
+            // The pool retries a refused connection until its timeout; an operator should hear
+            // "unreachable" at once. So: a pool with a short timeout (the fast path, one
+            // connection), and when that fails one direct attempt for the real cause.
+            let quick = PgPoolOptions::new()
                 .max_connections(max_connections)
-                .acquire_timeout(timeout)
-                .connect_with(opts);
-            let pool = tokio::time::timeout(timeout, pool)
-                .await
-                .map_err(|_| db_err(format!("no connection within {}s", timeout.as_secs())))?
-                .map_err(|e| db_err(describe(&e)))?;
+                .acquire_timeout(timeout.min(Duration::from_secs(2)))
+                .connect_with(opts.clone())
+                .await;
+            let pool = match quick {
+                Ok(pool) => pool,
+                Err(_) => {
+                    use sqlx::Connection;
+                    let first =
+                        tokio::time::timeout(timeout, sqlx::PgConnection::connect_with(&opts))
+                            .await
+                            .map_err(|_| {
+                                db_err(format!("no connection within {}s", timeout.as_secs()))
+                            })?
+                            .map_err(|e| db_err(describe(&e)))?;
+                    let _ = first.close().await;
+                    PgPoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(timeout)
+                        .connect_with(opts)
+                        .await
+                        .map_err(|e| db_err(describe(&e)))?
+                }
+            };
             Pool::Postgres(pool)
         };
         Ok(Db {
@@ -144,7 +178,8 @@ impl Db {
         })?;
         let after = self.applied_migrations().await?;
         let now = Month::of(Utc::now());
-        self.ensure_partitions(now.prev(), now.next().next()).await?;
+        self.ensure_partitions(now.prev(), now.next().next())
+            .await?;
         Ok(MigrateReport {
             applied: after.saturating_sub(before),
             total: after,

@@ -82,7 +82,8 @@ fn holder_id() -> String {
 /// True when `holder` names a process on this host that no longer exists.
 fn holder_is_dead(holder: &str) -> bool {
     let mine = holder_id();
-    let (Some((host, pid)), Some((my_host, _))) = (holder.rsplit_once(':'), mine.rsplit_once(':')) else {
+    let (Some((host, pid)), Some((my_host, _))) = (holder.rsplit_once(':'), mine.rsplit_once(':'))
+    else {
         return false;
     };
     host == my_host && !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -181,12 +182,14 @@ impl Db {
                     match row {
                         Some(r) if holder_is_dead(&r.holder) => {
                             // Left by a process that crashed: take it over.
-                            sqlx::query("DELETE FROM operation_lock WHERE name = $1 AND holder = $2")
-                                .bind(LOCK_NAME)
-                                .bind(&r.holder)
-                                .execute(p)
-                                .await
-                                .map_err(|e| self.err(e))?;
+                            sqlx::query(
+                                "DELETE FROM operation_lock WHERE name = $1 AND holder = $2",
+                            )
+                            .bind(LOCK_NAME)
+                            .bind(&r.holder)
+                            .execute(p)
+                            .await
+                            .map_err(|e| self.err(e))?;
                         }
                         Some(r) => return Err(busy(&r)),
                         None => {}
@@ -198,8 +201,14 @@ impl Db {
     }
 
     /// Writes the `operations` row for an action that starts now; returns its id.
-    pub async fn start_operation(&self, kind: &str, params: &serde_json::Value, operator: &str) -> Result<i64> {
-        let r: Result<i64, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
+    pub async fn start_operation(
+        &self,
+        kind: &str,
+        params: &serde_json::Value,
+        operator: &str,
+    ) -> Result<i64> {
+        let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
             "INSERT INTO operations (kind, params, operator, started_at, status) VALUES ($1, $2, $3, $4, 'running') \
              RETURNING id"
         )
@@ -208,12 +217,18 @@ impl Db {
         .bind(operator)
         .bind(ts(Utc::now()))
         .fetch_one(p)
-        .await);
+        .await
+        });
         r.map_err(|e| self.err(e))
     }
 
     /// Closes an `operations` row with its outcome and summary.
-    pub async fn finish_operation(&self, id: i64, status: &str, summary: &serde_json::Value) -> Result<()> {
+    pub async fn finish_operation(
+        &self,
+        id: i64,
+        status: &str,
+        summary: &serde_json::Value,
+    ) -> Result<()> {
         let r: Result<(), sqlx::Error> = on_pool!(self, |p| sqlx::query(
             "UPDATE operations SET finished_at = $1, status = $2, summary = $3 WHERE id = $4"
         )
@@ -241,12 +256,14 @@ impl Db {
 
     /// When an operation of `kind` last finished successfully.
     pub async fn last_finished(&self, kind: &str) -> Result<Option<DateTime<Utc>>> {
-        let r: Result<Option<DateTime<Utc>>, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
+        let r: Result<Option<DateTime<Utc>>, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
             "SELECT max(finished_at) FROM operations WHERE kind = $1 AND status IN ('ok', 'found_problems')"
         )
         .bind(kind)
         .fetch_one(p)
-        .await);
+        .await
+        });
         r.map_err(|e| self.err(e))
     }
 }

@@ -21,16 +21,28 @@ impl Month {
     }
     pub fn next(self) -> Month {
         if self.month == 12 {
-            Month { year: self.year + 1, month: 1 }
+            Month {
+                year: self.year + 1,
+                month: 1,
+            }
         } else {
-            Month { year: self.year, month: self.month + 1 }
+            Month {
+                year: self.year,
+                month: self.month + 1,
+            }
         }
     }
     pub fn prev(self) -> Month {
         if self.month == 1 {
-            Month { year: self.year - 1, month: 12 }
+            Month {
+                year: self.year - 1,
+                month: 12,
+            }
         } else {
-            Month { year: self.year, month: self.month - 1 }
+            Month {
+                year: self.year,
+                month: self.month - 1,
+            }
         }
     }
     /// The first instant of the month.
@@ -78,7 +90,10 @@ impl Db {
                 start.format("%Y-%m-%d %H:%M:%S+00"),
                 end.format("%Y-%m-%d %H:%M:%S+00"),
             );
-            sqlx::query(&ddl).execute(pool).await.map_err(|e| self.err(e))?;
+            sqlx::query(&ddl)
+                .execute(pool)
+                .await
+                .map_err(|e| self.err(e))?;
             m = m.next();
         }
         Ok(())
@@ -121,11 +136,37 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        let m = Month { year: 2026, month: 7 };
+        let m = Month {
+            year: 2026,
+            month: 7,
+        };
         assert_eq!(partition_name(m), "download_events_y2026m07");
-        assert_eq!(Month::from_partition_name("download_events_y2026m07"), Some(m));
+        assert_eq!(
+            Month::from_partition_name("download_events_y2026m07"),
+            Some(m)
+        );
         assert_eq!(Month::from_partition_name("download_events_y2026m13"), None);
-        assert_eq!(Month { year: 2026, month: 12 }.next(), Month { year: 2027, month: 1 });
-        assert_eq!(Month { year: 2026, month: 1 }.prev(), Month { year: 2025, month: 12 });
+        assert_eq!(
+            Month {
+                year: 2026,
+                month: 12
+            }
+            .next(),
+            Month {
+                year: 2027,
+                month: 1
+            }
+        );
+        assert_eq!(
+            Month {
+                year: 2026,
+                month: 1
+            }
+            .prev(),
+            Month {
+                year: 2025,
+                month: 12
+            }
+        );
     }
 }

@@ -20,7 +20,9 @@ impl Report for FilesReport {}
 
 pub async fn list(ctx: &Ctx, q: &FileQuery) -> Result<FilesReport> {
     if q.limit < 0 || q.offset < 0 {
-        return Err(Error::Usage("--limit and --offset must not be negative".into()));
+        return Err(Error::Usage(
+            "--limit and --offset must not be negative".into(),
+        ));
     }
     Ok(FilesReport {
         files: ctx.db.list_files(q).await?,
@@ -76,11 +78,9 @@ pub enum LiveOrigin {
 impl Report for FileReport {}
 
 pub async fn show(ctx: &Ctx, p: &FileParams) -> Result<FileReport> {
-    let file = ctx
-        .db
-        .get_file(&p.id_or_key)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no mirrored file with id or key {:?}", p.id_or_key)))?;
+    let file = ctx.db.get_file(&p.id_or_key).await?.ok_or_else(|| {
+        Error::NotFound(format!("no mirrored file with id or key {:?}", p.id_or_key))
+    })?;
     let days = if p.days > 0 { p.days } else { 30 };
     let downloads_per_day = ctx
         .db
@@ -91,7 +91,9 @@ pub async fn show(ctx: &Ctx, p: &FileParams) -> Result<FileReport> {
             match ctx.origin().await?.head(&file.origin_url).await {
                 Ok(Some(m)) => Ok::<_, Error>(LiveOrigin::Found(m)),
                 Ok(None) => Ok(LiveOrigin::Gone),
-                Err(e) => Ok(LiveOrigin::Error { message: e.to_string() }),
+                Err(e) => Ok(LiveOrigin::Error {
+                    message: e.to_string(),
+                }),
             }
         };
         let mirror = async {
@@ -133,15 +135,18 @@ pub struct PresignReport {
 impl Report for PresignReport {}
 
 /// A time-limited GET URL for a mirrored file (at most 7 days, S3's limit for SigV4).
-pub async fn presign(ctx: &Ctx, id_or_key: &str, expires: std::time::Duration) -> Result<PresignReport> {
+pub async fn presign(
+    ctx: &Ctx,
+    id_or_key: &str,
+    expires: std::time::Duration,
+) -> Result<PresignReport> {
     if expires.is_zero() || expires > std::time::Duration::from_secs(7 * 86_400) {
         return Err(Error::Usage("--expires must be between 1s and 7d".into()));
     }
-    let file = ctx
-        .db
-        .get_file(id_or_key)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no mirrored file with id or key {id_or_key:?}")))?;
+    let file =
+        ctx.db.get_file(id_or_key).await?.ok_or_else(|| {
+            Error::NotFound(format!("no mirrored file with id or key {id_or_key:?}"))
+        })?;
     let url = ctx.mirror().await?.presign_get(&file.key, expires).await?;
     Ok(PresignReport {
         id: file.id,

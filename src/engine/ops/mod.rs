@@ -1,6 +1,11 @@
 //! One file per operation. Each is one function taking `&Ctx`, typed params and a `Progress`,
 //! returning a typed report that the TUI and headless mode both render.
 
+pub mod archive;
+pub mod drift;
 pub mod files;
 pub mod history;
+pub mod purge;
+pub mod remirror;
 pub mod stats;
+pub mod validate;

@@ -83,6 +83,10 @@ pub struct StatsReport {
     pub stale_files: i64,
     pub errors: i64,
     pub error_rate: Option<f64>,
+    /// Months in the window whose raw events were archived to S3 (`YYYY-MM`). The totals above
+    /// still count them (they come from the hourly rollup, which archiving keeps); what these
+    /// months lack in the database is the per-event detail, e.g. a file's downloads per day.
+    pub archived_months_excluded: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<SeriesPoint>,
 }
@@ -97,7 +101,8 @@ fn ratio(a: i64, b: i64) -> Option<f64> {
 pub async fn run(ctx: &Ctx, params: StatsParams) -> Result<StatsReport> {
     let now = Utc::now();
     let since = params.window.since(now);
-    let (totals, storage) = tokio::try_join!(ctx.db.download_totals(since), ctx.db.storage_totals())?;
+    let (totals, storage) =
+        tokio::try_join!(ctx.db.download_totals(since), ctx.db.storage_totals())?;
     let series = if params.series {
         let (from, daily) = match params.window {
             Window::Day => (now - TimeDelta::hours(24), false),
@@ -110,6 +115,15 @@ pub async fn run(ctx: &Ctx, params: StatsParams) -> Result<StatsReport> {
         Vec::new()
     };
     let requests = totals.hits + totals.misses + totals.errors;
+    // A month is in the window when it ends after the window starts.
+    let archived_months_excluded = ctx
+        .db
+        .archived_months()
+        .await?
+        .into_iter()
+        .filter(|m| since.is_none_or(|s| m.next().start() > s))
+        .map(|m| format!("{:04}-{:02}", m.year, m.month))
+        .collect();
     Ok(StatsReport {
         window: params.window,
         since,
@@ -125,6 +139,7 @@ pub async fn run(ctx: &Ctx, params: StatsParams) -> Result<StatsReport> {
         stale_files: storage.stale,
         errors: totals.errors,
         error_rate: ratio(totals.errors, requests),
+        archived_months_excluded,
         series,
     })
 }
