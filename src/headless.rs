@@ -102,12 +102,12 @@ pub fn stats_table(r: &StatsReport) -> String {
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<16} {v}");
     }
-    if !r.archived_months_excluded.is_empty() {
+    if !r.archived_months.is_empty() {
         let _ = writeln!(
             out,
             "{:<16} {} (events on S3; totals above include them)",
             "archived months",
-            r.archived_months_excluded.join(", ")
+            r.archived_months.join(", ")
         );
     }
     out

@@ -326,6 +326,7 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
                 delete_extra: *delete_extra,
                 dry_run: *dry_run,
                 on_line: lines.as_ref().map(|l| l.sink()),
+                ..Default::default()
             };
             let progress = cancellable_progress();
             let r = drift::run(ctx, params, &progress).await;

@@ -346,7 +346,7 @@ async fn round_trip(t: TestDb, s3: &S3Server) {
     .await
     .expect("stats");
     assert_eq!(
-        s.archived_months_excluded,
+        s.archived_months,
         vec!["2024-01".to_string(), "2024-02".to_string()]
     );
     assert_eq!(

@@ -304,6 +304,8 @@ async fn finds_every_kind_of_drift_and_repair_makes_it_clean() {
                     &ctx,
                     DriftParams {
                         concurrency,
+                        // Split even these small buckets, so the range merge is exercised.
+                        split_above_pages: 0,
                         ..Default::default()
                     },
                 )
@@ -508,6 +510,7 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
             &ctx,
             DriftParams {
                 concurrency: 8,
+                split_above_pages: 0,
                 ..Default::default()
             },
         )

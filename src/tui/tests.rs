@@ -84,7 +84,7 @@ fn stats() -> StatsReport {
         stale_files: 13,
         errors: 7,
         error_rate: Some(7.0 / 1723.0),
-        archived_months_excluded: Vec::new(),
+        archived_months: Vec::new(),
         series,
     }
 }

@@ -31,6 +31,8 @@ const INVENTORY_PAGE: i64 = 1000;
 /// Pages a listing may fetch ahead of the merge. Bounds memory; 2 keeps a request in flight
 /// while the merge consumes the previous page.
 const READ_AHEAD: usize = 2;
+/// Default of `DriftParams::split_above_pages`.
+const SPLIT_ABOVE_PAGES: usize = 5;
 /// Upper bound on the one-key listings the planner spends finding range boundaries.
 const MAX_PROBES: usize = 600;
 /// Attempts per listing page on top of the SDK's own retries: a throttled or flaky server in
@@ -50,6 +52,9 @@ pub struct DriftParams {
     pub prefix: String,
     /// Key ranges listed at once.
     pub concurrency: usize,
+    /// A side with at most this many pages of keys is listed as one range: planning a split
+    /// costs list requests, which some servers answer by walking the whole bucket.
+    pub split_above_pages: usize,
     /// Stream and hash both bodies of pairs that size, ETag and checksums cannot decide.
     pub checksum: bool,
     /// Copy missing and different objects main → backup and fix the inventory.
@@ -68,6 +73,7 @@ impl Default for DriftParams {
         DriftParams {
             prefix: String::new(),
             concurrency: 16,
+            split_above_pages: SPLIT_ABOVE_PAGES,
             checksum: false,
             repair: false,
             delete_extra: false,
@@ -360,15 +366,16 @@ async fn compare(
     let target = params.concurrency.saturating_mul(4).max(1);
     // Planning costs requests; a prefix that fits in one page per side does not need it.
     let mut boundaries = Vec::new();
+    // Below a few pages per side one sequential range is faster than any split.
     if params.concurrency > 1
-        && (more_than_a_page(main, &params.prefix).await?
-            || more_than_a_page(backup, &params.prefix).await?)
+        && (more_than_pages(main, &params.prefix, params.split_above_pages).await?
+            || more_than_pages(backup, &params.prefix, params.split_above_pages).await?)
     {
         boundaries = plan_boundaries(main, &params.prefix, target, params.concurrency).await?;
     }
     if boundaries.is_empty()
         && params.concurrency > 1
-        && more_than_a_page(backup, &params.prefix).await?
+        && more_than_pages(backup, &params.prefix, params.split_above_pages).await?
     {
         // An empty or flat main bucket says nothing about the backup's key space.
         boundaries = plan_boundaries(backup, &params.prefix, target, params.concurrency).await?;
@@ -575,12 +582,18 @@ async fn children(bucket: &S3Bucket, leaf: Leaf) -> Result<(Vec<Leaf>, usize)> {
 }
 
 /// Whether the bucket holds more keys under `prefix` than one listing page.
-async fn more_than_a_page(bucket: &S3Bucket, prefix: &str) -> Result<bool> {
+/// Whether `prefix` holds more than `pages` pages of keys: a few sequential list requests.
+async fn more_than_pages(bucket: &S3Bucket, prefix: &str, pages: usize) -> Result<bool> {
     let full_prefix = format!("{}{prefix}", bucket.prefix());
-    Ok(list_with_retry(bucket, &full_prefix, None, None, PAGE)
-        .await?
-        .1
-        .is_some())
+    let mut token: Option<String> = None;
+    for _ in 0..pages {
+        let page = list_with_retry(bucket, &full_prefix, None, token.as_deref(), PAGE).await?;
+        match page.1 {
+            Some(next) => token = Some(next),
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// The first key under `prefix` after `after` (relative keys).

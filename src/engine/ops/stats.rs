@@ -86,7 +86,7 @@ pub struct StatsReport {
     /// Months in the window whose raw events were archived to S3 (`YYYY-MM`). The totals above
     /// still count them (they come from the hourly rollup, which archiving keeps); what these
     /// months lack in the database is the per-event detail, e.g. a file's downloads per day.
-    pub archived_months_excluded: Vec<String>,
+    pub archived_months: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub series: Vec<SeriesPoint>,
 }
@@ -116,7 +116,7 @@ pub async fn run(ctx: &Ctx, params: StatsParams) -> Result<StatsReport> {
     };
     let requests = totals.hits + totals.misses + totals.errors;
     // A month is in the window when it ends after the window starts.
-    let archived_months_excluded = ctx
+    let archived_months = ctx
         .db
         .archived_months()
         .await?
@@ -139,7 +139,7 @@ pub async fn run(ctx: &Ctx, params: StatsParams) -> Result<StatsReport> {
         stale_files: storage.stale,
         errors: totals.errors,
         error_rate: ratio(totals.errors, requests),
-        archived_months_excluded,
+        archived_months,
         series,
     })
 }
