@@ -3,8 +3,9 @@
 # `pg_dump -Fc -t <partition>` of the same PostgreSQL partition: wall time, output size and peak
 # RSS (/usr/bin/time -v), side by side, on one month of >= 1,500,000 events.
 #
-#   scripts/bench-archive.sh              # 1,600,000 events in January 2025
-#   ROWS=3000000 scripts/bench-archive.sh
+#   scripts/bench-archive.sh                      # fills a fresh DB with scripts/scale-dataset.sh
+#   BENCH_DB=mirror_bench REUSE_DATASET=1 scripts/bench-archive.sh   # a DB it already filled
+#   OWN_DATA=1 ROWS=3000000 scripts/bench-archive.sh   # one synthetic month (generate_series)
 #
 # Needs PostgreSQL (scripts/test.sh sets up the role) and builds the release binary. The S3
 # endpoint is the embedded demo's s3s-fs server (`mirrorctl demo up`) in its own process, so the
@@ -18,7 +19,7 @@ MONTH=${MONTH:-01}
 PART="download_events_y${YEAR}m${MONTH}"
 PG_PORT=${PG_PORT:-$(pg_lsclusters -h 2>/dev/null | awk '$2=="main" && $4=="online" {print $3; exit}')}
 PG_PORT=${PG_PORT:-5432}
-DB=mirrorctl_bench
+DB=${BENCH_DB:-mirrorctl_bench}
 ADMIN_URL="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT/postgres"
 DB_URL="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT/$DB"
 WORK=$(mktemp -d /tmp/mirrorctl-bench.XXXXXX)
@@ -33,8 +34,10 @@ log() { printf '== %s\n' "$*" >&2; }
 cargo build --release --quiet --bin mirrorctl
 BIN="$ROOT/target/release/mirrorctl"
 
-log "fresh database $DB"
-psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+if [ -z "${REUSE_DATASET:-}" ]; then
+  log "fresh database $DB"
+  psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+fi
 
 log "S3 endpoint: mirrorctl demo up (s3s-fs) in $WORK/demo"
 MIRRORCTL_DEMO_DIR="$WORK/demo" "$BIN" demo up >"$WORK/demo.out" 2>"$WORK/demo.err" &
@@ -67,11 +70,12 @@ TOML
 M() { "$BIN" --config "$WORK/config.toml" "$@"; }
 M migrate >/dev/null
 
-if [ -x scripts/scale-dataset.sh ] && [ -z "${OWN_DATA:-}" ]; then
-  log "dataset: scripts/scale-dataset.sh"
-  MIRRORCTL_DATABASE_URL="$DB_URL" scripts/scale-dataset.sh >&2
-  PART=$(psql "$DB_URL" -Atc "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'download_events'::regclass ORDER BY c.reltuples DESC LIMIT 1")
+if [ -z "${OWN_DATA:-}" ]; then
+  # The 10,000,000-event dataset (REUSE_DATASET=1: already filled by scale-dataset.sh).
+  [ -n "${REUSE_DATASET:-}" ] || { log "dataset: scripts/scale-dataset.sh"; MIRRORCTL_BIN="$BIN" scripts/scale-dataset.sh "$DB_URL" >&2; }
+  # The newest month that ended more than 3 months ago: full, and eligible for archiving.
+  PART="download_events_$(date -u -d "$(date -u +%Y-%m-01) -4 months" +y%Ym%m)"
+  log "partition $PART: $(psql "$DB_URL" -Atc "SELECT count(*) FROM $PART") rows"
 else
   log "dataset: $ROWS events in $PART (generate_series)"
   START="$YEAR-$MONTH-01 00:00:00+00"

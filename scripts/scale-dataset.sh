@@ -43,13 +43,15 @@ SELECT id, 'mirror', url, size, NULL, etag, now() - ((id % 190) || ' days')::int
        id % 97 = 0, CASE WHEN id % 97 = 0 THEN 'origin size changed' END
 FROM origin_files;
 
--- Skewed popularity: file = files * u^4 picks low ids far more often.
+-- Skewed popularity: file = files * u^4 picks low ids far more often. Rows go in in time
+-- order, as the data plane writes them, so ids grow with occurred_at as in production.
 INSERT INTO download_events (occurred_at, file_id, cache_hit, bytes, duration_ms, status)
-SELECT now() - random() * interval '180 days',
-       f, r > 0.08, CASE WHEN r < 0.002 THEN 0 ELSE 1024 + f % 65536 END,
+SELECT t, f, r > 0.08, CASE WHEN r < 0.002 THEN 0 ELSE 1024 + f % 65536 END,
        (5 + r * 900)::int, CASE WHEN r < 0.002 THEN 502 ELSE 200 END
-FROM (SELECT 1 + floor(:files * power(random(), 4))::bigint AS f, random() AS r
-      FROM generate_series(1, :events)) s;
+FROM (SELECT now() - random() * interval '180 days' AS t,
+             1 + floor(:files * power(random(), 4))::bigint AS f, random() AS r
+      FROM generate_series(1, :events)) s
+ORDER BY t;
 
 INSERT INTO download_stats_hourly (hour, hits, misses, errors, bytes_hit, bytes_miss)
 SELECT date_trunc('hour', occurred_at, 'UTC'),

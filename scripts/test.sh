@@ -98,6 +98,12 @@ if ! command -v rclone >/dev/null; then
   apt_install rclone
 fi
 
+# --- The terminal UI, end to end in tmux, on the real binary and a fresh demo -----------------
+command -v tmux >/dev/null || apt_install tmux
+log "terminal UI end to end (tmux)"
+cargo build --quiet
+scripts/tui-e2e.sh
+
 # --- The suite ---------------------------------------------------------------------------------
 log "running the tests"
 if cargo nextest --version >/dev/null 2>&1; then
