@@ -10,6 +10,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent,
 use crate::config::ThemeName;
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{FileQuery, FileRow, FileSort, OperationRecord};
+use crate::engine::ops::archive::PartitionEntry;
 use crate::engine::ops::files::{FileReport, PresignReport};
 use crate::engine::ops::stats::{StatsReport, Window};
 
@@ -89,6 +90,7 @@ pub enum Action {
     },
     FileLoaded(Result<Box<FileReport>, String>),
     HistoryLoaded(Result<Vec<OperationRecord>, String>),
+    ArchiveLoaded(Result<Vec<PartitionEntry>, String>),
     Presigned(Result<PresignReport, String>),
     PreviewLoaded {
         op: OpRequest,
@@ -117,6 +119,7 @@ pub enum Effect {
     },
     LoadFile(String),
     LoadHistory,
+    LoadArchive,
     Presign(i64),
     Preview(OpRequest),
     StartJob {
@@ -213,6 +216,14 @@ pub struct JobEntry {
     pub state: JobState,
 }
 
+/// The Archive view's list of months: live in the database, archived or restored.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveState {
+    pub partitions: Vec<PartitionEntry>,
+    pub loading: bool,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct HistoryState {
     pub rows: Vec<OperationRecord>,
@@ -272,6 +283,7 @@ pub struct App {
     pub jobs: Vec<JobEntry>,
     pub jobs_selected: usize,
     pub history: HistoryState,
+    pub archive: ArchiveState,
     pub notifications: Vec<Notification>,
     pub effects: Vec<Effect>,
     pub quit: bool,
@@ -293,6 +305,7 @@ impl App {
             jobs: Vec::new(),
             jobs_selected: 0,
             history: HistoryState::default(),
+            archive: ArchiveState::default(),
             notifications: Vec::new(),
             effects: Vec::new(),
             quit: false,
@@ -389,7 +402,11 @@ impl App {
                 self.history.loading = true;
                 self.effects.push(Effect::LoadHistory);
             }
-            View::Jobs | View::Drift | View::Archive => {}
+            View::Archive => {
+                self.archive.loading = true;
+                self.effects.push(Effect::LoadArchive);
+            }
+            View::Jobs | View::Drift => {}
         }
     }
 
@@ -1046,6 +1063,19 @@ pub fn update(app: &mut App, action: Action) {
                         d.error = None;
                     }
                     Err(e) => d.error = Some(e),
+                }
+            }
+        }
+        Action::ArchiveLoaded(r) => {
+            app.archive.loading = false;
+            match r {
+                Ok(rows) => {
+                    app.archive.partitions = rows;
+                    app.archive.error = None;
+                }
+                Err(e) => {
+                    app.notify(Level::Error, format!("archive: {e}"));
+                    app.archive.error = Some(e);
                 }
             }
         }

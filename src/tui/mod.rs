@@ -263,6 +263,15 @@ fn execute(
                 let _ = tx.send(Action::FileLoaded(r));
             });
         }
+        Effect::LoadArchive => {
+            tokio::spawn(async move {
+                let r = crate::engine::ops::archive::list(&ctx)
+                    .await
+                    .map(|r| r.partitions)
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Action::ArchiveLoaded(r));
+            });
+        }
         Effect::LoadHistory => {
             tokio::spawn(async move {
                 let r = history::run(&ctx, HISTORY_LIMIT)

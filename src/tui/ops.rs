@@ -162,15 +162,18 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
         }
         OpRequest::ArchiveRun => {
             let r = archive::run(ctx, archive_params(true), &none).await?;
+            // A dry run archives nothing: the eligible months are its partitions.
+            let months = r.partitions.len();
             let mut lines = vec![format!(
-                "Exports {} month(s) up to {} ({} rows) to Parquet, reads them back,",
-                r.archived, r.last_eligible_month, r.rows
+                "Exports {months} month(s) up to {} ({} rows) to Parquet, reads them back,",
+                r.last_eligible_month, r.rows
             )];
             lines.push("and drops the rows only when the checksums and row counts match.".into());
             Ok(Preview {
                 lines,
                 count: None,
-                bytes: Some(r.bytes),
+                // SQLite keeps no size per month: say nothing rather than "0 B".
+                bytes: (r.bytes > 0).then_some(r.bytes),
             })
         }
     }

@@ -15,6 +15,7 @@ use crate::engine::jobs::JobEvent;
 use crate::engine::model::{
     DailyDownloads, FileDetail, FileRow, FileSort, OperationRecord, SeriesPoint,
 };
+use crate::engine::ops::archive::{PartitionEntry, PartitionState};
 use crate::engine::ops::files::{FileReport, OriginView};
 use crate::engine::ops::stats::{StatsReport, Window};
 
@@ -237,6 +238,19 @@ fn draw(app: &App) -> String {
 const SIZES: [(u16, u16); 3] = [(80, 24), (120, 40), (160, 48)];
 
 /// Every view (and the popups) at every size, as the operator sees them.
+fn partition(year: i32, month: u32, state: PartitionState, object: Option<&str>) -> PartitionEntry {
+    PartitionEntry {
+        partition: format!("download_events_y{year}m{month:02}"),
+        year,
+        month,
+        rows: 1_722_073,
+        bytes: Some(22_755_188),
+        state,
+        object: object.map(str::to_string),
+        live_rows: 0,
+    }
+}
+
 fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     let mut scenes = Vec::new();
 
@@ -312,6 +326,18 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     scenes.push(("drift", drift));
     let mut archive = jobs.clone();
     update(&mut archive, key('5'));
+    update(
+        &mut archive,
+        Action::ArchiveLoaded(Ok(vec![
+            partition(
+                2026,
+                7,
+                PartitionState::Archived,
+                Some("s3://archive/download_events/year=2026/month=07/_manifest.json"),
+            ),
+            partition(2026, 8, PartitionState::Live, None),
+        ])),
+    );
     scenes.push(("archive", archive));
 
     let mut history = app_at(Some("history"), size);

@@ -900,12 +900,64 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
             t.dim,
         ))),
     }
+    if v == View::Archive {
+        text.push(Line::from(""));
+        text.extend(partition_lines(app));
+    }
     f.render_widget(
         Paragraph::new(text)
             .block(block(t, format!(" {} ", v.title())))
             .wrap(Wrap { trim: true }),
         area,
     );
+}
+
+/// One line per month of download events: rows, size, state and where its archive is.
+fn partition_lines(app: &App) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    let a = &app.archive;
+    if let Some(e) = &a.error {
+        return vec![Line::from(Span::styled(format!("Partitions: {e}"), t.bad))];
+    }
+    if a.partitions.is_empty() {
+        let msg = if a.loading {
+            "Partitions: loading…"
+        } else {
+            "Partitions: no months with events"
+        };
+        return vec![Line::from(Span::styled(msg, t.dim))];
+    }
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "{:<26}{:>12}  {:>10}  {:<9}{}",
+            "PARTITION", "ROWS", "SIZE", "STATE", "OBJECT"
+        ),
+        t.header,
+    ))];
+    for p in &a.partitions {
+        let state = format!("{:?}", p.state).to_lowercase();
+        let style = match state.as_str() {
+            "archived" => t.good,
+            "restored" => t.warn,
+            _ => t.text,
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:<26}", p.partition), t.text),
+            Span::styled(format!("{:>12}", crate::headless::count(p.rows)), t.text),
+            Span::styled(
+                format!(
+                    "  {:>10}  ",
+                    p.bytes
+                        .map(crate::headless::bytes)
+                        .unwrap_or_else(|| "-".into())
+                ),
+                t.text,
+            ),
+            Span::styled(format!("{state:<9}"), style),
+            Span::styled(p.object.clone().unwrap_or_default(), t.dim),
+        ]));
+    }
+    lines
 }
 
 // ---- History -------------------------------------------------------------------------------
