@@ -137,5 +137,5 @@ Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /pro
 | \`mirrorctl --headless archive run --partition $PART --yes\` (export + upload + verify + drop) | $ARCH_WALL | $ARCH_BYTES B ($(( ARCH_BYTES / 1048576 )) MiB), $ARCH_ROWS rows | $(( ARCH_RSS / 1024 )) MiB |
 | \`mirrorctl --headless archive restore $PART\` | $REST_WALL | $RESTORED rows back | $(( REST_RSS / 1024 )) MiB |
 
-Parquet / dump size: $(python3 -c "print(f'{$ARCH_BYTES / $DUMP_BYTES:.0%}')"). Reproduce: \`ROWS=$ROWS scripts/bench-archive.sh\`.
+Parquet / dump size: $(python3 -c "print(f'{$ARCH_BYTES / $DUMP_BYTES:.0%}')"). Reproduce: \`scripts/bench-archive.sh\` (or \`BENCH_DB=… REUSE_DATASET=1 scripts/bench-archive.sh\`).
 MD
