@@ -22,8 +22,7 @@ log() { printf '== %s\n' "$*" >&2; }
 
 command -v rclone >/dev/null || { echo "rclone is not installed (apt-get install rclone)" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "GNU time is not installed (apt-get install time)" >&2; exit 2; }
-GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
-[ -x "$GARAGE" ] || { echo "garage is not installed (cargo install garage --version 2.5.0 --locked)" >&2; exit 2; }
+. scripts/garage.sh
 
 log "building mirrorctl (release)"
 cargo build --release --quiet --bin mirrorctl --example drift_bench_seed
@@ -31,33 +30,8 @@ TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 MIRRORCTL="$TARGET/release/mirrorctl"
 SEED="$TARGET/release/examples/drift_bench_seed"
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S3_PORT=$(port); RPC_PORT=$(port)
-cat > "$WORK/garage.toml" <<TOML
-metadata_dir = "$WORK/garage/meta"
-data_dir = "$WORK/garage/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC_PORT"
-rpc_public_addr = "127.0.0.1:$RPC_PORT"
-rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:$S3_PORT"
-TOML
-RUST_LOG=warn "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
-GARAGE_PID=$!
-g() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
-for _ in $(seq 1 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
-NODE=$(g node id -q 2>/dev/null | cut -d@ -f1)
-g layout assign -z dc1 -c 100G "$NODE" >/dev/null
-g layout apply --version 1 >/dev/null
-KEY="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
-SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-g key import --yes -n bench "$KEY" "$SECRET" >/dev/null
-g key allow --create-bucket bench >/dev/null
-ENDPOINT="http://127.0.0.1:$S3_PORT"
+start_garage "$WORK/garage" 100G || exit 2
+KEY=$GARAGE_KEY SECRET=$GARAGE_SECRET ENDPOINT=$GARAGE_ENDPOINT
 
 export RCLONE_CONFIG_G_TYPE=s3 RCLONE_CONFIG_G_PROVIDER=Other RCLONE_CONFIG_G_ENDPOINT="$ENDPOINT" \
   RCLONE_CONFIG_G_ACCESS_KEY_ID="$KEY" RCLONE_CONFIG_G_SECRET_ACCESS_KEY="$SECRET" \

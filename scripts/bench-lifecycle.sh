@@ -25,7 +25,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- build -------------------------------------------------------------------------------------
 log "building (release)"
@@ -35,34 +34,9 @@ cp target/release/mirrorctl "$WORK/mirrorctl"
 BIN="$WORK/mirrorctl"
 
 # --- Garage --------------------------------------------------------------------------------------
-GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
-[ -x "$GARAGE" ] || { echo "garage not found: cargo install garage --version 2.5.0 --locked" >&2; exit 1; }
-GARAGE_PORT=$(free_port); RPC_PORT=$(free_port)
-cat > "$WORK/garage.toml" <<TOML
-metadata_dir = "$WORK/garage/meta"
-data_dir = "$WORK/garage/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC_PORT"
-rpc_public_addr = "127.0.0.1:$RPC_PORT"
-rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:$GARAGE_PORT"
-TOML
-RUST_LOG=warn "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
-GARAGE_PID=$!
-g() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
-for _ in $(seq 1 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
-NODE=$(g node id -q 2>/dev/null | cut -d@ -f1)
-g layout assign -z dc1 -c 20G "$NODE" >/dev/null
-g layout apply --version 1 >/dev/null
-GK="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
-GS=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-g key import --yes -n bench "$GK" "$GS" >/dev/null
-g key allow --create-bucket bench >/dev/null
-ENDPOINT="http://127.0.0.1:$GARAGE_PORT"
+. scripts/garage.sh
+start_garage "$WORK/garage" 20G || exit 1
+GK=$GARAGE_KEY GS=$GARAGE_SECRET ENDPOINT=$GARAGE_ENDPOINT
 
 # --- origin: the demo's HTTP origin over $WORK/demo/origin ----------------------------------------
 DEMO="$WORK/demo"
@@ -142,7 +116,7 @@ P_SECS=$ELAPSED; P_RSS=$((RSS_KB / 1024))
 DELETED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["deleted"])' "$WORK/purge.out")
 
 cat <<EOF
-machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: Garage $("$GARAGE" --version 2>/dev/null | head -1 | awk '{print $2}') single node (sqlite metadata); origin: mirrorctl demo origin; database: SQLite
+machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node (sqlite metadata); origin: mirrorctl demo origin; database: SQLite
 validate --all -j 64: $CHECKED files checked ($FRESH fresh) in ${V_SECS}s = $V_RATE files/s, peak RSS $V_RSS MiB
   mirrorctl --config C --headless validate --all -j 64 -o json
 remirror 1 GiB: remirrored=$R_OK in ${R_SECS}s = $R_MIBS MiB/s, peak RSS $R_RSS MiB

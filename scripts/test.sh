@@ -49,41 +49,16 @@ as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_database WHER
 export MIRRORCTL_TEST_DATABASE_URL="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT/mirrorctl_test"
 
 # --- Garage (an independent S3 implementation, out of process) --------------------------------
-GARAGE=$(command -v garage || echo "$HOME/.cargo/bin/garage")
-if [ ! -x "$GARAGE" ]; then
+. scripts/garage.sh
+if [ ! -x "$(garage_bin)" ]; then
   log "installing Garage (cargo install, ~13 min on 2 cores)"
   cargo install garage --version 2.5.0 --locked --quiet
 fi
-GARAGE_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RPC_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/garage.toml" <<TOML
-metadata_dir = "$WORK/garage/meta"
-data_dir = "$WORK/garage/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:$RPC_PORT"
-rpc_public_addr = "127.0.0.1:$RPC_PORT"
-rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:$GARAGE_PORT"
-TOML
-log "starting Garage on 127.0.0.1:$GARAGE_PORT"
-RUST_LOG=warn "$GARAGE" -c "$WORK/garage.toml" server >"$WORK/garage.log" 2>&1 &
-GARAGE_PID=$!
-g() { "$GARAGE" -c "$WORK/garage.toml" "$@"; }
-for _ in $(seq 1 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
-NODE=$(g node id -q 2>/dev/null | cut -d@ -f1)
-g layout assign -z dc1 -c 1G "$NODE" >/dev/null
-g layout apply --version 1 >/dev/null
-GK="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
-GS=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-g key import --yes -n test "$GK" "$GS" >/dev/null
-g key allow --create-bucket test >/dev/null
-export MIRRORCTL_TEST_GARAGE_ENDPOINT="http://127.0.0.1:$GARAGE_PORT"
-export MIRRORCTL_TEST_GARAGE_KEY="$GK"
-export MIRRORCTL_TEST_GARAGE_SECRET="$GS"
+start_garage "$WORK/garage" 1G
+log "Garage on $GARAGE_ENDPOINT"
+export MIRRORCTL_TEST_GARAGE_ENDPOINT="$GARAGE_ENDPOINT"
+export MIRRORCTL_TEST_GARAGE_KEY="$GARAGE_KEY"
+export MIRRORCTL_TEST_GARAGE_SECRET="$GARAGE_SECRET"
 export MIRRORCTL_REQUIRE_SERVERS=1
 
 # --- Python readers for the archive interop test ----------------------------------------------
