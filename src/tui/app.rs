@@ -11,6 +11,7 @@ use crate::config::ThemeName;
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{FileQuery, FileRow, FileSort, OperationRecord};
 use crate::engine::ops::archive::PartitionEntry;
+use crate::engine::ops::drift::DriftItem;
 use crate::engine::ops::files::{FileReport, PresignReport};
 use crate::engine::ops::stats::{StatsReport, Window};
 
@@ -91,6 +92,8 @@ pub enum Action {
     FileLoaded(Result<Box<FileReport>, String>),
     HistoryLoaded(Result<Vec<OperationRecord>, String>),
     ArchiveLoaded(Result<Vec<PartitionEntry>, String>),
+    /// The keys of the latest drift check: what differs and why.
+    DriftItems(Vec<DriftItem>),
     Presigned(Result<PresignReport, String>),
     PreviewLoaded {
         op: OpRequest,
@@ -284,6 +287,8 @@ pub struct App {
     pub jobs_selected: usize,
     pub history: HistoryState,
     pub archive: ArchiveState,
+    /// The keys of the latest drift check of this session.
+    pub drift_items: Vec<DriftItem>,
     pub notifications: Vec<Notification>,
     pub effects: Vec<Effect>,
     pub quit: bool,
@@ -306,6 +311,7 @@ impl App {
             jobs_selected: 0,
             history: HistoryState::default(),
             archive: ArchiveState::default(),
+            drift_items: Vec::new(),
             notifications: Vec::new(),
             effects: Vec::new(),
             quit: false,
@@ -1066,6 +1072,7 @@ pub fn update(app: &mut App, action: Action) {
                 }
             }
         }
+        Action::DriftItems(items) => app.drift_items = items,
         Action::ArchiveLoaded(r) => {
             app.archive.loading = false;
             match r {

@@ -307,9 +307,15 @@ fn execute(
                 }
             });
             run_operation(move || async move {
-                let result = ops::run(&ctx, &op, &progress)
-                    .await
-                    .map_err(|e| e.to_string());
+                let result = match ops::run(&ctx, &op, &progress).await {
+                    Ok(outcome) => {
+                        if let Some(items) = outcome.drift_items {
+                            let _ = tx.send(Action::DriftItems(items));
+                        }
+                        Ok(outcome.line)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
                 let _ = tx.send(Action::JobDone { id, result });
             });
         }

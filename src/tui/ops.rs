@@ -179,8 +179,28 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
     }
 }
 
+/// What a finished job hands back: its one-line result, and for drift the keys it found.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub line: String,
+    pub drift_items: Option<Vec<drift::DriftItem>>,
+}
+
+impl From<String> for JobOutcome {
+    fn from(line: String) -> Self {
+        JobOutcome {
+            line,
+            drift_items: None,
+        }
+    }
+}
+
 /// Runs `op`, reporting through `progress`; returns the one-line result for the jobs list.
-pub async fn run(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<String> {
+pub async fn run(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOutcome> {
+    run_op(ctx, op, progress).await
+}
+
+async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOutcome> {
     match op {
         OpRequest::Validate => {
             let p = validate::ValidateParams {
@@ -188,30 +208,30 @@ pub async fn run(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<Strin
                 ..Default::default()
             };
             let r = validate::run(ctx, p, progress).await?;
-            Ok(format!(
+            Ok(JobOutcome::from(format!(
                 "checked {}: {} fresh, {} stale ({} newly), {} missing, {} origin errors",
                 r.checked, r.fresh, r.stale, r.newly_stale, r.missing_in_mirror, r.origin_errors
-            ))
+            )))
         }
         OpRequest::Remirror { .. } | OpRequest::RemirrorStale => {
             let r = remirror::run(ctx, remirror_params(op, false), progress).await?;
-            Ok(format!(
+            Ok(JobOutcome::from(format!(
                 "remirrored {} of {} ({}), {} failed",
                 r.remirrored,
                 r.candidates,
                 bytes(r.bytes as i64),
                 r.failed
-            ))
+            )))
         }
         OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => {
             let r = purge::run(ctx, purge_params(op, false), progress).await?;
-            Ok(format!(
+            Ok(JobOutcome::from(format!(
                 "deleted {} of {} ({} freed), {} failed",
                 r.deleted,
                 r.candidates,
                 bytes(r.bytes_freed as i64),
                 r.failed
-            ))
+            )))
         }
         OpRequest::DriftCheck | OpRequest::DriftRepair => {
             let repair = *op == OpRequest::DriftRepair;
@@ -235,16 +255,19 @@ pub async fn run(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<Strin
                     bytes(x.copied_bytes as i64)
                 ));
             }
-            Ok(line)
+            Ok(JobOutcome {
+                line,
+                drift_items: Some(r.items),
+            })
         }
         OpRequest::ArchiveRun => {
             let r = archive::run(ctx, archive_params(false), progress).await?;
-            Ok(format!(
+            Ok(JobOutcome::from(format!(
                 "archived {} partition(s), {} rows, {}",
                 r.archived,
                 r.rows,
                 bytes(r.bytes as i64)
-            ))
+            )))
         }
     }
 }

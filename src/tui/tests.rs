@@ -879,3 +879,43 @@ fn bench_files_render() {
         );
     }
 }
+
+#[test]
+fn drift_view_lists_the_keys_of_the_latest_check() {
+    use crate::engine::ops::drift::{DriftItem, InventoryStatus, PairStatus};
+    let item = |key: &str, status, inventory_status, detail: Option<&str>| DriftItem {
+        key: key.into(),
+        status,
+        inventory_status,
+        detail: detail.map(str::to_string),
+        main: None,
+        backup: None,
+        inventory: None,
+    };
+    let mut app = app_at(None, (100, 30));
+    update(&mut app, key('4'));
+    update(
+        &mut app,
+        Action::DriftItems(vec![
+            item(
+                "mods/1/a.zip",
+                Some(PairStatus::Differ),
+                None,
+                Some("size 10 vs 12"),
+            ),
+            item(
+                "mods/2/b.zip",
+                Some(PairStatus::Same),
+                Some(InventoryStatus::InventoryMissing),
+                None,
+            ),
+        ]),
+    );
+    let text = draw(&app);
+    assert!(text.contains("2 keys disagree"), "{text}");
+    assert!(
+        text.contains("differ") && text.contains("mods/1/a.zip") && text.contains("size 10 vs 12"),
+        "{text}"
+    );
+    assert!(text.contains("inventory missing   mods/2/b.zip"), "{text}");
+}

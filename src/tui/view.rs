@@ -11,6 +11,7 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
+use crate::engine::ops::drift::PairStatus;
 use crate::engine::ops::stats::Window;
 use crate::headless::{bytes, count, percent};
 
@@ -904,12 +905,61 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
         text.push(Line::from(""));
         text.extend(partition_lines(app));
     }
+    if v == View::Drift && !app.drift_items.is_empty() {
+        text.push(Line::from(""));
+        text.extend(drift_lines(app));
+    }
     f.render_widget(
         Paragraph::new(text)
             .block(block(t, format!(" {} ", v.title())))
             .wrap(Wrap { trim: true }),
         area,
     );
+}
+
+/// The keys the latest drift check found, one per line: what is wrong, the key, and why.
+fn drift_lines(app: &App) -> Vec<Line<'static>> {
+    let t = &app.theme;
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "{} keys disagree (all in `mirrorctl --headless drift -o json`):",
+            app.drift_items.len()
+        ),
+        t.header,
+    ))];
+    for item in &app.drift_items {
+        // A pair that matches can still disagree with the inventory: say which.
+        let what = match (&item.status, &item.inventory_status) {
+            (Some(s), _) if !matches!(s, PairStatus::Same) => to_words(&format!("{s:?}")),
+            (_, Some(i)) => to_words(&format!("{i:?}")),
+            (Some(s), None) => to_words(&format!("{s:?}")),
+            (None, None) => "?".into(),
+        };
+        lines.push(Line::from(vec![
+            Span::styled(format!("{what:<20}"), t.warn),
+            Span::styled(item.key.clone(), t.text),
+            Span::styled(
+                item.detail
+                    .as_deref()
+                    .map(|d| format!("  {d}"))
+                    .unwrap_or_default(),
+                t.dim,
+            ),
+        ]));
+    }
+    lines
+}
+
+/// `MissingInBackup` → `missing in backup`.
+fn to_words(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
 }
 
 /// One line per month of download events: rows, size, state and where its archive is.
