@@ -346,50 +346,30 @@ impl S3Bucket {
 
     /// HEAD an object; `None` when it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(o) => Ok(Some(ObjectMeta {
-                size: o.content_length().unwrap_or(0).max(0) as u64,
-                etag: unquote(o.e_tag()),
-                last_modified: to_chrono(o.last_modified()),
-                content_type: o.content_type().map(str::to_string),
-                checksum: o
-                    .checksum_sha256()
-                    .map(|c| format!("SHA256:{c}"))
-                    .or_else(|| o.checksum_crc64_nvme().map(|c| format!("CRC64NVME:{c}")))
-                    .or_else(|| o.checksum_crc32_c().map(|c| format!("CRC32C:{c}"))),
-            })),
-            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => Ok(None),
-            Err(e) => Err(self.sdk_err(&format!("head {key:?}"), e)),
-        }
+        self.head_object(key, false).await
     }
 
     /// HEAD with checksums requested: `checksum` holds the full-object checksum as
-    /// "ALGO:base64" when the server keeps one. Composite (per-part) checksums are left out:
-    /// they depend on the part layout, like multipart ETags. `None` when the object is absent.
+    /// "ALGO:base64" when the server keeps one. `None` when the object is absent.
     pub async fn head_with_checksum(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        self.head_object(key, true).await
+    }
+
+    async fn head_object(&self, key: &str, checksums: bool) -> Result<Option<ObjectMeta>> {
         use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
-        let o = match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-        {
+        let mut req = self.client.head_object().bucket(&self.bucket).key(key);
+        if checksums {
+            req = req.checksum_mode(ChecksumMode::Enabled);
+        }
+        let o = match req.send().await {
             Ok(o) => o,
             Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 404 => {
                 return Ok(None)
             }
             Err(e) => return Err(self.sdk_err(&format!("head {key:?}"), e)),
         };
+        // Composite (per-part) checksums depend on the part layout, like multipart ETags:
+        // only full-object checksums are reported.
         let checksum = if matches!(o.checksum_type(), Some(ChecksumType::Composite)) {
             None
         } else {

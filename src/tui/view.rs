@@ -907,7 +907,8 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
     }
     if v == View::Drift && !app.drift_items.is_empty() {
         text.push(Line::from(""));
-        text.extend(drift_lines(app));
+        // Only what can show: a big drift has many thousands of keys.
+        text.extend(drift_lines(app, area.height as usize));
     }
     f.render_widget(
         Paragraph::new(text)
@@ -918,7 +919,7 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
 }
 
 /// The keys the latest drift check found, one per line: what is wrong, the key, and why.
-fn drift_lines(app: &App) -> Vec<Line<'static>> {
+fn drift_lines(app: &App, max: usize) -> Vec<Line<'static>> {
     let t = &app.theme;
     let mut lines = vec![Line::from(Span::styled(
         format!(
@@ -927,7 +928,7 @@ fn drift_lines(app: &App) -> Vec<Line<'static>> {
         ),
         t.header,
     ))];
-    for item in &app.drift_items {
+    for item in app.drift_items.iter().take(max) {
         // A pair that matches can still disagree with the inventory: say which.
         let what = match (&item.status, &item.inventory_status) {
             (Some(s), _) if !matches!(s, PairStatus::Same) => to_words(&format!("{s:?}")),

@@ -29,9 +29,6 @@ struct FileAgg {
     last: Option<DateTime<Utc>>,
 }
 
-/// `min(occurred_at), max(occurred_at)`, both NULL on an empty table.
-type MinMax = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
 /// A served download counts as an error when the status is 5xx.
 pub fn is_error_status(status: i16) -> bool {
     status >= 500
@@ -215,18 +212,5 @@ impl Db {
                 bytes,
             })
             .collect())
-    }
-
-    /// The oldest and newest event in the database, if any.
-    pub async fn event_range(&self) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
-        let r: Result<MinMax, sqlx::Error> = on_pool!(self, |p| {
-            sqlx::query_as("SELECT min(occurred_at), max(occurred_at) FROM download_events")
-                .fetch_one(p)
-                .await
-        });
-        match r.map_err(|e| self.err(e))? {
-            (Some(a), Some(b)) => Ok(Some((a, b))),
-            _ => Ok(None),
-        }
     }
 }
