@@ -219,6 +219,18 @@ pub enum Command {
     },
     /// Apply the database schema migrations
     Migrate,
+    /// Run the data plane: the download proxy that fills the mirror and records every download
+    ///
+    /// GET /download/{file_id} and GET /files/{key} serve a fresh mirror copy (a hit) or stream
+    /// the origin to the client while uploading to the mirror (a miss; concurrent misses of one
+    /// file share one origin fetch). Also GET /metrics (Prometheus), /healthz and /readyz.
+    /// Scheduled validate/purge/archive workers run when [serve] sets their intervals.
+    /// Stops on Ctrl-C or SIGTERM after in-flight downloads and uploads finish.
+    Serve {
+        /// Address to listen on (default: serve.listen, 127.0.0.1:8080)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// The embedded demo environment
     Demo {
         #[command(subcommand)]
@@ -292,6 +304,7 @@ impl Command {
             Command::Archive { .. } => "archive",
             Command::Drift { .. } => "drift",
             Command::Migrate => "migrate",
+            Command::Serve { .. } => "serve",
             Command::Demo { .. } => "demo",
         }
     }

@@ -353,16 +353,58 @@ impl Default for TuiConfig {
 pub struct ServeConfig {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Run `validate` (recently downloaded files) this often; off when unset.
+    #[serde(default)]
+    pub validate_every: Option<HumanDuration>,
+    /// Purge files unused for `policy.unused_days` this often; off when unset.
+    #[serde(default)]
+    pub purge_unused_every: Option<HumanDuration>,
+    /// Archive months older than `policy.archive_after_months` this often; off when unset.
+    #[serde(default)]
+    pub archive_every: Option<HumanDuration>,
+    /// Requests per second allowed to one client address; 0 turns the limit off.
+    #[serde(default)]
+    pub rate_limit: f64,
+    /// Requests a client may make in a burst above `rate_limit`.
+    #[serde(default = "default_rate_burst")]
+    pub rate_burst: u32,
+    /// Where a miss spools the origin's body while it is served and uploaded (default: the
+    /// system's temporary directory). Needs room for the largest file being fetched.
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Download events are written in batches at least this often.
+    #[serde(default = "default_event_flush")]
+    pub event_flush: HumanDuration,
+    /// On shutdown, how long in-flight downloads and uploads may take to finish.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
+}
+fn default_rate_burst() -> u32 {
+    20
+}
+fn default_event_flush() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             listen: default_listen(),
+            validate_every: None,
+            purge_unused_every: None,
+            archive_every: None,
+            rate_limit: 0.0,
+            rate_burst: default_rate_burst(),
+            spool_dir: None,
+            event_flush: default_event_flush(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -492,6 +534,27 @@ pub fn validate(c: &Config) -> Result<(), String> {
     }
     if c.tui.refresh.0 < Duration::from_millis(200) {
         return Err("key `tui.refresh`: must be at least 200ms".into());
+    }
+    if c.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!(
+            "key `serve.listen`: bad address {:?} (expected IP:PORT, e.g. \"127.0.0.1:8080\")",
+            c.serve.listen
+        ));
+    }
+    for (name, every) in [
+        ("validate_every", c.serve.validate_every),
+        ("purge_unused_every", c.serve.purge_unused_every),
+        ("archive_every", c.serve.archive_every),
+    ] {
+        if every.is_some_and(|d| d.0 < Duration::from_secs(60)) {
+            return Err(format!("key `serve.{name}`: must be at least 1m"));
+        }
+    }
+    if !c.serve.rate_limit.is_finite() || c.serve.rate_limit < 0.0 {
+        return Err("key `serve.rate_limit`: must be 0 (off) or a positive number of requests per second".into());
+    }
+    if c.serve.rate_limit > 0.0 && c.serve.rate_burst == 0 {
+        return Err("key `serve.rate_burst`: must be at least 1".into());
     }
     Ok(())
 }

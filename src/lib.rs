@@ -6,4 +6,5 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod headless;
+pub mod serve;
 pub mod tui;

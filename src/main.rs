@@ -58,7 +58,9 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn init_logging(cli: &Cli) {
+    let serving = matches!(cli.command, Some(Command::Serve { .. }));
     let level = match cli.verbose {
+        0 if serving => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -70,7 +72,7 @@ fn init_logging(cli: &Cli) {
     let interactive = !cli.headless
         && !matches!(
             cli.command,
-            Some(Command::Demo { .. }) | Some(Command::Migrate)
+            Some(Command::Demo { .. }) | Some(Command::Migrate) | Some(Command::Serve { .. })
         );
     if interactive {
         // The TUI owns the screen: logs go to a file.
@@ -87,8 +89,10 @@ fn init_logging(cli: &Cli) {
                 .try_init();
         }
     } else {
+        use std::io::IsTerminal;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .try_init();
     }
@@ -112,6 +116,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(0);
     }
     ctx.db.check_schema().await?;
+    if let Some(Command::Serve { listen }) = &cli.command {
+        mirrorctl::serve::run(ctx, listen.as_deref()).await?;
+        return Ok(0);
+    }
     if !cli.headless {
         return Ok(tui::run(ctx, cli.command.as_ref().map(|c| c.name())).await?);
     }
@@ -342,7 +350,9 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             }
             return Ok(report_exit(&r));
         }
-        Command::Migrate | Command::Demo { .. } => unreachable!("handled before"),
+        Command::Migrate | Command::Demo { .. } | Command::Serve { .. } => {
+            unreachable!("handled before")
+        }
     }
     Ok(0)
 }

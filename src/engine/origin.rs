@@ -13,7 +13,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::s3::S3Bucket;
 
 /// What the origin says of a file right now.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct OriginMeta {
     pub size: Option<u64>,
     /// Without quotes.

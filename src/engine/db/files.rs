@@ -101,20 +101,31 @@ impl Db {
 
     /// A mirrored file by id, or by key (the live copy), with its origin row.
     pub async fn get_file(&self, id_or_key: &str) -> Result<Option<FileDetail>> {
-        let r = match id_or_key.trim().parse::<i64>() {
-            Ok(id) => on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
-                "{DETAIL_SQL} WHERE m.id = $1"
-            ))
-            .bind(id)
-            .fetch_optional(p)
-            .await),
-            Err(_) => on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
-                "{DETAIL_SQL} WHERE m.key = $1 ORDER BY m.deleted_at IS NOT NULL, m.id DESC LIMIT 1"
-            ))
-            .bind(id_or_key)
-            .fetch_optional(p)
-            .await),
-        };
+        match id_or_key.trim().parse::<i64>() {
+            Ok(id) => self.get_file_by_id(id).await,
+            Err(_) => self.get_file_by_key(id_or_key).await,
+        }
+    }
+
+    /// A mirrored file by id, with its origin row.
+    pub async fn get_file_by_id(&self, id: i64) -> Result<Option<FileDetail>> {
+        let r = on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
+            "{DETAIL_SQL} WHERE m.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(p)
+        .await);
+        r.map_err(|e| self.err(e))
+    }
+
+    /// The mirrored file with this object key (the live copy first, then the newest row).
+    pub async fn get_file_by_key(&self, key: &str) -> Result<Option<FileDetail>> {
+        let r = on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
+            "{DETAIL_SQL} WHERE m.key = $1 ORDER BY m.deleted_at IS NOT NULL, m.id DESC LIMIT 1"
+        ))
+        .bind(key)
+        .fetch_optional(p)
+        .await);
         r.map_err(|e| self.err(e))
     }
 

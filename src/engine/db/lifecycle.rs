@@ -257,7 +257,7 @@ impl Db {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "UPDATE mirrored_files SET size = $1, sha256 = $2, etag = $3, mirrored_at = $4, \
-                 last_validated_at = $4, is_stale = FALSE, stale_reason = NULL WHERE id = $5",
+                 last_validated_at = $4, is_stale = FALSE, stale_reason = NULL, deleted_at = NULL WHERE id = $5",
             )
             .bind(r.size)
             .bind(&r.sha256)

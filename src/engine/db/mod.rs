@@ -186,7 +186,7 @@ impl Db {
         })
     }
 
-    async fn applied_migrations(&self) -> Result<u64> {
+    pub async fn applied_migrations(&self) -> Result<u64> {
         let n: Result<i64, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
             "SELECT count(*) FROM _sqlx_migrations WHERE success"
         )

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::engine::db::{Db, FileScope, LifecycleRow, Remirrored};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
-use crate::engine::origin::Origin;
+use crate::engine::origin::{Origin, OriginMeta};
 use crate::engine::s3::S3Bucket;
 use crate::engine::Ctx;
 
@@ -273,31 +273,60 @@ async fn remirror_one(
             return Ok(item);
         }
     };
-    let meta = body.meta;
-    let mut reader = VerifyingReader::new(body.body, meta.size);
-    let put = mirror
-        .put_stream(&row.key, &mut reader, meta.content_type.as_deref())
-        .await;
-    let put = match put {
-        Ok(put) => put,
+    let target = StoreTarget {
+        id: row.id,
+        origin_file_id: row.origin_file_id,
+        key: row.key.clone(),
+    };
+    let (bytes, sha256) = match store(db, mirror, &target, body.body, body.meta).await {
+        Ok(stored) => stored,
+        Err(e @ Error::Database { .. }) => return Err(e),
         Err(e) => {
             item.error = Some(e.to_string());
             return Ok(item);
         }
     };
+    item.status = RemirrorStatus::Remirrored;
+    item.bytes = bytes;
+    item.sha256 = Some(sha256);
+    Ok(item)
+}
+
+/// Which mirrored file a body is stored for.
+pub struct StoreTarget {
+    pub id: i64,
+    pub origin_file_id: i64,
+    pub key: String,
+}
+
+/// Streams an origin body into the mirror under the file's key, hashing it and checking its
+/// length against the origin's Content-Length, then — only once S3 confirmed the upload —
+/// records the new copy (size, sha256, etag, fresh, live) and what the origin said. Returns the
+/// bytes stored and their SHA-256. A failed or short body aborts the upload: the old object
+/// stays and nothing partial appears. Used by `remirror` and by the data plane's misses.
+pub async fn store<R: AsyncRead + Unpin + Send>(
+    db: &Db,
+    mirror: &S3Bucket,
+    target: &StoreTarget,
+    body: R,
+    meta: OriginMeta,
+) -> Result<(u64, String)> {
+    let mut reader = VerifyingReader::new(body, meta.size);
+    let put = mirror
+        .put_stream(&target.key, &mut reader, meta.content_type.as_deref())
+        .await?;
     let (bytes, sha256) = reader.finish();
     if put.bytes != bytes {
         // Cannot happen unless the upload path dropped data; never record such an object.
-        item.error = Some(format!(
+        return Err(Error::runtime(format!(
             "uploaded {} bytes but read {bytes} from the origin",
             put.bytes
-        ));
-        return Ok(item);
+        )));
     }
     let now = Utc::now();
     db.record_remirror(&Remirrored {
-        id: row.id,
-        origin_file_id: row.origin_file_id,
+        id: target.id,
+        origin_file_id: target.origin_file_id,
         size: bytes as i64,
         sha256: sha256.clone(),
         etag: put.etag,
@@ -307,10 +336,7 @@ async fn remirror_one(
         at: now,
     })
     .await?;
-    item.status = RemirrorStatus::Remirrored;
-    item.bytes = bytes;
-    item.sha256 = Some(sha256);
-    Ok(item)
+    Ok((bytes, sha256))
 }
 
 /// Passes an origin body through, hashing and counting it, and fails the read (so the upload

@@ -1,0 +1,649 @@
+//! `GET /download/{file_id}` and `GET /files/{key}`: a fresh mirror copy is streamed from the
+//! mirror bucket (a hit); a stale, purged or missing one is streamed from the origin while it
+//! is uploaded (a miss, see `fill`). Range (206/416), HEAD, ETag/If-None-Match (304),
+//! Content-Length, Content-Type and Content-Disposition on both paths. Every GET of a known
+//! file becomes a download event when its body ends (bytes actually sent, duration, status).
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+
+use super::fill::{FillState, Fills};
+use super::metrics::{CacheLabel, HIT, MISS};
+use super::{json_error, Shared};
+use crate::engine::model::{FileDetail, NewDownloadEvent};
+
+/// Rows kept in the lookup cache before it is emptied.
+const MAX_CACHED_ROWS: usize = 100_000;
+/// Bytes read from the mirror per body chunk.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Clone, Hash, PartialEq, Eq)]
+enum Lookup {
+    Id(i64),
+    Key(String),
+}
+
+/// File rows by id and key for a short time, so a hit costs no database round trip. A file
+/// marked stale by a validation is noticed within the TTL; a fill forgets its row at once.
+pub struct RowCache {
+    ttl: Duration,
+    rows: Mutex<HashMap<Lookup, (Instant, Option<Arc<FileDetail>>)>>,
+}
+
+impl RowCache {
+    pub fn new(ttl: Duration) -> RowCache {
+        RowCache {
+            ttl,
+            rows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, k: &Lookup) -> Option<Option<Arc<FileDetail>>> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.get(k)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn put(&self, k: Lookup, row: Option<Arc<FileDetail>>) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if rows.len() >= MAX_CACHED_ROWS {
+            rows.clear();
+        }
+        rows.insert(k, (Instant::now(), row));
+    }
+
+    pub fn forget(&self, row: &FileDetail) {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.remove(&Lookup::Id(row.id));
+        rows.remove(&Lookup::Key(row.key.clone()));
+    }
+}
+
+async fn lookup(s: &Shared, k: Lookup) -> Result<Option<Arc<FileDetail>>, Response> {
+    if let Some(row) = s.rows.get(&k) {
+        return Ok(row);
+    }
+    let found = match &k {
+        Lookup::Id(id) => s.ctx.db.get_file_by_id(*id).await,
+        Lookup::Key(key) => s.ctx.db.get_file_by_key(key).await,
+    };
+    match found {
+        Ok(row) => {
+            let row = row.map(Arc::new);
+            s.rows.put(k, row.clone());
+            Ok(row)
+        }
+        Err(e) => {
+            tracing::warn!("file lookup: {e}");
+            Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable",
+            ))
+        }
+    }
+}
+
+pub async fn by_id(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let Ok(id) = id.parse::<i64>() else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("file id must be a number, got {id:?}"),
+        );
+    };
+    match lookup(&s, Lookup::Id(id)).await {
+        Ok(Some(row)) => serve(&s, row, &method, &headers, started).await,
+        Ok(None) => json_error(
+            StatusCode::NOT_FOUND,
+            format!("no mirrored file with id {id}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+pub async fn by_key(
+    State(s): State<Arc<Shared>>,
+    Path(key): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    if let Err(why) = check_key(&key) {
+        return json_error(StatusCode::BAD_REQUEST, why);
+    }
+    match lookup(&s, Lookup::Key(key.clone())).await {
+        Ok(Some(row)) => serve(&s, row, &method, &headers, started).await,
+        Ok(None) => json_error(
+            StatusCode::NOT_FOUND,
+            format!("no mirrored file with key {key:?}"),
+        ),
+        Err(r) => r,
+    }
+}
+
+/// A key from a URL path: no `.`/`..` segments, no empty segments, no control characters.
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err("key must be 1 to 1024 bytes".into());
+    }
+    if key.chars().any(char::is_control) {
+        return Err("key contains control characters".into());
+    }
+    if key
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err("key contains an empty, '.' or '..' path segment".into());
+    }
+    Ok(())
+}
+
+async fn serve(
+    s: &Arc<Shared>,
+    row: Arc<FileDetail>,
+    method: &Method,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Response {
+    if row.bucket != s.mirror.name() {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "file {} is in bucket {}, not in this mirror ({})",
+                row.id,
+                row.bucket,
+                s.mirror.name()
+            ),
+        );
+    }
+    let fresh = row.deleted_at.is_none() && !row.is_stale;
+    if fresh {
+        if let Some(r) = hit(s, &row, method, headers, started).await {
+            return r;
+        }
+    }
+    miss(s, row, method, headers, started).await
+}
+
+/// Serves a fresh copy from the mirror; `None` when the object is not there after all (or the
+/// bucket fails), so the caller falls back to the origin.
+async fn hit(
+    s: &Arc<Shared>,
+    row: &Arc<FileDetail>,
+    method: &Method,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Option<Response> {
+    let size = row.size.max(0) as u64;
+    let etag = row.etag.clone();
+    if let Some(etag) = &etag {
+        if none_match(headers, etag) {
+            if *method == Method::GET {
+                record(s, row.id, true, 0, 304, started);
+            }
+            let mut r = empty(StatusCode::NOT_MODIFIED);
+            set_etag(r.headers_mut(), etag);
+            return Some(r);
+        }
+    }
+    let range = match parse_range(headers, size) {
+        Ok(r) => r,
+        Err(()) => return Some(unsatisfiable(size)),
+    };
+    if *method == Method::HEAD {
+        let meta = match s.mirror.head(&row.key).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return None,
+            Err(e) => {
+                s.metrics.mirror_errors.inc();
+                tracing::warn!("file {} ({}): mirror HEAD failed: {e}", row.id, row.key);
+                return None;
+            }
+        };
+        let mut r = empty(StatusCode::OK);
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+        let etag = etag.or(meta.etag);
+        common_headers(h, row, meta.content_type.as_deref(), etag.as_deref(), "HIT");
+        if let Some(lm) = meta.last_modified {
+            insert(h, header::LAST_MODIFIED, &http_date(lm));
+        }
+        return Some(r);
+    }
+    let obj = match s
+        .mirror
+        .get(&row.key, range.map(|(a, b)| (a, Some(b))))
+        .await
+    {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            tracing::info!(
+                "file {} ({}): fresh in the database but missing in the mirror: fetching from the origin",
+                row.id,
+                row.key
+            );
+            return None;
+        }
+        Err(e) => {
+            s.metrics.mirror_errors.inc();
+            tracing::warn!(
+                "file {} ({}): mirror read failed, fetching from the origin: {e}",
+                row.id,
+                row.key
+            );
+            return None;
+        }
+    };
+    let status = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let stream = tokio_util::io::ReaderStream::with_capacity(obj.body, READ_CHUNK);
+    let body = Metered::new(s.clone(), row.id, HIT, status, started, stream);
+    let mut r = Response::new(Body::from_stream(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(obj.content_length));
+    if let Some((a, b)) = range {
+        insert(
+            h,
+            header::CONTENT_RANGE,
+            &format!("bytes {a}-{b}/{}", obj.meta.size),
+        );
+    }
+    let etag = etag.or(obj.meta.etag);
+    common_headers(
+        h,
+        row,
+        obj.meta.content_type.as_deref(),
+        etag.as_deref(),
+        "HIT",
+    );
+    if let Some(lm) = obj.meta.last_modified {
+        insert(h, header::LAST_MODIFIED, &http_date(lm));
+    }
+    Some(r)
+}
+
+/// Streams from the origin through the file's fill (started now or joined).
+async fn miss(
+    s: &Arc<Shared>,
+    row: Arc<FileDetail>,
+    method: &Method,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Response {
+    if *method == Method::HEAD {
+        return match s.origin.head(&row.origin_url).await {
+            Ok(Some(meta)) => {
+                let mut r = empty(StatusCode::OK);
+                let h = r.headers_mut();
+                if let Some(n) = meta.size {
+                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                common_headers(
+                    h,
+                    &row,
+                    meta.content_type.as_deref(),
+                    meta.etag.as_deref(),
+                    "MISS",
+                );
+                r
+            }
+            Ok(None) => json_error(StatusCode::BAD_GATEWAY, "origin: file gone (HTTP 404)"),
+            Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+    }
+    let fill = match Fills::join(s, &row) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("miss {}: {e}", row.id);
+            record(s, row.id, false, 0, 500, started);
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    if let FillState::Failed { written: 0, error } = fill.started().await {
+        record(s, row.id, false, 0, 502, started);
+        return json_error(StatusCode::BAD_GATEWAY, error);
+    }
+    let meta = fill.meta().cloned().unwrap_or_default();
+    let (status, range) = match meta.size {
+        Some(size) => match parse_range(headers, size) {
+            Ok(Some(r)) => (StatusCode::PARTIAL_CONTENT, Some(r)),
+            Ok(None) => (StatusCode::OK, None),
+            Err(()) => return unsatisfiable(size),
+        },
+        None => (StatusCode::OK, None),
+    };
+    let (start, end) = match range {
+        Some((a, b)) => (a, Some(b + 1)),
+        None => (0, None),
+    };
+    let body = Metered::new(
+        s.clone(),
+        row.id,
+        MISS,
+        status,
+        started,
+        fill.follow(start, end),
+    );
+    let mut r = Response::new(Body::from_stream(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    match (range, meta.size) {
+        (Some((a, b)), Some(size)) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(b - a + 1));
+            insert(h, header::CONTENT_RANGE, &format!("bytes {a}-{b}/{size}"));
+        }
+        (None, Some(size)) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+        _ => {}
+    }
+    common_headers(
+        h,
+        &row,
+        meta.content_type.as_deref(),
+        meta.etag.as_deref(),
+        "MISS",
+    );
+    if let Some(lm) = meta.last_modified {
+        insert(h, header::LAST_MODIFIED, &http_date(lm));
+    }
+    r
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+fn unsatisfiable(size: u64) -> Response {
+    let mut r = json_error(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable");
+    insert(
+        r.headers_mut(),
+        header::CONTENT_RANGE,
+        &format!("bytes */{size}"),
+    );
+    r
+}
+
+fn insert(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn set_etag(h: &mut HeaderMap, etag: &str) {
+    insert(h, header::ETAG, &format!("\"{}\"", etag.trim_matches('"')));
+}
+
+fn common_headers(
+    h: &mut HeaderMap,
+    row: &FileDetail,
+    content_type: Option<&str>,
+    etag: Option<&str>,
+    cache: &'static str,
+) {
+    insert(
+        h,
+        header::CONTENT_TYPE,
+        content_type.unwrap_or("application/octet-stream"),
+    );
+    insert(
+        h,
+        header::CONTENT_DISPOSITION,
+        &content_disposition(&row.origin_file_name, &row.key),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert("x-cache", HeaderValue::from_static(cache));
+    if let Some(etag) = etag {
+        set_etag(h, etag);
+    }
+}
+
+/// `attachment` with an ASCII fallback name and the exact name in RFC 5987 form.
+fn content_disposition(file_name: &str, key: &str) -> String {
+    let name = if file_name.trim().is_empty() {
+        key.rsplit('/').next().unwrap_or(key)
+    } else {
+        file_name
+    };
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+fn http_date(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, or `*`).
+fn none_match(headers: &HeaderMap, etag: &str) -> bool {
+    let Some(v) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let etag = etag.trim_matches('"');
+    v.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || t.trim_start_matches("W/").trim_matches('"') == etag
+    })
+}
+
+/// A single `bytes=` range against a body of `size` bytes, as inclusive `(first, last)`.
+/// `Ok(None)`: no Range header, or one this server answers with the whole body (several
+/// ranges, another unit, a malformed one). `Err(())`: unsatisfiable (416).
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        // The last `b` bytes.
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 || size == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let Ok(first) = a.parse::<u64>() else {
+            return Ok(None);
+        };
+        let last = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            match b.parse::<u64>() {
+                Ok(last) if last >= first => last.min(size.saturating_sub(1)),
+                _ => return Ok(None),
+            }
+        };
+        if first >= size {
+            return Err(());
+        }
+        (first, last)
+    };
+    Ok(Some(range))
+}
+
+fn record(s: &Shared, file_id: i64, cache_hit: bool, bytes: u64, status: u16, started: Instant) {
+    let label = if cache_hit { HIT } else { MISS };
+    let elapsed = started.elapsed();
+    if status < 500 {
+        s.metrics.downloads.get_or_create(&label).inc();
+        s.metrics
+            .bytes_served
+            .get_or_create(&label)
+            .inc_by(bytes);
+    }
+    s.metrics
+        .request_duration
+        .get_or_create(&label)
+        .observe(elapsed.as_secs_f64());
+    s.recorder.record(NewDownloadEvent {
+        occurred_at: Utc::now(),
+        file_id,
+        cache_hit,
+        bytes: bytes as i64,
+        duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
+        status: status as i16,
+    });
+}
+
+/// A response body that counts what it sent and records the download when it ends — after
+/// the last byte, on a read error (recorded as 502), or when the client goes away.
+struct Metered<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    file_id: i64,
+    cache: CacheLabel,
+    status: StatusCode,
+    started: Instant,
+    sent: u64,
+    failed: bool,
+}
+
+impl<S> Metered<S> {
+    fn new(
+        shared: Arc<Shared>,
+        file_id: i64,
+        cache: CacheLabel,
+        status: StatusCode,
+        started: Instant,
+        inner: S,
+    ) -> Self {
+        Metered {
+            inner,
+            shared,
+            file_id,
+            cache,
+            status,
+            started,
+            sent: 0,
+            failed: false,
+        }
+    }
+}
+
+impl<S: Stream<Item = io::Result<Bytes>> + Unpin> Stream for Metered<S> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = Pin::new(&mut self.inner).poll_next(cx);
+        match &next {
+            Poll::Ready(Some(Ok(b))) => self.sent += b.len() as u64,
+            Poll::Ready(Some(Err(_))) => self.failed = true,
+            _ => {}
+        }
+        next
+    }
+}
+
+impl<S> Drop for Metered<S> {
+    fn drop(&mut self) {
+        let status = if self.failed {
+            502
+        } else {
+            self.status.as_u16()
+        };
+        record(
+            &self.shared,
+            self.file_id,
+            self.cache == HIT,
+            self.sent,
+            status,
+            self.started,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).expect("header"));
+        parse_range(&h, size)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-99", 1000), Ok(Some((0, 99))));
+        assert_eq!(range("bytes=900-", 1000), Ok(Some((900, 999))));
+        assert_eq!(range("bytes=-100", 1000), Ok(Some((900, 999))));
+        assert_eq!(range("bytes=-5000", 1000), Ok(Some((0, 999))));
+        assert_eq!(range("bytes=10-5000", 1000), Ok(Some((10, 999))));
+        assert_eq!(range("bytes=1000-", 1000), Err(()));
+        assert_eq!(range("bytes=5-1", 1000), Ok(None));
+        assert_eq!(range("bytes=0-1,5-6", 1000), Ok(None));
+        assert_eq!(range("items=0-1", 1000), Ok(None));
+        assert_eq!(range("bytes=a-b", 1000), Ok(None));
+        assert_eq!(parse_range(&HeaderMap::new(), 10), Ok(None));
+    }
+
+    #[test]
+    fn keys() {
+        assert!(check_key("mods/a b/ü.zip").is_ok());
+        assert!(check_key("mods/../etc/passwd").is_err());
+        assert!(check_key("./x").is_err());
+        assert!(check_key("a//b").is_err());
+        assert!(check_key("a\u{0}b").is_err());
+        assert!(check_key("a\nb").is_err());
+        assert!(check_key("").is_err());
+    }
+
+    #[test]
+    fn etags_and_names() {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"abc\", \"x\""));
+        assert!(none_match(&h, "abc"));
+        assert!(!none_match(&h, "abd"));
+        assert_eq!(
+            content_disposition("my \"mod\".zip", "k"),
+            "attachment; filename=\"my _mod_.zip\"; filename*=UTF-8''my%20%22mod%22%2Ezip"
+        );
+    }
+}

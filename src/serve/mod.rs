@@ -1,0 +1,238 @@
+//! The data plane (`mirrorctl serve`): the download proxy that serves files from the mirror
+//! bucket (hits), fills the mirror from the origin on misses while streaming to the client,
+//! records every download, exposes Prometheus metrics and health checks, and runs the
+//! scheduled workers. It calls the engine for everything that touches the database, the
+//! buckets or the origin.
+
+mod download;
+mod events;
+mod fill;
+mod limit;
+mod metrics;
+mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::error::{Error, Result};
+use crate::engine::origin::Origin;
+use crate::engine::s3::S3Bucket;
+use crate::engine::Ctx;
+
+/// What every request handler shares.
+pub(crate) struct Shared {
+    ctx: Arc<Ctx>,
+    mirror: S3Bucket,
+    origin: Origin,
+    rows: download::RowCache,
+    fills: fill::Fills,
+    recorder: events::Recorder,
+    metrics: metrics::Metrics,
+    limiter: Option<limit::Limiter>,
+}
+
+/// A running data plane.
+pub struct Server {
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Server {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts a graceful shutdown: stop accepting, finish in-flight downloads and uploads
+    /// (up to `serve.shutdown_timeout`), write the remaining download events.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::runtime(format!("serve task failed: {e}")))?
+    }
+}
+
+/// Starts the data plane on `listener`: connects the mirror bucket and the origin first, so a
+/// misconfiguration fails here and not on the first request.
+pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
+    let addr = listener.local_addr()?;
+    let mirror = ctx.mirror().await?.clone();
+    let origin = ctx.origin().await?.clone();
+    let cfg = ctx.config.serve.clone();
+    let metrics = metrics::Metrics::new();
+    let stop_recorder = CancellationToken::new();
+    let (recorder, recorder_task) = events::Recorder::start(
+        ctx.db.clone(),
+        cfg.event_flush.0,
+        metrics.clone(),
+        stop_recorder.clone(),
+    );
+    let spool_dir = cfg.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let uploads = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        mirror,
+        origin,
+        rows: download::RowCache::new(Duration::from_secs(2)),
+        fills: fill::Fills::new(spool_dir, uploads.clone()),
+        recorder,
+        metrics,
+        limiter: (cfg.rate_limit > 0.0)
+            .then(|| limit::Limiter::new(cfg.rate_limit, cfg.rate_burst)),
+        ctx: ctx.clone(),
+    });
+    let cancel = CancellationToken::new();
+    let workers = workers::spawn(ctx.clone(), cancel.clone());
+    let app = router(shared.clone());
+    let task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            let grace = cfg.shutdown_timeout.0;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+            let cut_off = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                r = served => r.map_err(|e| Error::runtime(format!("serve {addr}: {e}")))?,
+                _ = cut_off => tracing::warn!("shutdown: downloads still running after {grace:?} were cut off"),
+            }
+            // Misses keep uploading after their clients are gone: let them finish.
+            uploads.close();
+            if tokio::time::timeout(grace, uploads.wait()).await.is_err() {
+                tracing::warn!("shutdown: mirror uploads still running after {grace:?} were abandoned");
+            }
+            for w in workers {
+                let _ = w.await;
+            }
+            // Write the events of everything served so far.
+            stop_recorder.cancel();
+            let _ = recorder_task.await;
+            drop(shared);
+            Ok(())
+        }
+    });
+    Ok(Server { addr, cancel, task })
+}
+
+/// `mirrorctl serve`: listens until Ctrl-C or SIGTERM, then shuts down gracefully.
+pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
+    let listen = listen.unwrap_or(&ctx.config.serve.listen).to_string();
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        Error::Usage(format!(
+            "bad listen address {listen:?} (expected IP:PORT, e.g. 127.0.0.1:8080)"
+        ))
+    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::runtime(format!("cannot listen on {addr}: {e}")))?;
+    let mut ctx = ctx;
+    ctx.operator = format!("serve:{}", ctx.operator);
+    let server = start(Arc::new(ctx), listener).await?;
+    eprintln!(
+        "mirrorctl serve: listening on http://{} (GET /download/{{id}}, /files/{{key}}, /metrics, /healthz, /readyz)",
+        server.addr()
+    );
+    shutdown_signal().await;
+    eprintln!("mirrorctl serve: shutting down (finishing downloads and uploads)…");
+    server.shutdown();
+    server.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let downloads = Router::new()
+        .route("/download/{id}", get(download::by_id))
+        .route("/files/{*key}", get(download::by_key))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            limit::middleware,
+        ));
+    Router::new()
+        .merge(downloads)
+        .route("/metrics", get(metrics::handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(shared)
+}
+
+/// A JSON error body: `{"error": "..."}`.
+pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when the database answers and the mirror bucket is reachable.
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    let limit = Duration::from_secs(3);
+    let db = match tokio::time::timeout(limit, s.ctx.db.applied_migrations()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("database: no answer within 3s".to_string()),
+    };
+    let bucket = match tokio::time::timeout(limit, s.mirror.check()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("bucket {}: no answer within 3s", s.mirror.name())),
+    };
+    let ready = db.is_none() && bucket.is_none();
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": db.as_deref().unwrap_or("ok"),
+        "mirror": bucket.as_deref().unwrap_or("ok"),
+    })
+    .to_string();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
