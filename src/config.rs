@@ -551,7 +551,10 @@ pub fn validate(c: &Config) -> Result<(), String> {
         }
     }
     if !c.serve.rate_limit.is_finite() || c.serve.rate_limit < 0.0 {
-        return Err("key `serve.rate_limit`: must be 0 (off) or a positive number of requests per second".into());
+        return Err(
+            "key `serve.rate_limit`: must be 0 (off) or a positive number of requests per second"
+                .into(),
+        );
     }
     if c.serve.rate_limit > 0.0 && c.serve.rate_burst == 0 {
         return Err("key `serve.rate_burst`: must be at least 1".into());

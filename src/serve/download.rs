@@ -35,11 +35,14 @@ enum Lookup {
     Key(String),
 }
 
+/// A looked-up row (or its absence) and when it was looked up.
+type Cached = (Instant, Option<Arc<FileDetail>>);
+
 /// File rows by id and key for a short time, so a hit costs no database round trip. A file
 /// marked stale by a validation is noticed within the TTL; a fill forgets its row at once.
 pub struct RowCache {
     ttl: Duration,
-    rows: Mutex<HashMap<Lookup, (Instant, Option<Arc<FileDetail>>)>>,
+    rows: Mutex<HashMap<Lookup, Cached>>,
 }
 
 impl RowCache {
@@ -262,7 +265,10 @@ async fn hit(
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(obj.content_length));
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(obj.content_length),
+    );
     if let Some((a, b)) = range {
         insert(
             h,
@@ -513,10 +519,7 @@ fn record(s: &Shared, file_id: i64, cache_hit: bool, bytes: u64, status: u16, st
     let elapsed = started.elapsed();
     if status < 500 {
         s.metrics.downloads.get_or_create(&label).inc();
-        s.metrics
-            .bytes_served
-            .get_or_create(&label)
-            .inc_by(bytes);
+        s.metrics.bytes_served.get_or_create(&label).inc_by(bytes);
     }
     s.metrics
         .request_duration
@@ -638,7 +641,10 @@ mod tests {
     #[test]
     fn etags_and_names() {
         let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"abc\", \"x\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("W/\"abc\", \"x\""),
+        );
         assert!(none_match(&h, "abc"));
         assert!(!none_match(&h, "abd"));
         assert_eq!(

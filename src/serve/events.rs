@@ -83,7 +83,10 @@ async fn writer(
                     pending.drain(..n);
                 }
                 Err(e) => {
-                    tracing::warn!("download events not written yet ({} queued): {e}", pending.len());
+                    tracing::warn!(
+                        "download events not written yet ({} queued): {e}",
+                        pending.len()
+                    );
                     if pending.len() > MAX_PENDING {
                         let over = pending.len() - MAX_PENDING;
                         pending.drain(..over);

@@ -57,10 +57,7 @@ impl Fill {
     /// Waits for the origin's answer: `Streaming`, `Done` or `Failed`.
     pub async fn started(&self) -> FillState {
         let mut rx = self.state.subscribe();
-        let state = match rx
-            .wait_for(|s| !matches!(s, FillState::Connecting))
-            .await
-        {
+        let state = match rx.wait_for(|s| !matches!(s, FillState::Connecting)).await {
             Ok(s) => s.clone(),
             Err(_) => FillState::Failed {
                 written: 0,
@@ -112,7 +109,9 @@ impl Fill {
                     let (spool, pos) = (c.fill.spool.clone(), c.pos);
                     let read = tokio::task::spawn_blocking(move || {
                         let mut buf = vec![0u8; len];
-                        spool.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                        spool
+                            .read_exact_at(&mut buf, pos)
+                            .map(|()| Bytes::from(buf))
                     })
                     .await
                     .unwrap_or_else(|e| Err(io::Error::other(e)));
@@ -238,7 +237,8 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
         Err(error) => {
             m.origin_errors.inc();
             tracing::warn!("miss {} ({}): {error}", row.id, row.key);
-            fill.state.send_replace(FillState::Failed { written: 0, error });
+            fill.state
+                .send_replace(FillState::Failed { written: 0, error });
             return;
         }
     };
@@ -278,11 +278,19 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
     }
     match upload.await {
         Ok(Ok((bytes, _))) => {
-            tracing::info!("miss {} ({}): {bytes} bytes now in the mirror", row.id, row.key);
+            tracing::info!(
+                "miss {} ({}): {bytes} bytes now in the mirror",
+                row.id,
+                row.key
+            );
         }
         Ok(Err(e)) => {
             m.upload_errors.inc();
-            tracing::warn!("miss {} ({}): not stored in the mirror: {e}", row.id, row.key);
+            tracing::warn!(
+                "miss {} ({}): not stored in the mirror: {e}",
+                row.id,
+                row.key
+            );
         }
         Err(e) => {
             m.upload_errors.inc();

@@ -120,7 +120,9 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
             // Misses keep uploading after their clients are gone: let them finish.
             uploads.close();
             if tokio::time::timeout(grace, uploads.wait()).await.is_err() {
-                tracing::warn!("shutdown: mirror uploads still running after {grace:?} were abandoned");
+                tracing::warn!(
+                    "shutdown: mirror uploads still running after {grace:?} were abandoned"
+                );
             }
             for w in workers {
                 let _ = w.await;

@@ -82,10 +82,7 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
 
 async fn run(ctx: Arc<Ctx>, worker: Worker, every: Duration, cancel: CancellationToken) {
     if ctx.read_only {
-        tracing::warn!(
-            "worker {}: not started (read-only mode)",
-            worker.name()
-        );
+        tracing::warn!("worker {}: not started (read-only mode)", worker.name());
         return;
     }
     tracing::info!("worker {}: every {every:?}", worker.name());

@@ -2,6 +2,8 @@
 //! SQLite files and fresh PostgreSQL databases. Nothing here is a mock.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -1,0 +1,785 @@
+//! The data plane against real servers over real sockets: s3s-fs in-process and Garage out of
+//! process, SQLite and PostgreSQL, an HTTP origin on loopback that counts its fetches and can
+//! be slowed down or broken, and a fault-injecting proxy in front of S3 for failed uploads.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use chrono::{TimeDelta, Utc};
+use common::proxy::FaultProxy;
+use common::{S3Server, TestDb};
+use mirrorctl::config::{BucketConfig, Config, HumanDuration};
+use mirrorctl::engine::model::{NewMirroredFile, NewOriginFile};
+use mirrorctl::engine::s3::S3Bucket;
+use mirrorctl::engine::Ctx;
+use mirrorctl::serve::Server;
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ---------------------------------------------------------------------------------------------
+// An origin that counts GETs, can go slow (a pause between 64 KiB chunks) or fail (HTTP 500).
+
+#[derive(Default)]
+struct Origin {
+    files: Mutex<HashMap<String, Bytes>>,
+    gets: AtomicUsize,
+    chunk_delay_ms: AtomicU64,
+    broken: AtomicBool,
+}
+
+async fn origin_file(
+    State(o): State<Arc<Origin>>,
+    method: Method,
+    Path(path): Path<String>,
+) -> Response {
+    let mut r = Response::new(Body::empty());
+    if o.broken.load(Ordering::SeqCst) {
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return r;
+    }
+    let Some(data) = o.files.lock().expect("origin files").get(&path).cloned() else {
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    };
+    let etag = format!("\"{}\"", &sha256(&data)[..16]);
+    if method == Method::GET {
+        o.gets.fetch_add(1, Ordering::SeqCst);
+        let delay = Duration::from_millis(o.chunk_delay_ms.load(Ordering::SeqCst));
+        let chunks: Vec<Bytes> = data.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+        let stream = futures::stream::unfold(chunks.into_iter(), move |mut it| async move {
+            let c = it.next()?;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Some((Ok::<_, std::io::Error>(c), it))
+        });
+        r = Response::new(Body::from_stream(stream));
+    }
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(data.len()));
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("etag"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
+    r
+}
+
+async fn start_origin() -> (String, Arc<Origin>) {
+    let o = Arc::new(Origin::default());
+    let app = axum::Router::new()
+        .route("/{*path}", axum::routing::get(origin_file))
+        .with_state(o.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind origin");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/"), o)
+}
+
+fn sha256(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+fn content(i: usize, version: u8, size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|n| {
+            ((n / 7) as u8)
+                .wrapping_add(i as u8 * 13)
+                .wrapping_add(version)
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A mirror with files in known states and the data plane in front of it.
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// In the mirror, current.
+    Fresh,
+    /// An older version in the mirror, the row marked stale.
+    Stale,
+    /// The row says fresh but the object is not in the mirror.
+    Lost,
+}
+
+struct Fixture {
+    origin: Arc<Origin>,
+    origin_url: String,
+    db: TestDb,
+    bucket: S3Bucket,
+    bucket_cfg: BucketConfig,
+    ids: Vec<i64>,
+    keys: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+    http: reqwest::Client,
+}
+
+impl Fixture {
+    async fn new(s3: &S3Server, db: TestDb, files: &[(Kind, usize)]) -> Fixture {
+        let (origin_url, origin) = start_origin().await;
+        let (bucket_cfg, bucket) = s3.new_bucket("serve").await;
+        let mut f = Fixture {
+            origin,
+            origin_url,
+            db,
+            bucket,
+            bucket_cfg,
+            ids: Vec::new(),
+            keys: Vec::new(),
+            bodies: Vec::new(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+        };
+        let mut origin_rows = Vec::new();
+        for (i, &(_, size)) in files.iter().enumerate() {
+            let key = format!("mods/{i}/file {i}-ü.zip");
+            let data = content(i, 1, size);
+            f.origin
+                .files
+                .lock()
+                .expect("origin files")
+                .insert(key.clone(), Bytes::from(data.clone()));
+            origin_rows.push(NewOriginFile {
+                source: "http".into(),
+                remote_id: format!("r{i}"),
+                file_name: format!("file {i}-ü.zip"),
+                url: key.clone(),
+                size: Some(size as i64),
+                etag: None,
+                updated_at: Utc::now() - TimeDelta::days(3),
+            });
+            f.keys.push(key);
+            f.bodies.push(data);
+        }
+        let origin_ids =
+            f.db.db
+                .insert_origin_files(&origin_rows)
+                .await
+                .expect("origin rows");
+        let mut rows = Vec::new();
+        for (i, &(kind, size)) in files.iter().enumerate() {
+            let stored = match kind {
+                Kind::Fresh => Some(f.bodies[i].clone()),
+                Kind::Stale => Some(content(i, 0, size + 3)),
+                Kind::Lost => None,
+            };
+            let etag = match &stored {
+                Some(data) => {
+                    f.bucket
+                        .put_stream(&f.keys[i], &data[..], Some("application/zip"))
+                        .await
+                        .expect("upload")
+                        .etag
+                }
+                None => None,
+            };
+            let data = stored.unwrap_or_else(|| f.bodies[i].clone());
+            rows.push(NewMirroredFile {
+                origin_file_id: origin_ids[i],
+                bucket: f.bucket.name().to_string(),
+                key: f.keys[i].clone(),
+                size: data.len() as i64,
+                sha256: Some(sha256(&data)),
+                etag,
+                mirrored_at: Utc::now() - TimeDelta::days(2),
+                is_stale: kind == Kind::Stale,
+                stale_reason: (kind == Kind::Stale).then(|| "origin size changed".to_string()),
+            });
+        }
+        f.ids =
+            f.db.db
+                .insert_mirrored_files(&rows)
+                .await
+                .expect("mirrored rows");
+        f
+    }
+
+    fn config(&self, mirror: BucketConfig) -> Config {
+        let mut c = common::config(&self.db.url, mirror);
+        c.origin.base_url = Some(self.origin_url.clone());
+        c.origin.retries = 0;
+        c.origin.timeout = HumanDuration(Duration::from_secs(20));
+        c.serve.event_flush = HumanDuration(Duration::from_millis(100));
+        c.serve.shutdown_timeout = HumanDuration(Duration::from_secs(20));
+        c
+    }
+
+    async fn serve(&self, config: Config) -> (Server, String) {
+        let ctx = Ctx::new(config, self.db.db.clone(), false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = mirrorctl::serve::start(Arc::new(ctx), listener)
+            .await
+            .expect("start serve");
+        let base = format!("http://{}", server.addr());
+        (server, base)
+    }
+
+    async fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMapOwned, Vec<u8>) {
+        let mut rb = self.http.get(url);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let r = rb.send().await.expect("request");
+        let status = r.status();
+        let h = r.headers().clone();
+        let body = r.bytes().await.expect("body").to_vec();
+        (status, h, body)
+    }
+
+    async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let mut o = self.bucket.get(key, None).await.expect("get object")?;
+        let mut v = Vec::new();
+        o.body.read_to_end(&mut v).await.expect("object body");
+        Some(v)
+    }
+
+    async fn row(&self, i: usize) -> mirrorctl::engine::model::FileDetail {
+        self.db
+            .db
+            .get_file_by_id(self.ids[i])
+            .await
+            .expect("db")
+            .expect("row")
+    }
+
+    /// Waits until file `i`'s row is fresh again (a fill finished), up to 20 s.
+    async fn wait_fresh(&self, i: usize) -> mirrorctl::engine::model::FileDetail {
+        for _ in 0..200 {
+            let row = self.row(i).await;
+            if !row.is_stale && row.sha256.as_deref() == Some(sha256(&self.bodies[i]).as_str()) {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("file {i} did not become fresh");
+    }
+
+    async fn events(&self, i: usize) -> Vec<(bool, i64, i16)> {
+        let sql =
+            "SELECT cache_hit, bytes, status FROM download_events WHERE file_id = $1 ORDER BY id";
+        match self.db.db.backend() {
+            mirrorctl::engine::db::Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.db.url)
+                    .await
+                    .expect("sqlite");
+                let v = sqlx::query_as(sql)
+                    .bind(self.ids[i])
+                    .fetch_all(&pool)
+                    .await
+                    .expect("events");
+                pool.close().await;
+                v
+            }
+            mirrorctl::engine::db::Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.db.url).await.expect("postgres");
+                let v = sqlx::query_as(sql)
+                    .bind(self.ids[i])
+                    .fetch_all(&pool)
+                    .await
+                    .expect("events");
+                pool.close().await;
+                v
+            }
+        }
+    }
+}
+
+type HeaderMapOwned = reqwest::header::HeaderMap;
+
+/// No multipart upload left in the bucket. s3s-fs does not implement ListMultipartUploads:
+/// there the check is Garage's to make.
+async fn assert_no_pending_uploads(bucket: &S3Bucket) {
+    match bucket.pending_uploads().await {
+        Ok(v) => assert!(v.is_empty(), "multipart uploads left behind: {v:?}"),
+        Err(e) if e.to_string().contains("NotImplemented") => {}
+        Err(e) => panic!("list multipart uploads: {e}"),
+    }
+}
+
+fn header_str<'a>(h: &'a HeaderMapOwned, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Sends raw bytes (paths a URL library would normalise) and returns the status code.
+async fn raw_status(base: &str, path: &str) -> u16 {
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hits_and_misses_on_every_server_and_database() {
+    for s3 in S3Server::all().await {
+        for db in TestDb::all().await {
+            let backend = format!("{} + {:?}", s3.name, db.db.backend());
+            let f = Fixture::new(
+                &s3,
+                db,
+                &[
+                    (Kind::Fresh, 70_000),
+                    (Kind::Stale, 300_000),
+                    (Kind::Lost, 5_000),
+                ],
+            )
+            .await;
+            let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
+
+            // A hit: the mirror's bytes, with the headers a download needs.
+            let (st, h, body) = f.get(&format!("{base}/download/{}", f.ids[0]), &[]).await;
+            assert_eq!(st, StatusCode::OK, "{backend}");
+            assert_eq!(body, f.bodies[0], "{backend}");
+            assert_eq!(header_str(&h, "x-cache"), "HIT");
+            assert_eq!(header_str(&h, "content-length"), "70000");
+            assert_eq!(header_str(&h, "content-type"), "application/zip");
+            assert!(
+                header_str(&h, "content-disposition")
+                    .contains("filename*=UTF-8''file%200%2D%C3%BC%2Ezip"),
+                "{}",
+                header_str(&h, "content-disposition")
+            );
+            let etag = header_str(&h, "etag").to_string();
+            assert!(etag.starts_with('"') && etag.len() > 2, "{etag}");
+
+            // The same file by key, a range of it, a HEAD, and a conditional GET.
+            let by_key = format!(
+                "{base}/files/{}",
+                percent_encoding::utf8_percent_encode(
+                    &f.keys[0],
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+                .to_string()
+                .replace("%2F", "/")
+            );
+            let (st, _, body) = f.get(&by_key, &[]).await;
+            assert_eq!((st, body.len()), (StatusCode::OK, 70_000), "{backend}");
+            let (st, h, body) = f.get(&by_key, &[("range", "bytes=65530-65545")]).await;
+            assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+            assert_eq!(body, f.bodies[0][65530..=65545]);
+            assert_eq!(header_str(&h, "content-range"), "bytes 65530-65545/70000");
+            let (st, _, _) = f.get(&by_key, &[("range", "bytes=70000-")]).await;
+            assert_eq!(st, StatusCode::RANGE_NOT_SATISFIABLE);
+            let head = f.http.head(&by_key).send().await.expect("head");
+            assert_eq!(head.status(), StatusCode::OK);
+            assert_eq!(header_str(head.headers(), "content-length"), "70000");
+            let (st, _, body) = f.get(&by_key, &[("if-none-match", &etag)]).await;
+            assert_eq!((st, body.len()), (StatusCode::NOT_MODIFIED, 0));
+
+            // A stale file is a miss: the origin's current bytes, and the mirror is filled.
+            let (st, h, body) = f.get(&format!("{base}/download/{}", f.ids[1]), &[]).await;
+            assert_eq!(st, StatusCode::OK, "{backend}");
+            assert_eq!(header_str(&h, "x-cache"), "MISS");
+            assert_eq!(header_str(&h, "content-length"), "300000");
+            assert_eq!(body, f.bodies[1], "{backend}");
+            let row = f.wait_fresh(1).await;
+            assert_eq!(row.size, 300_000);
+            assert_eq!(
+                f.object(&f.keys[1]).await.as_deref(),
+                Some(&f.bodies[1][..])
+            );
+            let (_, h, body) = f.get(&format!("{base}/download/{}", f.ids[1]), &[]).await;
+            assert_eq!((header_str(&h, "x-cache"), body.len()), ("HIT", 300_000));
+
+            // A row that says fresh over a lost object is served from the origin and refilled.
+            let (st, h, body) = f.get(&format!("{base}/download/{}", f.ids[2]), &[]).await;
+            assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "MISS"));
+            assert_eq!(body, f.bodies[2]);
+            f.wait_fresh(2).await;
+            for _ in 0..100 {
+                if f.object(&f.keys[2]).await.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(
+                f.object(&f.keys[2]).await.as_deref(),
+                Some(&f.bodies[2][..])
+            );
+            assert_eq!(f.origin.gets.load(Ordering::SeqCst), 2, "{backend}");
+
+            // Unknown ids and hostile paths.
+            let r = f
+                .http
+                .get(format!("{base}/download/987654"))
+                .send()
+                .await
+                .expect("404");
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.bytes().await.expect("body")).expect("json error");
+            assert!(
+                v["error"].as_str().is_some_and(|e| e.contains("987654")),
+                "{v}"
+            );
+            assert_eq!(raw_status(&base, "/download/abc").await, 400);
+            assert_eq!(raw_status(&base, "/files/mods/../etc/passwd").await, 400);
+            assert_eq!(raw_status(&base, "/files/mods/%2E%2E/x").await, 400);
+            assert_eq!(raw_status(&base, "/files/mods/a%0Ab").await, 400);
+            assert_eq!(raw_status(&base, "/files/mods/a%00b").await, 400);
+
+            // Shutdown writes the queued events: 2 GETs + range + 416 + 304 of file 0 (HEAD is
+            // not a download), and the miss then the hit of file 1.
+            server.shutdown();
+            server.wait().await.expect("clean shutdown");
+            let ev0 = f.events(0).await;
+            assert_eq!(
+                ev0.iter().map(|e| e.2).collect::<Vec<_>>(),
+                vec![200, 200, 206, 304],
+                "{backend}: {ev0:?}"
+            );
+            assert!(ev0.iter().all(|e| e.0), "{backend}: hits");
+            assert_eq!(ev0[0].1, 70_000);
+            let ev1 = f.events(1).await;
+            assert_eq!(
+                ev1,
+                vec![(false, 300_000, 200), (true, 300_000, 200)],
+                "{backend}"
+            );
+            let row0 = f.row(0).await;
+            assert_eq!(row0.downloads, 4, "{backend}");
+            assert!(row0.last_downloaded_at.is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_share_one_origin_fetch() {
+    let s3 = S3Server::s3s().await;
+    let size = 3 * 1024 * 1024 + 17;
+    let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Stale, size)]).await;
+    // ~48 chunks of 64 KiB, 20 ms apart: about a second on the wire.
+    f.origin.chunk_delay_ms.store(20, Ordering::SeqCst);
+    let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
+    let url = format!("{base}/download/{}", f.ids[0]);
+    let mut clients = Vec::new();
+    for n in 0..8 {
+        let (http, url) = (f.http.clone(), url.clone());
+        clients.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(n * 40)).await;
+            let r = http.get(&url).send().await.expect("get");
+            (r.status(), r.bytes().await.expect("body").to_vec())
+        }));
+    }
+    for c in clients {
+        let (status, body) = c.await.expect("client");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.len(), size);
+        assert!(body == f.bodies[0], "every client gets the origin's bytes");
+    }
+    assert_eq!(f.origin.gets.load(Ordering::SeqCst), 1, "one origin fetch");
+    let row = f.wait_fresh(0).await;
+    assert_eq!(row.size as usize, size);
+    assert_eq!(
+        f.object(&f.keys[0]).await.as_deref(),
+        Some(&f.bodies[0][..])
+    );
+    assert_no_pending_uploads(&f.bucket).await;
+    server.shutdown();
+    server.wait().await.expect("shutdown");
+    let events = f.events(0).await;
+    assert_eq!(events.len(), 8);
+    assert!(
+        events.iter().all(|e| *e == (false, size as i64, 200)),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn origin_down_on_a_miss_is_a_502_and_the_mirror_copy_stays() {
+    for s3 in S3Server::all().await {
+        let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Stale, 10_000)]).await;
+        let old = f.object(&f.keys[0]).await.expect("old copy");
+        f.origin.broken.store(true, Ordering::SeqCst);
+        let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
+        let r = f
+            .http
+            .get(format!("{base}/download/{}", f.ids[0]))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{}", s3.name);
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("500")),
+            "{v}"
+        );
+        let metrics = f
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains("mirrorctl_origin_errors_total 1"),
+            "{metrics}"
+        );
+        server.shutdown();
+        server.wait().await.expect("shutdown");
+        assert_eq!(
+            f.object(&f.keys[0]).await,
+            Some(old),
+            "mirror copy untouched"
+        );
+        let row = f.row(0).await;
+        assert!(row.is_stale);
+        assert_eq!(f.events(0).await, vec![(false, 0, 502)]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_upload_still_serves_the_client_and_the_next_request_retries() {
+    for s3 in S3Server::all().await {
+        let size = 20 * 1024 * 1024 + 5; // multipart (threshold 16 MiB)
+        let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Stale, size)]).await;
+        let old = f.object(&f.keys[0]).await.expect("old copy");
+        let proxy = FaultProxy::start(&s3.endpoint).await;
+        let mut via_proxy = f.bucket_cfg.clone();
+        via_proxy.endpoint = Some(proxy.endpoint.clone());
+        let (server, base) = f.serve(f.config(via_proxy)).await;
+        proxy.faults.fail_writes.store(true, Ordering::SeqCst);
+
+        let url = format!("{base}/download/{}", f.ids[0]);
+        let (st, _, body) = f.get(&url, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{}", s3.name);
+        assert!(body == f.bodies[0], "the client gets every byte");
+        // Give the upload time to fail, then check nothing changed.
+        let mut failed = false;
+        for _ in 0..100 {
+            let m = f
+                .http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .expect("m");
+            if m.text()
+                .await
+                .expect("t")
+                .contains("mirrorctl_upload_errors_total 1")
+            {
+                failed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(failed, "the upload failed");
+        assert!(f.row(0).await.is_stale, "row untouched");
+        assert_eq!(
+            f.object(&f.keys[0]).await,
+            Some(old),
+            "old object untouched"
+        );
+        proxy.faults.fail_writes.store(false, Ordering::SeqCst);
+        assert_no_pending_uploads(&f.bucket).await;
+
+        // The next request is a miss again and this time the mirror is filled.
+        let (st, h, body) = f.get(&url, &[]).await;
+        assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "MISS"));
+        assert!(body == f.bodies[0]);
+        assert_eq!(f.origin.gets.load(Ordering::SeqCst), 2);
+        f.wait_fresh(0).await;
+        assert!(f.object(&f.keys[0]).await.expect("new copy") == f.bodies[0]);
+        assert_no_pending_uploads(&f.bucket).await;
+        server.shutdown();
+        server.wait().await.expect("shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_does_not_stop_the_upload_and_shutdown_waits() {
+    let s3 = S3Server::s3s().await;
+    let size = 2 * 1024 * 1024;
+    let f = Fixture::new(
+        &s3,
+        TestDb::sqlite().await,
+        &[(Kind::Stale, size), (Kind::Stale, size)],
+    )
+    .await;
+    f.origin.chunk_delay_ms.store(15, Ordering::SeqCst);
+    let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
+
+    // Read the first bytes of file 0, then hang up.
+    let mut r = f
+        .http
+        .get(format!("{base}/download/{}", f.ids[0]))
+        .send()
+        .await
+        .expect("get");
+    let first = r.chunk().await.expect("chunk").expect("some bytes");
+    assert!(!first.is_empty());
+    drop(r);
+    f.wait_fresh(0).await;
+    assert!(f.object(&f.keys[0]).await.expect("filled") == f.bodies[0]);
+
+    // A download under way when shutdown starts still completes.
+    let url = format!("{base}/download/{}", f.ids[1]);
+    let http = f.http.clone();
+    let client = tokio::spawn(async move {
+        let r = http.get(&url).send().await.expect("get");
+        r.bytes().await.expect("whole body").to_vec()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.shutdown();
+    let body = client.await.expect("client");
+    assert!(
+        body == f.bodies[1],
+        "in-flight download finished during shutdown"
+    );
+    server.wait().await.expect("shutdown");
+    f.wait_fresh(1).await;
+    // The partial download was recorded with the bytes actually sent.
+    let ev = f.events(0).await;
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].1 > 0 && ev[0].1 < size as i64, "{ev:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_health_readiness_and_rate_limit() {
+    let s3 = S3Server::s3s().await;
+    let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Fresh, 1000)]).await;
+    let mut cfg = f.config(f.bucket_cfg.clone());
+    cfg.serve.rate_limit = 1.0;
+    cfg.serve.rate_burst = 2;
+    let (server, base) = f.serve(cfg).await;
+    let url = format!("{base}/download/{}", f.ids[0]);
+    assert_eq!(f.get(&url, &[]).await.0, StatusCode::OK);
+    assert_eq!(f.get(&url, &[]).await.0, StatusCode::OK);
+    let r = f.http.get(&url).send().await.expect("get");
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get("retry-after").is_some());
+    // Health endpoints are not rate limited.
+    let h = f
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(h.status(), StatusCode::OK);
+    let r = f
+        .http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), StatusCode::OK);
+    let m = f
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(header_str(m.headers(), "content-type").contains("openmetrics"));
+    let text = m.text().await.expect("text");
+    for needle in [
+        "mirrorctl_downloads_total{cache=\"hit\"} 2",
+        "mirrorctl_bytes_served_total{cache=\"hit\"} 2000",
+        "mirrorctl_origin_fetches_total 0",
+        "mirrorctl_origin_errors_total 0",
+        "mirrorctl_request_duration_seconds_bucket{",
+        "mirrorctl_request_duration_seconds_count{cache=\"hit\"} 2",
+        "mirrorctl_stale_files 0",
+        "mirrorctl_storage_bytes 1000",
+        "mirrorctl_rate_limited_total 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    assert_eq!(
+        f.http
+            .get(format!("{base}/nope"))
+            .send()
+            .await
+            .expect("x")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    server.shutdown();
+    server.wait().await.expect("shutdown");
+
+    // A mirror bucket that does not exist: the process is up, not ready.
+    let mut cfg = f.config(s3.bucket_config("no-such-bucket-here"));
+    cfg.serve.rate_limit = 0.0;
+    let (server, base) = f.serve(cfg).await;
+    let h = f
+        .http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(h.status(), StatusCode::OK);
+    let r = f
+        .http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    assert!(
+        v["mirror"]
+            .as_str()
+            .is_some_and(|m| m.contains("no-such-bucket-here")),
+        "{v}"
+    );
+    server.shutdown();
+    server.wait().await.expect("shutdown");
+}
+
+#[test]
+fn bad_listen_address_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n[serve]\nlisten = \"localhost\"\n",
+            dir.path().join("m.db").display()
+        ),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(common::binary())
+        .args(["--config", cfg.to_str().expect("path"), "serve"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("serve.listen"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
