@@ -6,9 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
+use common::proxy::FaultProxy;
 use common::{S3Server, TestDb};
 use mirrorctl::config::{BucketConfig, ByteSize, Config};
 use mirrorctl::engine::error::Error;
@@ -995,12 +997,215 @@ async fn operations_run_on_spawned_tasks() {
     assert_eq!(p.await.expect("join").expect("purge").deleted, 1);
 }
 
-/// Builds the dataset of `scripts/bench-lifecycle.sh` (run only from there): `MIRRORCTL_BENCH_FILES`
-/// small files in `MIRRORCTL_BENCH_ORIGIN_DIR` (served by the demo origin), each uploaded to the
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn throttling_and_dropped_connections_are_retried() {
+    for server in S3Server::all().await {
+        let proxy = FaultProxy::start(&server.endpoint).await;
+        let endpoint = proxy.endpoint.clone();
+        let m = Mirror::new(&server, TestDb::sqlite().await, &[700; 6], |c| {
+            c.endpoint = Some(endpoint.clone())
+        })
+        .await;
+        let ctx = m.ctx(false);
+        let f = &proxy.faults;
+
+        // validate: HEADs throttled twice.
+        m.write_origin(&m.keys[0], &content(0, 3, 900));
+        f.throttle_next.store(2, Ordering::SeqCst);
+        let r = validate::run(&ctx, all(), &Progress::none())
+            .await
+            .expect("validate despite 503 SlowDown");
+        assert_eq!((r.checked, r.newly_stale), (6, 1), "{}", server.name);
+        assert_eq!(f.injected.load(Ordering::SeqCst), 2);
+
+        // remirror: the upload throttled, then its response cut off.
+        f.throttle_next.store(1, Ordering::SeqCst);
+        f.reset_next.store(1, Ordering::SeqCst);
+        let r = remirror::run(
+            &ctx,
+            RemirrorParams {
+                all_stale: true,
+                yes: true,
+                ..Default::default()
+            },
+            &Progress::none(),
+        )
+        .await
+        .expect("remirror");
+        assert_eq!(
+            (r.remirrored, r.failed),
+            (1, 0),
+            "{}: {:?}",
+            server.name,
+            r.items
+        );
+        assert_eq!(f.injected.load(Ordering::SeqCst), 4);
+        assert_eq!(m.object(&m.keys[0]).await, Some(content(0, 3, 900)));
+
+        // purge: the batch delete throttled, then its response cut off, then throttled again.
+        f.throttle_next.store(1, Ordering::SeqCst);
+        f.reset_next.store(1, Ordering::SeqCst);
+        let r = purge::run(
+            &ctx,
+            purge_params(PurgeTarget::UnusedDays(5)),
+            &Progress::none(),
+        )
+        .await
+        .expect("purge");
+        assert_eq!(
+            (r.deleted, r.failed),
+            (3, 0),
+            "{}: {:?}",
+            server.name,
+            r.errors
+        );
+        assert_eq!(f.injected.load(Ordering::SeqCst), 6);
+        for i in [1, 3, 5] {
+            assert!(m.object(&m.keys[i]).await.is_none());
+            assert!(m.file(i).await.deleted_at.is_some());
+        }
+        for i in [0, 2, 4] {
+            assert!(m.object(&m.keys[i]).await.is_some());
+            assert!(m.file(i).await.deleted_at.is_none());
+        }
+    }
+}
+
+/// Every live row's object exists; returns how many live rows there are.
+async fn live_rows_have_objects(m: &Mirror) -> usize {
+    let mut live = 0;
+    for i in 0..m.ids.len() {
+        if m.file(i).await.deleted_at.is_none() {
+            live += 1;
+            assert!(
+                m.bucket.head(&m.keys[i]).await.expect("head").is_some(),
+                "live row {} points at a missing object",
+                m.ids[i]
+            );
+        }
+    }
+    live
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_purge_and_remirror_then_a_rerun_completes() {
+    let server = S3Server::s3s().await;
+    let proxy = FaultProxy::start(&server.endpoint).await;
+    let endpoint = proxy.endpoint.clone();
+    let n = 2_400; // the odd half (1,200) is unused: two batch deletes of 1,000 and 200
+    let m = Mirror::new(&server, TestDb::sqlite().await, &vec![64; n], |c| {
+        c.endpoint = Some(endpoint.clone());
+        c.multipart_threshold = ByteSize(5 * 1024 * 1024);
+        c.part_size = ByteSize(5 * 1024 * 1024);
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = config_file(&m, dir.path());
+    let f = &proxy.faults;
+
+    // purge: killed while its second batch delete is in flight (the server is slow).
+    f.write_delay_ms.store(1500, Ordering::SeqCst);
+    let writes_before = f.writes.load(Ordering::SeqCst);
+    let mut child = std::process::Command::new(common::binary())
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--headless",
+            "purge",
+            "--unused-days",
+            "5",
+            "--yes",
+            "--max-delete",
+            "5000",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn purge");
+    for _ in 0..300 {
+        if f.writes.load(Ordering::SeqCst) > writes_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        f.writes.load(Ordering::SeqCst) > writes_before,
+        "first batch sent"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    f.write_delay_ms.store(0, Ordering::SeqCst);
+    let (code, out, err) = mirrorctl(
+        &config,
+        &[
+            "purge",
+            "--unused-days",
+            "5",
+            "--yes",
+            "--max-delete",
+            "5000",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert_eq!(
+        live_rows_have_objects(&m).await,
+        n / 2,
+        "the used half stays"
+    );
+    for i in (1..n).step_by(2) {
+        assert!(m.file(i).await.deleted_at.is_some(), "file {i} purged");
+    }
+
+    // remirror of a multipart body: killed mid-upload. The old object stays readable and the
+    // row unchanged; the rerun completes.
+    let old = m.object(&m.keys[0]).await.expect("old object");
+    let big = content(0, 9, 12 * 1024 * 1024 + 1);
+    m.write_origin(&m.keys[0], &big);
+    f.write_delay_ms.store(1500, Ordering::SeqCst);
+    let writes_before = f.writes.load(Ordering::SeqCst);
+    let id = m.ids[0].to_string();
+    let mut child = std::process::Command::new(common::binary())
+        .arg("--config")
+        .arg(&config)
+        .args(["--headless", "remirror", &id, "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn remirror");
+    for _ in 0..300 {
+        if f.writes.load(Ordering::SeqCst) > writes_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    f.write_delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(m.object(&m.keys[0]).await, Some(old), "old object intact");
+    let row = m.file(0).await;
+    assert_eq!(row.size, 64, "row unchanged");
+    let (code, _, err) = mirrorctl(&config, &["remirror", &id, "--yes"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(m.object(&m.keys[0]).await.expect("new object") == big);
+    assert_eq!(
+        m.file(0).await.sha256.as_deref(),
+        Some(sha256(&big).as_str())
+    );
+    assert_eq!(live_rows_have_objects(&m).await, n / 2);
+}
+
+/// Builds the dataset of `scripts/bench-lifecycle.sh` and `scripts/bench-serve.sh` (run only from
+/// there): `MIRRORCTL_BENCH_FILES` small files (`MIRRORCTL_BENCH_FILE_SIZE` bytes each if set) in `MIRRORCTL_BENCH_ORIGIN_DIR` (served by the demo origin), each uploaded to the
 /// bucket `MIRRORCTL_BENCH_BUCKET` on `MIRRORCTL_BENCH_ENDPOINT` and recorded in the database at
 /// `MIRRORCTL_BENCH_DATABASE_URL`, mirrored 10 days ago and never downloaded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark fixture, run by scripts/bench-lifecycle.sh"]
+#[ignore = "benchmark fixture, run by scripts/bench-lifecycle.sh and scripts/bench-serve.sh"]
 async fn bench_fixture() {
     use futures::StreamExt;
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
@@ -1024,13 +1229,21 @@ async fn bench_fixture() {
     .await
     .expect("db");
     db.migrate().await.expect("migrate");
+    // Every file this size when set (else 256..768 bytes).
+    let size: Option<usize> = std::env::var("MIRRORCTL_BENCH_FILE_SIZE")
+        .ok()
+        .map(|s| s.parse().expect("MIRRORCTL_BENCH_FILE_SIZE"));
+    // Presigned GET URLs of every object, one per line, when set (for direct-GET baselines).
+    let mut presigned = std::env::var("MIRRORCTL_BENCH_PRESIGN_OUT")
+        .ok()
+        .map(|p| std::fs::File::create(p).expect("presign output"));
     for start in (0..n).step_by(5000) {
         let end = (start + 5000).min(n);
         let mut origin_rows = Vec::new();
         let mut files = Vec::new();
         for i in start..end {
             let key = format!("bench/{:03}/{i}.bin", i % 1000);
-            let data = content(i, 0, 256 + i % 512);
+            let data = content(i, 0, size.unwrap_or(256 + i % 512));
             let p = root.join(&key);
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(&p, &data).expect("write");
@@ -1083,6 +1296,16 @@ async fn bench_fixture() {
             })
             .collect();
         db.insert_mirrored_files(&rows).await.expect("rows");
+        if let Some(out) = presigned.as_mut() {
+            use std::io::Write;
+            for (key, _) in &files {
+                let url = bucket
+                    .presign_get(key, Duration::from_secs(6 * 3600))
+                    .await
+                    .expect("presign");
+                writeln!(out, "{url}").expect("write presigned URL");
+            }
+        }
         eprintln!("bench fixture: {end}/{n}");
     }
     // A large origin file with a stale row (no object yet), for the remirror benchmark.

@@ -20,6 +20,10 @@ pub struct Faults {
     pub throttle_next: AtomicU32,
     /// The next this many requests get their response cut off mid-body.
     pub reset_next: AtomicU32,
+    /// Every PUT/POST waits this long before it is forwarded (a slow server).
+    pub write_delay_ms: AtomicU64,
+    /// PUT/POST requests forwarded to the server.
+    pub writes: AtomicU64,
     /// Requests seen, and requests answered with an injected fault.
     pub requests: AtomicU64,
     pub injected: AtomicU64,
@@ -100,6 +104,13 @@ async fn forward(State(p): State<Arc<ProxyState>>, req: Request) -> Response {
     if write && f.fail_writes.load(Ordering::SeqCst) {
         f.injected.fetch_add(1, Ordering::SeqCst);
         return s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+    }
+    if write {
+        let delay = f.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        f.writes.fetch_add(1, Ordering::SeqCst);
     }
     let path = parts
         .uri

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Benchmarks of the data plane (`mirrorctl serve`, issue 7) on loopback, with wrk as the load
+# generator, a single-node Garage as the S3 server, the demo HTTP origin and a SQLite database:
+#   1. a 1 GiB miss on a fresh process: time to first byte at the client next to the origin's
+#      own time to first byte, the whole transfer, the upload into the mirror, peak RSS;
+#   2. hits of 64 KiB files: throughput through serve next to GETting the same objects directly
+#      from Garage (presigned URLs), side by side, both at 64 connections;
+#   3. latency of hits at 4 connections, serve vs direct: p50/p99 and the p99 serve adds;
+#   4. 500 concurrent clients for 60 s: errors, events written/dropped, RSS every 10 s.
+# Needs garage (cargo install garage), wrk and curl. Prints the figures and the commands.
+#
+#   scripts/bench-serve.sh                  # 1,000 files of 64 KiB
+#   BENCH_FILES=200 BENCH_LONG=20 scripts/bench-serve.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${BENCH_FILES:-1000}
+LONG=${BENCH_LONG:-60}
+WORK=$(mktemp -d /tmp/mirrorctl-bench-serve.XXXXXX)
+GARAGE_PID="" DEMO_PID="" SERVE_PID=""
+log() { printf '== %s\n' "$*" >&2; }
+cleanup() {
+  for p in "$SERVE_PID" "$DEMO_PID" "$GARAGE_PID"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
+ulimit -n 65536 2>/dev/null || true
+
+log "building (release)"
+cargo build --release --quiet --bin mirrorctl
+cp target/release/mirrorctl "$WORK/mirrorctl"   # a private copy: target/ may be rebuilt meanwhile
+BIN="$WORK/mirrorctl"
+
+. scripts/garage.sh
+start_garage "$WORK/garage" 8G || exit 1
+ENDPOINT=$GARAGE_ENDPOINT
+
+# The demo's HTTP origin over $WORK/demo/origin (marked generated so it serves our files).
+DEMO="$WORK/demo"
+mkdir -p "$DEMO/origin/big"
+VERSION=$(sed -n 's/^const GENERATOR_VERSION: &str = "\(.*\)";/\1/p' src/demo.rs)
+printf '%s' "$VERSION" > "$DEMO/.generated"
+ORIGIN_PORT=$(free_port)
+MIRRORCTL_DEMO_DIR="$DEMO" "$BIN" demo up --origin-port "$ORIGIN_PORT" >"$WORK/demo.out" 2>"$WORK/demo.err" &
+DEMO_PID=$!
+ORIGIN="http://127.0.0.1:$ORIGIN_PORT/"
+for _ in $(seq 1 100); do curl -s -o /dev/null "$ORIGIN" && break; sleep 0.1; done
+
+DB="sqlite://$WORK/bench.db"
+PORT=$(free_port)
+cat > "$WORK/config.toml" <<TOML
+[database]
+url = "$DB"
+
+[buckets.mirror]
+bucket = "bench-serve"
+endpoint = "$ENDPOINT"
+path_style = true
+access_key_id = "$GARAGE_KEY"
+secret_access_key = "$GARAGE_SECRET"
+
+[origin]
+base_url = "$ORIGIN"
+max_file_size = "2GiB"
+
+[serve]
+listen = "127.0.0.1:$PORT"
+TOML
+
+log "dataset: $N files of 64 KiB in Garage and the database, a 1 GiB origin file not yet mirrored"
+head -c 1073741824 /dev/urandom > "$DEMO/origin/big/1GiB.bin"
+MIRRORCTL_BENCH_FILES=$N MIRRORCTL_BENCH_FILE_SIZE=65536 MIRRORCTL_BENCH_ORIGIN_DIR="$DEMO/origin" \
+MIRRORCTL_BENCH_BUCKET=bench-serve MIRRORCTL_BENCH_ENDPOINT="$ENDPOINT" MIRRORCTL_BENCH_KEY="$GARAGE_KEY" \
+MIRRORCTL_BENCH_SECRET="$GARAGE_SECRET" MIRRORCTL_BENCH_DATABASE_URL="$DB" MIRRORCTL_BENCH_BIG_KEY="big/1GiB.bin" \
+MIRRORCTL_BENCH_PRESIGN_OUT="$WORK/presigned.txt" \
+  cargo test --release --quiet --test lifecycle -- --ignored --exact bench_fixture >"$WORK/fixture.log" 2>&1 \
+  || { cat "$WORK/fixture.log" >&2; exit 1; }
+BIG_ID=$((N + 1))
+
+start_serve() {
+  "$BIN" --config "$WORK/config.toml" serve >"$WORK/serve.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/healthz" && return; sleep 0.1; done
+  cat "$WORK/serve.log" >&2; exit 1
+}
+rss_mib() { awk '/VmRSS/ {printf "%d", $2/1024}' "/proc/$SERVE_PID/status"; }
+hwm_mib() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$SERVE_PID/status"; }
+
+# --- 1. a 1 GiB miss -------------------------------------------------------------------------------
+start_serve
+log "1 GiB: the origin directly, then a miss through serve"
+O_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' "${ORIGIN}big/1GiB.bin")
+MISS=$(curl -s -o "$WORK/big.out" -w '%{time_starttransfer} %{time_total} %{size_download} %{http_code}' \
+  "http://127.0.0.1:$PORT/download/$BIG_ID")
+read -r M_TTFB M_TOTAL M_SIZE M_CODE <<<"$MISS"
+cmp -s "$WORK/big.out" "$DEMO/origin/big/1GiB.bin" && M_SAME=identical || M_SAME=DIFFERENT
+rm -f "$WORK/big.out"
+T0=$(date +%s.%N)
+for _ in $(seq 1 1200); do
+  "$BIN" --config "$WORK/config.toml" --headless file "$BIG_ID" -o json 2>/dev/null \
+    | python3 -c 'import json,sys; sys.exit(0 if not json.load(sys.stdin)["is_stale"] else 1)' && break
+  sleep 0.25
+done
+UPLOADED_AFTER=$(python3 -c "print(round($(date +%s.%N) - $T0, 1))")
+M_HWM=$(hwm_mib)
+HIT_BIG=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -D "$WORK/h.txt" "http://127.0.0.1:$PORT/download/$BIG_ID")
+BIG_CACHE=$(awk -F': ' 'tolower($1)=="x-cache" {print $2}' "$WORK/h.txt" | tr -d '\r')
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+
+# --- 2-4. hits -------------------------------------------------------------------------------------
+start_serve
+seq 1 "$N" | sed 's|^|/download/|' > "$WORK/serve-paths.txt"
+sed -E 's|^https?://[^/]+||' "$WORK/presigned.txt" > "$WORK/direct-paths.txt"
+cat > "$WORK/rotate.lua" <<'LUA'
+local paths = {}
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+  i = math.random(#paths)
+end
+request = function()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+LUA
+DIRECT_BASE=$(head -1 "$WORK/presigned.txt" | sed -E 's|^(https?://[^/]+).*|\1|')
+SERVE_BASE="http://127.0.0.1:$PORT"
+# Warm both paths (row cache, connection pools) before measuring.
+wrk -t2 -c16 -d3s -s "$WORK/rotate.lua" "$SERVE_BASE" -- "$WORK/serve-paths.txt" >/dev/null
+wrk -t2 -c16 -d3s -s "$WORK/rotate.lua" "$DIRECT_BASE" -- "$WORK/direct-paths.txt" >/dev/null
+
+run_wrk() { # run_wrk NAME CONNS SECS BASE PATHS
+  wrk -t2 -c"$2" -d"$3"s --timeout 10s --latency -s "$WORK/rotate.lua" "$4" -- "$5" > "$WORK/$1.wrk" 2>&1
+}
+rps() { awk '/Requests\/sec/ {print $2}' "$WORK/$1.wrk"; }
+mibs() { awk '/Transfer\/sec/ {v=$2; if (v ~ /GB/) {sub("GB","",v); v*=1024} else if (v ~ /MB/) {sub("MB","",v)} else if (v ~ /KB/) {sub("KB","",v); v/=1024}; printf "%.1f", v}' "$WORK/$1.wrk"; }
+pct() { awk -v p="$2" '$1==p {print $2}' "$WORK/$1.wrk"; }
+errs() { awk '/Socket errors|Non-2xx/ {print}' "$WORK/$1.wrk" | tr '\n' ' '; }
+to_ms() { python3 -c "
+import re,sys
+v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)', v)
+n=float(m.group(1)); u=m.group(2)
+print(round(n/1000 if u=='us' else n if u=='ms' else n*1000, 2))" "$1"; }
+
+log "hits at 64 connections, 20 s each: serve, then Garage directly"
+run_wrk hits-serve 64 20 "$SERVE_BASE" "$WORK/serve-paths.txt"
+run_wrk hits-direct 64 20 "$DIRECT_BASE" "$WORK/direct-paths.txt"
+log "latency at 4 connections, 15 s each"
+run_wrk lat-serve 4 15 "$SERVE_BASE" "$WORK/serve-paths.txt"
+run_wrk lat-direct 4 15 "$DIRECT_BASE" "$WORK/direct-paths.txt"
+log "500 connections for $LONG s through serve"
+RSS_BEFORE=$(rss_mib)
+run_wrk long 500 "$LONG" "$SERVE_BASE" "$WORK/serve-paths.txt" &
+WRK_PID=$!
+SAMPLES=""
+for _ in $(seq 1 $((LONG / 10))); do sleep 10; SAMPLES="$SAMPLES $(rss_mib)"; done
+wait "$WRK_PID"
+sleep 2
+METRICS=$(curl -s "$SERVE_BASE/metrics")
+WRITTEN=$(awk '/^mirrorctl_download_events_written_total/ {print $2}' <<<"$METRICS")
+DROPPED=$(awk '/^mirrorctl_download_events_dropped_total/ {print $2}' <<<"$METRICS")
+HITS=$(awk '/^mirrorctl_downloads_total\{cache="hit"\}/ {print $2}' <<<"$METRICS")
+
+S_RPS=$(rps hits-serve) D_RPS=$(rps hits-direct)
+LS99=$(to_ms "$(pct lat-serve 99%)") LD99=$(to_ms "$(pct lat-direct 99%)")
+LS50=$(to_ms "$(pct lat-serve 50%)") LD50=$(to_ms "$(pct lat-direct 50%)")
+cat <<EOF
+machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; origin: mirrorctl demo origin; database: SQLite; load: $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}')
+1 GiB miss (fresh process): HTTP $M_CODE, $M_SIZE bytes ($M_SAME to the origin file), client first byte after ${M_TTFB}s (origin alone: ${O_TTFB}s), whole body ${M_TOTAL}s; row fresh ${UPLOADED_AFTER}s after the client finished; peak RSS $M_HWM MiB; next GET: $HIT_BIG $BIG_CACHE
+  curl -o /dev/null -w '%{time_starttransfer}' ${ORIGIN}big/1GiB.bin ; curl ... http://127.0.0.1:PORT/download/$BIG_ID
+hits, 64 KiB, 64 connections, 20 s: serve $S_RPS req/s ($(mibs hits-serve) MiB/s) vs Garage direct $D_RPS req/s ($(mibs hits-direct) MiB/s) -> serve at $(python3 -c "print(round(100*$S_RPS/$D_RPS))")% | errors: serve [$(errs hits-serve)] direct [$(errs hits-direct)]
+  wrk -t2 -c64 -d20s --latency -s rotate.lua http://127.0.0.1:PORT -- paths   (paths: /download/1..$N, or the presigned URLs)
+latency, 4 connections, 15 s: serve p50 ${LS50} ms p99 ${LS99} ms ($(rps lat-serve) req/s); direct p50 ${LD50} ms p99 ${LD99} ms ($(rps lat-direct) req/s) -> serve adds $(python3 -c "print(round($LS99-$LD99,2))") ms at p99
+500 connections, $LONG s: $(rps long) req/s, $(awk '/requests in/ {print $1}' "$WORK/long.wrk") requests, errors [$(errs long)]; RSS before ${RSS_BEFORE} MiB, every 10 s:${SAMPLES} MiB; hits counted $HITS, events written $WRITTEN, dropped $DROPPED
+EOF
