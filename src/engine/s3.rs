@@ -26,7 +26,7 @@ use crate::engine::error::{Error, Result};
 
 /// S3 deletes at most this many keys per DeleteObjects request.
 pub const DELETE_BATCH: usize = 1000;
-/// Parts of one multipart upload in flight at once (memory = part size × this + one buffer).
+/// Parts of one multipart upload in flight at once by default (memory = part size × this).
 const PART_CONCURRENCY: usize = 3;
 
 /// One object in a listing.
@@ -90,6 +90,8 @@ pub struct S3Bucket {
     prefix: String,
     multipart_threshold: u64,
     part_size: usize,
+    /// Parts of one multipart upload in flight at once.
+    part_concurrency: usize,
     /// Whether two buckets can server-side copy between them.
     endpoint_id: String,
 }
@@ -159,12 +161,20 @@ impl S3Bucket {
             prefix: cfg.prefix.clone(),
             multipart_threshold: cfg.multipart_threshold.0,
             part_size: cfg.part_size.0 as usize,
+            part_concurrency: PART_CONCURRENCY,
             endpoint_id: format!(
                 "{}|{}",
                 cfg.endpoint_label(),
                 cfg.access_key_id.as_ref().map(|k| k.expose()).unwrap_or("")
             ),
         })
+    }
+
+    /// The same bucket with at most `n` parts of a multipart upload in flight: less memory
+    /// per upload (part size × n) for callers that run many uploads at once.
+    pub fn with_part_concurrency(mut self, n: usize) -> S3Bucket {
+        self.part_concurrency = n.max(1);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -462,18 +472,38 @@ impl S3Bucket {
     pub async fn put_stream<R>(
         &self,
         key: &str,
-        mut reader: R,
+        reader: R,
         content_type: Option<&str>,
     ) -> Result<PutResult>
     where
         R: AsyncRead + Unpin + Send,
     {
-        let first = read_chunk(&mut reader, self.multipart_threshold as usize + 1)
-            .await
-            .map_err(|e| self.fail(format!("put {key:?}: reading the source: {e}")))?;
-        if (first.len() as u64) <= self.multipart_threshold {
-            return self.put_bytes(key, first.freeze(), content_type).await;
-        }
+        self.put_stream_sized(key, reader, content_type, None).await
+    }
+
+    /// `put_stream` for a source whose length is known (e.g. from Content-Length): a large
+    /// body goes straight to multipart without first buffering `multipart_threshold` bytes.
+    pub async fn put_stream_sized<R>(
+        &self,
+        key: &str,
+        mut reader: R,
+        content_type: Option<&str>,
+        size: Option<u64>,
+    ) -> Result<PutResult>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let first = if size.is_some_and(|n| n > self.multipart_threshold) {
+            Bytes::new()
+        } else {
+            let first = read_chunk(&mut reader, self.multipart_threshold as usize + 1)
+                .await
+                .map_err(|e| self.fail(format!("put {key:?}: reading the source: {e}")))?;
+            if (first.len() as u64) <= self.multipart_threshold {
+                return self.put_bytes(key, first.freeze(), content_type).await;
+            }
+            first.freeze()
+        };
         let created = self
             .client
             .create_multipart_upload()
@@ -487,9 +517,7 @@ impl S3Bucket {
             .upload_id()
             .ok_or_else(|| self.fail(format!("start multipart {key:?}: no upload id")))?
             .to_string();
-        let res = self
-            .upload_parts(key, &upload_id, first.freeze(), &mut reader)
-            .await;
+        let res = self.upload_parts(key, &upload_id, first, &mut reader).await;
         match res {
             Ok((parts, bytes)) => {
                 let n = parts.len();
@@ -549,7 +577,7 @@ impl S3Bucket {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut pending = Some(first);
+        let mut pending = (!first.is_empty()).then_some(first);
         let mut in_flight = FuturesOrdered::new();
         let mut done = Vec::new();
         let mut total = 0u64;
@@ -557,7 +585,7 @@ impl S3Bucket {
         let mut eof = false;
         loop {
             // Fill the window: split what was read into part-size pieces and read more.
-            while in_flight.len() < PART_CONCURRENCY && !eof {
+            while in_flight.len() < self.part_concurrency && !eof {
                 let chunk = match pending.take() {
                     Some(mut buf) if buf.len() >= self.part_size => {
                         let part = buf.split_to(self.part_size);

@@ -254,7 +254,7 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
                 origin_file_id: row.origin_file_id,
                 key: row.key.clone(),
             };
-            remirror::store(&shared.ctx.db, &shared.mirror, &target, reader, meta).await
+            remirror::store(&shared.ctx.db, &shared.fill_mirror, &target, reader, meta).await
         }
     });
     match spool(&fill, body.body, meta.size).await {

@@ -34,6 +34,10 @@ use crate::engine::Ctx;
 pub(crate) struct Shared {
     ctx: Arc<Ctx>,
     mirror: S3Bucket,
+    /// The mirror for fills' uploads: one part in flight each, so a fill holds one part in
+    /// memory however large the file and however many misses run at once (the client reads
+    /// the spool, not the upload, so a slower upload never slows a download).
+    fill_mirror: S3Bucket,
     origin: Origin,
     rows: download::RowCache,
     fills: fill::Fills,
@@ -87,6 +91,7 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
     let spool_dir = cfg.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     let uploads = TaskTracker::new();
     let shared = Arc::new(Shared {
+        fill_mirror: mirror.clone().with_part_concurrency(1),
         mirror,
         origin,
         rows: download::RowCache::new(Duration::from_secs(2)),

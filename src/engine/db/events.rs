@@ -111,20 +111,25 @@ impl Db {
                 );
                 qb.build().execute(&mut *tx).await?;
             }
-            for (id, f) in &files {
-                sqlx::query(
-                    "UPDATE mirrored_files SET download_count = download_count + $1, \
-                     bytes_served = bytes_served + $2, \
-                     last_downloaded_at = CASE WHEN last_downloaded_at IS NULL OR last_downloaded_at < $3 \
-                                          THEN $3 ELSE last_downloaded_at END \
-                     WHERE id = $4",
-                )
-                .bind(f.count)
-                .bind(f.bytes)
-                .bind(f.last)
-                .bind(*id)
-                .execute(&mut *tx)
-                .await?;
+            // One statement per chunk of files, not one per file: a busy data plane flushes
+            // thousands of distinct files at once.
+            let files: Vec<_> = files.iter().collect();
+            for chunk in files.chunks(EVENT_CHUNK) {
+                let mut qb = QueryBuilder::new("WITH v(id, n, b, last) AS (");
+                qb.push_values(chunk, |mut b, (id, f)| {
+                    b.push_bind(**id)
+                        .push_bind(f.count)
+                        .push_bind(f.bytes)
+                        .push_bind(f.last);
+                });
+                qb.push(
+                    ") UPDATE mirrored_files SET download_count = download_count + v.n, \
+                     bytes_served = bytes_served + v.b, \
+                     last_downloaded_at = CASE WHEN last_downloaded_at IS NULL OR last_downloaded_at < v.last \
+                                          THEN v.last ELSE last_downloaded_at END \
+                     FROM v WHERE mirrored_files.id = v.id",
+                );
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await
         });

@@ -313,7 +313,12 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
 ) -> Result<(u64, String)> {
     let mut reader = VerifyingReader::new(body, meta.size);
     let put = mirror
-        .put_stream(&target.key, &mut reader, meta.content_type.as_deref())
+        .put_stream_sized(
+            &target.key,
+            &mut reader,
+            meta.content_type.as_deref(),
+            meta.size,
+        )
         .await?;
     let (bytes, sha256) = reader.finish();
     if put.bytes != bytes {
