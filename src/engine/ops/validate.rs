@@ -179,11 +179,59 @@ async fn check_all(
     let results = paged_rows(db.clone(), mirror.name().to_string(), scope)
         .map_ok(move |row| {
             let (origin, mirror) = (origin.clone(), mirror.clone());
-            async move { check_one(&origin, &mirror, row).await }
+            // Each check is its own task, so building, signing and parsing the requests runs
+            // on every worker thread rather than all on the thread that polls this stream.
+            let check = tokio::spawn(async move { check_one(&origin, &mirror, row).await });
+            async move {
+                check
+                    .await
+                    .map_err(|e| Error::runtime(format!("a validation check stopped: {e}")))?
+            }
         })
         .try_buffer_unordered(p.concurrency)
         .chunks(WRITE_BATCH);
     futures::pin_mut!(results);
+    // The previous batch's write runs while the next batch is checked; at most one is pending,
+    // and it is awaited before the next one starts and before returning, so a stop (error or
+    // cancel) never leaves results unrecorded behind a report that counts them.
+    let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let outcome = check_batches(
+        db,
+        &mut results,
+        &mut report,
+        keep_fresh_items,
+        record,
+        total,
+        progress,
+        &mut writing,
+    )
+    .await;
+    let written = match writing.take() {
+        Some(w) => w
+            .await
+            .map_err(|e| Error::runtime(format!("recording validation results stopped: {e}")))
+            .and_then(|r| r),
+        None => Ok(()),
+    };
+    outcome?;
+    written?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_batches<S>(
+    db: &Db,
+    results: &mut S,
+    report: &mut ValidateReport,
+    keep_fresh_items: bool,
+    record: bool,
+    total: i64,
+    progress: &Progress,
+    writing: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+) -> Result<()>
+where
+    S: futures::Stream<Item = Vec<Result<(LifecycleRow, ValidateStatus, Option<String>)>>> + Unpin,
+{
     while let Some(batch) = results.next().await {
         let mut fresh = Vec::new();
         let mut cleared = Vec::new();
@@ -229,15 +277,23 @@ async fn check_all(
                 }
             }
         }
+        if let Some(previous) = writing.take() {
+            previous.await.map_err(|e| {
+                Error::runtime(format!("recording validation results stopped: {e}"))
+            })??;
+        }
         if record {
-            db.record_validation(&fresh, &cleared, &stale, Utc::now())
-                .await?;
+            let db = db.clone();
+            *writing = Some(tokio::spawn(async move {
+                db.record_validation(&fresh, &cleared, &stale, Utc::now())
+                    .await
+            }));
         }
         progress.update(report.checked, Some(total as u64), "validating");
-        // Stop between batches, after what was checked is recorded.
+        // Stop between batches; the caller waits for the last batch's write.
         progress.check()?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The rows in scope, one page at a time, by id (rows changed behind the scan do not shift pages).
