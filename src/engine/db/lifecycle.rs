@@ -194,6 +194,33 @@ impl Db {
         r.map_err(|e| self.err(e))
     }
 
+    /// The next page of live files of `bucket` with keys after `after_key`, in UTF-8 byte order:
+    /// the order of S3 listings, so the two merge.
+    pub async fn lifecycle_page_by_key(
+        &self,
+        bucket: &str,
+        after_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<LifecycleRow>> {
+        // PostgreSQL compares text by the database's collation unless told otherwise; "C" is
+        // byte order, and migration 0005 gives it an index. SQLite's default BINARY already is.
+        let key = match self.backend() {
+            Backend::Postgres => "m.key COLLATE \"C\"",
+            Backend::Sqlite => "m.key",
+        };
+        let r = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(LIFECYCLE_COLUMNS);
+            qb.push(" WHERE m.deleted_at IS NULL AND m.bucket = ")
+                .push_bind(bucket);
+            if let Some(after) = after_key {
+                qb.push(format!(" AND {key} > ")).push_bind(after);
+            }
+            qb.push(format!(" ORDER BY {key} LIMIT ")).push_bind(limit);
+            qb.build_query_as::<LifecycleRow>().fetch_all(p).await
+        });
+        r.map_err(|e| self.err(e))
+    }
+
     /// Which of `ids` are not live files of `bucket` (for "unknown id" errors).
     pub async fn unknown_ids(&self, bucket: &str, ids: &[i64]) -> Result<Vec<i64>> {
         let mut missing = Vec::new();
