@@ -11,6 +11,8 @@
 #
 #   scripts/bench-lifecycle.sh            # N = 100000
 #   BENCH_FILES=20000 scripts/bench-lifecycle.sh
+#   S3_SERVER=s3s-fs scripts/bench-lifecycle.sh   # the demo's in-process s3s-fs instead of Garage
+#   SKIP_REMIRROR=1 scripts/bench-lifecycle.sh    # validate and purge only (no 1 GiB file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -33,10 +35,13 @@ cargo build --release --quiet --bin mirrorctl
 cp target/release/mirrorctl "$WORK/mirrorctl"
 BIN="$WORK/mirrorctl"
 
-# --- Garage --------------------------------------------------------------------------------------
+# --- Garage (unless S3_SERVER=s3s-fs) -------------------------------------------------------------
+S3_SERVER=${S3_SERVER:-garage}
 . scripts/garage.sh
-start_garage "$WORK/garage" 20G || exit 1
-GK=$GARAGE_KEY GS=$GARAGE_SECRET ENDPOINT=$GARAGE_ENDPOINT
+if [ "$S3_SERVER" = garage ]; then
+  start_garage "$WORK/garage" 20G || exit 1
+  GK=$GARAGE_KEY GS=$GARAGE_SECRET ENDPOINT=$GARAGE_ENDPOINT
+fi
 
 # --- origin: the demo's HTTP origin over $WORK/demo/origin ----------------------------------------
 DEMO="$WORK/demo"
@@ -50,6 +55,14 @@ MIRRORCTL_DEMO_DIR="$DEMO" "$BIN" demo up --origin-port "$ORIGIN_PORT" >"$WORK/d
 DEMO_PID=$!
 ORIGIN="http://127.0.0.1:$ORIGIN_PORT/"
 for _ in $(seq 1 100); do curl -s -o /dev/null "$ORIGIN" && break; sleep 0.1; done
+if [ "$S3_SERVER" = s3s-fs ]; then
+  # `demo up` serves s3s-fs over $DEMO too; it prints the endpoint and keys once it listens.
+  for _ in $(seq 1 100); do grep -q '^export AWS_ENDPOINT_URL' "$WORK/demo.out" 2>/dev/null && break; sleep 0.1; done
+  ENDPOINT=$(sed -n 's/^export AWS_ENDPOINT_URL=//p' "$WORK/demo.out")
+  GK=$(sed -n 's/^export AWS_ACCESS_KEY_ID=//p' "$WORK/demo.out")
+  GS=$(sed -n 's/^export AWS_SECRET_ACCESS_KEY=//p' "$WORK/demo.out")
+  [ -n "$ENDPOINT" ] || { cat "$WORK/demo.err" >&2; exit 1; }
+fi
 
 DB="sqlite://$WORK/bench.db"
 cat > "$WORK/config.toml" <<TOML
@@ -71,7 +84,7 @@ M=("$BIN" --config "$WORK/config.toml" --headless)
 
 # --- dataset ---------------------------------------------------------------------------------------
 log "creating $N origin files, uploading them to Garage, recording them (fixture)"
-head -c 1073741824 /dev/urandom > "$DEMO/origin/big/1GiB.bin"
+[ -n "${SKIP_REMIRROR:-}" ] || head -c 1073741824 /dev/urandom > "$DEMO/origin/big/1GiB.bin"
 MIRRORCTL_BENCH_FILES=$N MIRRORCTL_BENCH_ORIGIN_DIR="$DEMO/origin" MIRRORCTL_BENCH_BUCKET=bench-mirror \
 MIRRORCTL_BENCH_ENDPOINT="$ENDPOINT" MIRRORCTL_BENCH_KEY="$GK" MIRRORCTL_BENCH_SECRET="$GS" \
 MIRRORCTL_BENCH_DATABASE_URL="$DB" MIRRORCTL_BENCH_BIG_KEY="big/1GiB.bin" \
@@ -97,17 +110,19 @@ V_RATE=$(python3 -c "print(round($CHECKED / $ELAPSED))")
 V_SECS=$ELAPSED; V_RSS=$((RSS_KB / 1024))
 
 # --- 2. remirror 1 GiB, next to aws s3 cp ----------------------------------------------------------
-log "remirror of a 1 GiB file"
-timed remirror "${M[@]}" remirror big/1GiB.bin --yes -o json
-R_SECS=$ELAPSED; R_RSS=$((RSS_KB / 1024))
-R_OK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["remirrored"])' "$WORK/remirror.out")
-log "aws s3 cp of the same file"
-export AWS_ACCESS_KEY_ID=$GK AWS_SECRET_ACCESS_KEY=$GS AWS_DEFAULT_REGION=us-east-1
-timed awscp aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "$DEMO/origin/big/1GiB.bin" s3://bench-mirror/big/aws-copy.bin
-A_SECS=$ELAPSED; A_RSS=$((RSS_KB / 1024))
-R_MIBS=$(python3 -c "print(round(1024 / $R_SECS, 1))")
-A_MIBS=$(python3 -c "print(round(1024 / $A_SECS, 1))")
-RATIO=$(python3 -c "print(round(100 * $A_SECS / $R_SECS))")
+if [ -z "${SKIP_REMIRROR:-}" ]; then
+  log "remirror of a 1 GiB file"
+  timed remirror "${M[@]}" remirror big/1GiB.bin --yes -o json
+  R_SECS=$ELAPSED; R_RSS=$((RSS_KB / 1024))
+  R_OK=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["remirrored"])' "$WORK/remirror.out")
+  log "aws s3 cp of the same file"
+  export AWS_ACCESS_KEY_ID=$GK AWS_SECRET_ACCESS_KEY=$GS AWS_DEFAULT_REGION=us-east-1
+  timed awscp aws --endpoint-url "$ENDPOINT" s3 cp --only-show-errors "$DEMO/origin/big/1GiB.bin" s3://bench-mirror/big/aws-copy.bin
+  A_SECS=$ELAPSED; A_RSS=$((RSS_KB / 1024))
+  R_MIBS=$(python3 -c "print(round(1024 / $R_SECS, 1))")
+  A_MIBS=$(python3 -c "print(round(1024 / $A_SECS, 1))")
+  RATIO=$(python3 -c "print(round(100 * $A_SECS / $R_SECS))")
+fi
 
 # --- 3. purge ------------------------------------------------------------------------------------------
 log "purge --unused-days 5 of $N objects"
@@ -115,14 +130,25 @@ timed purge "${M[@]}" purge --unused-days 5 --yes --max-delete 1000000 -o json
 P_SECS=$ELAPSED; P_RSS=$((RSS_KB / 1024))
 DELETED=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["deleted"])' "$WORK/purge.out")
 
+if [ "$S3_SERVER" = garage ]; then
+  S3_LABEL="Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node (sqlite metadata)"
+else
+  S3_LABEL="s3s-fs (mirrorctl demo up, its own process)"
+fi
 cat <<EOF
-machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node (sqlite metadata); origin: mirrorctl demo origin; database: SQLite
+machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: $S3_LABEL; origin: mirrorctl demo origin; database: SQLite
 validate --all -j 64: $CHECKED files checked ($FRESH fresh) in ${V_SECS}s = $V_RATE files/s, peak RSS $V_RSS MiB
   mirrorctl --config C --headless validate --all -j 64 -o json
+EOF
+if [ -z "${SKIP_REMIRROR:-}" ]; then
+  cat <<EOF
 remirror 1 GiB: remirrored=$R_OK in ${R_SECS}s = $R_MIBS MiB/s, peak RSS $R_RSS MiB
   mirrorctl --config C --headless remirror big/1GiB.bin --yes -o json
-aws s3 cp 1 GiB (same file, same Garage): ${A_SECS}s = $A_MIBS MiB/s, peak RSS $A_RSS MiB  -> mirrorctl at $RATIO% of aws s3 cp
+aws s3 cp 1 GiB (same file, same S3 server): ${A_SECS}s = $A_MIBS MiB/s, peak RSS $A_RSS MiB  -> mirrorctl at $RATIO% of aws s3 cp
   aws --endpoint-url $ENDPOINT s3 cp --only-show-errors 1GiB.bin s3://bench-mirror/big/aws-copy.bin
+EOF
+fi
+cat <<EOF
 purge of $N objects: deleted=$DELETED in ${P_SECS}s, peak RSS $P_RSS MiB
   mirrorctl --config C --headless purge --unused-days 5 --yes --max-delete 1000000 -o json
 EOF

@@ -119,6 +119,8 @@ print(json.dumps({
     "schema": {f.name: str(f.type) for f in t.schema},
     "num_rows": md.num_rows,
     "compression": md.row_group(0).column(0).compression,
+    "encodings": {md.schema.column(i).name: list(md.row_group(0).column(i).encodings)
+                  for i in range(md.num_columns)},
     "rows": rows,
 }))
 "#;
@@ -159,6 +161,28 @@ fn assert_matches_db(py: &serde_json::Value, rows: &[EventRow]) {
     assert_eq!(schema["duration_ms"], "int32");
     assert_eq!(schema["status"], "int16");
     assert_eq!(py["compression"], "ZSTD");
+    // The layout the archive documents: pyarrow decodes each of these encodings.
+    let encodings = |col: &str| py["encodings"][col].to_string();
+    assert!(
+        encodings("id").contains("DELTA_BINARY_PACKED"),
+        "{}",
+        py["encodings"]
+    );
+    assert!(
+        encodings("occurred_at").contains("DELTA_BINARY_PACKED"),
+        "{}",
+        py["encodings"]
+    );
+    assert!(
+        encodings("file_id").contains("BYTE_STREAM_SPLIT"),
+        "{}",
+        py["encodings"]
+    );
+    assert!(
+        encodings("bytes").contains("BYTE_STREAM_SPLIT"),
+        "{}",
+        py["encodings"]
+    );
     assert_eq!(py["num_rows"].as_u64(), Some(rows.len() as u64));
     let mut got: Vec<(i64, i64, i64, bool, i64, i64, i64)> = py["rows"]
         .as_array()

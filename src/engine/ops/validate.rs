@@ -1,21 +1,28 @@
-//! `validate`: asks the origin (HEAD: size, ETag) and the mirror bucket (HEAD: exists, size)
-//! about each mirrored file, marks stale and missing files so `remirror --all-stale` restores
-//! them, and stamps `last_validated_at`. Rows are paged from the database and checked with
-//! bounded concurrency, so memory does not grow with the number of files.
+//! `validate`: asks the origin (HEAD: size, ETag) and the mirror bucket (exists, size: a HEAD
+//! per file, or with `--all` the bucket's listing merged with the rows in byte order) about
+//! each mirrored file, marks stale and missing files so `remirror --all-stale` restores them,
+//! and stamps `last_validated_at`. Rows are paged from the database and checked with bounded
+//! concurrency, so memory does not grow with the number of files.
+
+use std::collections::VecDeque;
 
 use chrono::{TimeDelta, Utc};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::engine::db::{Db, FileScope, LifecycleRow, StaleMark};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
 use crate::engine::origin::{Origin, OriginMeta};
-use crate::engine::s3::{ObjectMeta, S3Bucket};
+use crate::engine::s3::{ObjectInfo, ObjectMeta, S3Bucket};
 use crate::engine::Ctx;
 
 /// Rows read from the database per query.
 const PAGE: i64 = 1000;
+/// Keys per listing request when `--all` lists the mirror bucket instead of HEADing each object.
+const LIST_PAGE: i32 = 1000;
+/// Database pages and listing pages fetched ahead of the merge.
+const PAGES_AHEAD: usize = 2;
 /// Results written to the database per transaction.
 const WRITE_BATCH: usize = 500;
 /// Per-file items kept in the report; counts stay exact beyond it.
@@ -176,14 +183,72 @@ async fn check_all(
     // The pipeline owns clones of its handles (cheap: shared clients) so its futures are
     // `Send + 'static` and the whole operation can run on a spawned task.
     let (origin, mirror) = (origin.clone(), mirror.clone());
-    let results = paged_rows(db.clone(), mirror.name().to_string(), scope)
-        .map_ok(move |row| {
+    // `--all` visits every live file, so the bucket's listing (1,000 sizes per request) answers
+    // for the mirror side; a narrower scope HEADs only the objects it needs.
+    let rows: BoxStream<'static, Result<(LifecycleRow, Listed)>> =
+        if matches!(scope, FileScope::All) {
+            rows_with_listing(db.clone(), mirror.clone()).boxed()
+        } else {
+            paged_rows(db.clone(), mirror.name().to_string(), scope)
+                .map_ok(|row| (row, Listed::Unread))
+                .boxed()
+        };
+    let results = rows
+        .map_ok(move |(row, listed)| {
             let (origin, mirror) = (origin.clone(), mirror.clone());
-            async move { check_one(&origin, &mirror, row).await }
+            // Each check is its own task, so building, signing and parsing the requests runs
+            // on every worker thread rather than all on the thread that polls this stream.
+            let check = tokio::spawn(async move { check_one(&origin, &mirror, row, listed).await });
+            async move {
+                check
+                    .await
+                    .map_err(|e| Error::runtime(format!("a validation check stopped: {e}")))?
+            }
         })
         .try_buffer_unordered(p.concurrency)
         .chunks(WRITE_BATCH);
     futures::pin_mut!(results);
+    // The previous batch's write runs while the next batch is checked; at most one is pending,
+    // and it is awaited before the next one starts and before returning, so a stop (error or
+    // cancel) never leaves results unrecorded behind a report that counts them.
+    let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let outcome = check_batches(
+        db,
+        &mut results,
+        &mut report,
+        keep_fresh_items,
+        record,
+        total,
+        progress,
+        &mut writing,
+    )
+    .await;
+    let written = match writing.take() {
+        Some(w) => w
+            .await
+            .map_err(|e| Error::runtime(format!("recording validation results stopped: {e}")))
+            .and_then(|r| r),
+        None => Ok(()),
+    };
+    outcome?;
+    written?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn check_batches<S>(
+    db: &Db,
+    results: &mut S,
+    report: &mut ValidateReport,
+    keep_fresh_items: bool,
+    record: bool,
+    total: i64,
+    progress: &Progress,
+    writing: &mut Option<tokio::task::JoinHandle<Result<()>>>,
+) -> Result<()>
+where
+    S: futures::Stream<Item = Vec<Result<(LifecycleRow, ValidateStatus, Option<String>)>>> + Unpin,
+{
     while let Some(batch) = results.next().await {
         let mut fresh = Vec::new();
         let mut cleared = Vec::new();
@@ -229,15 +294,23 @@ async fn check_all(
                 }
             }
         }
+        if let Some(previous) = writing.take() {
+            previous.await.map_err(|e| {
+                Error::runtime(format!("recording validation results stopped: {e}"))
+            })??;
+        }
         if record {
-            db.record_validation(&fresh, &cleared, &stale, Utc::now())
-                .await?;
+            let db = db.clone();
+            *writing = Some(tokio::spawn(async move {
+                db.record_validation(&fresh, &cleared, &stale, Utc::now())
+                    .await
+            }));
         }
         progress.update(report.checked, Some(total as u64), "validating");
-        // Stop between batches, after what was checked is recorded.
+        // Stop between batches; the caller waits for the last batch's write.
         progress.check()?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The rows in scope, one page at a time, by id (rows changed behind the scan do not shift pages).
@@ -266,16 +339,170 @@ pub(crate) fn paged_rows(
     .try_flatten()
 }
 
-/// HEADs the origin and the mirror object at once and compares both with the row. A mirror
-/// that cannot be asked fails the run (every other file would fail the same way); an origin
-/// that cannot be asked is that file's `origin_error`.
+/// What the mirror bucket's listing said about a row's object.
+#[derive(Debug)]
+enum Listed {
+    /// The listing was not read (a narrower scope): HEAD the object.
+    Unread,
+    /// Listed with this size.
+    Found(ObjectInfo),
+    /// The listing went past the key without it: the object does not exist.
+    Absent,
+}
+
+/// The live files of the mirror bucket in byte order, each with what the bucket's listing says
+/// of its object: a merge of two ordered streams, each fetched a few pages ahead, so memory
+/// stays a few pages whatever the bucket's size. Either side out of byte order is an error,
+/// never a file wrongly called missing.
+fn rows_with_listing(
+    db: Db,
+    mirror: S3Bucket,
+) -> impl futures::Stream<Item = Result<(LifecycleRow, Listed)>> + Send + 'static {
+    let rows = ahead(rows_by_key(db, mirror.name().to_string()));
+    let objects = ahead(mirror.list_pages(String::new(), None, LIST_PAGE));
+    struct Merge {
+        rows: BoxStream<'static, Result<Vec<LifecycleRow>>>,
+        objects: BoxStream<'static, Result<Vec<ObjectInfo>>>,
+        listed: VecDeque<ObjectInfo>,
+        listing_done: bool,
+        last_row_key: Option<String>,
+        last_object_key: Option<String>,
+    }
+    let start = Merge {
+        rows,
+        objects,
+        listed: VecDeque::new(),
+        listing_done: false,
+        last_row_key: None,
+        last_object_key: None,
+    };
+    let bucket = mirror.name().to_string();
+    stream::try_unfold(start, move |mut m| {
+        let bucket = bucket.clone();
+        async move {
+            let Some(page) = m.rows.next().await.transpose()? else {
+                return Ok(None);
+            };
+            let mut out = Vec::with_capacity(page.len());
+            for row in page {
+                if m.last_row_key.as_deref() >= Some(row.key.as_str()) {
+                    return Err(Error::runtime(format!(
+                        "validate: the database returned key {:?} out of byte order; nothing more checked",
+                        row.key
+                    )));
+                }
+                m.last_row_key = Some(row.key.clone());
+                // Drop listed objects before this key (objects without a live row).
+                loop {
+                    match m.listed.front() {
+                        Some(o) if o.key < row.key => {
+                            m.listed.pop_front();
+                        }
+                        Some(_) => break,
+                        None if m.listing_done => break,
+                        None => match m.objects.next().await.transpose()? {
+                            Some(objects) => {
+                                for o in objects {
+                                    if m.last_object_key.as_deref() >= Some(o.key.as_str()) {
+                                        return Err(Error::runtime(format!(
+                                            "bucket {bucket}: listing returned key {:?} out of byte order; nothing more checked",
+                                            o.key
+                                        )));
+                                    }
+                                    m.last_object_key = Some(o.key.clone());
+                                    m.listed.push_back(o);
+                                }
+                            }
+                            None => m.listing_done = true,
+                        },
+                    }
+                }
+                let listed = match m.listed.front() {
+                    Some(o) if o.key == row.key => m
+                        .listed
+                        .pop_front()
+                        .map_or(Listed::Absent, Listed::Found),
+                    _ => Listed::Absent,
+                };
+                out.push(Ok((row, listed)));
+            }
+            Ok(Some((stream::iter(out), m)))
+        }
+    })
+    .try_flatten()
+}
+
+/// Live files of `bucket` a page at a time, in byte order of their keys.
+fn rows_by_key(
+    db: Db,
+    bucket: String,
+) -> impl futures::Stream<Item = Result<Vec<LifecycleRow>>> + Send + 'static {
+    stream::try_unfold(Some(None::<String>), move |after| {
+        let (db, bucket) = (db.clone(), bucket.clone());
+        async move {
+            let Some(after) = after else {
+                return Ok::<_, Error>(None);
+            };
+            let page = db
+                .lifecycle_page_by_key(&bucket, after.as_deref(), PAGE)
+                .await?;
+            if page.is_empty() {
+                return Ok(None);
+            }
+            let next = match page.last() {
+                Some(last) if page.len() as i64 == PAGE => Some(Some(last.key.clone())),
+                _ => None,
+            };
+            Ok(Some((page, next)))
+        }
+    })
+}
+
+/// Runs `pages` on its own task, `PAGES_AHEAD` pages ahead of the consumer, so a database
+/// query or a listing request overlaps the checks instead of pausing them. The task stops when
+/// the consumer is dropped.
+fn ahead<T: Send + 'static>(
+    pages: impl futures::Stream<Item = Result<T>> + Send + 'static,
+) -> BoxStream<'static, Result<T>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    tokio::spawn(async move {
+        futures::pin_mut!(pages);
+        while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if tx.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) }).boxed()
+}
+
+/// HEADs the origin (and the mirror object, unless the listing already answered) and compares
+/// both with the row. A mirror that cannot be asked fails the run (every other file would fail
+/// the same way); an origin that cannot be asked is that file's `origin_error`.
 async fn check_one(
     origin: &Origin,
     mirror: &S3Bucket,
     row: LifecycleRow,
+    listed: Listed,
 ) -> Result<(LifecycleRow, ValidateStatus, Option<String>)> {
-    let (o, m) = tokio::join!(origin.head(&row.origin_url), mirror.head(&row.key));
-    let (status, reason) = classify(&row, o, m?);
+    let object = |o: ObjectInfo| ObjectMeta {
+        size: o.size,
+        etag: o.etag,
+        last_modified: o.last_modified,
+        content_type: None,
+        checksum: None,
+    };
+    let (o, m) = match listed {
+        Listed::Unread => {
+            let (o, m) = tokio::join!(origin.head(&row.origin_url), mirror.head(&row.key));
+            (o, m?)
+        }
+        Listed::Found(info) => (origin.head(&row.origin_url).await, Some(object(info))),
+        // A missing object is `missing` whatever the origin says: no origin request.
+        Listed::Absent => (Ok(None), None),
+    };
+    let (status, reason) = classify(&row, o, m);
     Ok((row, status, reason))
 }
 
