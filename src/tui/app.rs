@@ -10,7 +10,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent,
 use crate::config::ThemeName;
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{FileQuery, FileRow, FileSort, OperationRecord};
-use crate::engine::ops::archive::PartitionEntry;
+use crate::engine::ops::archive::{PartitionEntry, PartitionState};
 use crate::engine::ops::drift::DriftItem;
 use crate::engine::ops::files::{FileReport, PresignReport};
 use crate::engine::ops::stats::{StatsReport, Window};
@@ -223,6 +223,7 @@ pub struct JobEntry {
 #[derive(Debug, Clone, Default)]
 pub struct ArchiveState {
     pub partitions: Vec<PartitionEntry>,
+    pub selected: usize,
     pub loading: bool,
     pub error: Option<String>,
 }
@@ -354,7 +355,10 @@ impl App {
             s.push(Scope::FileDetail);
         } else {
             s.push(self.view.scope());
-            if matches!(self.view, View::Files | View::Jobs | View::History) {
+            if matches!(
+                self.view,
+                View::Files | View::Jobs | View::History | View::Archive
+            ) {
                 s.push(Scope::List);
             }
         }
@@ -513,8 +517,60 @@ impl App {
             View::Files if self.files.detail.is_none() => self.move_files(delta),
             View::History => self.move_history(delta),
             View::Jobs => self.move_jobs(delta),
+            View::Archive => {
+                let n = self.archive.partitions.len() as i64;
+                if n > 0 {
+                    self.archive.selected =
+                        (self.archive.selected as i64 + delta).clamp(0, n - 1) as usize;
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Verify (`restore == false`) or restore a partition: the one named, else the selected.
+    fn archive_action(&mut self, named: Option<&str>, restore: bool) {
+        let entry = match named {
+            Some(n) => self.archive.partitions.iter().find(|p| p.partition == n),
+            None => self.archive.partitions.get(self.archive.selected),
+        };
+        let verb = if restore { "restore" } else { "verify" };
+        let partition = match (entry, named) {
+            (Some(e), _) => {
+                let ok = match e.state {
+                    PartitionState::Archived => true,
+                    PartitionState::Restored => !restore,
+                    PartitionState::Live => false,
+                };
+                if !ok {
+                    let why = if restore && e.state == PartitionState::Restored {
+                        "is already restored"
+                    } else {
+                        "has no archive"
+                    };
+                    self.notify(
+                        Level::Error,
+                        format!("archive {verb}: {} {why}", e.partition),
+                    );
+                    return;
+                }
+                e.partition.clone()
+            }
+            // Not in the list (yet): the engine checks the name and says what is wrong.
+            (None, Some(n)) => n.to_string(),
+            (None, None) => {
+                self.notify(
+                    Level::Error,
+                    format!("archive {verb}: no partition selected"),
+                );
+                return;
+            }
+        };
+        self.request(if restore {
+            OpRequest::ArchiveRestore { partition }
+        } else {
+            OpRequest::ArchiveVerify { partition }
+        });
     }
 
     fn goto(&mut self, v: View) {
@@ -653,6 +709,8 @@ impl App {
             Command::DriftCheck => self.request(OpRequest::DriftCheck),
             Command::DriftRepair => self.request(OpRequest::DriftRepair),
             Command::ArchiveRun => self.request(OpRequest::ArchiveRun),
+            Command::ArchiveVerify => self.archive_action(None, false),
+            Command::ArchiveRestore => self.archive_action(None, true),
         }
     }
 
@@ -742,9 +800,12 @@ impl App {
                 match arg {
                     None => {}
                     Some("run") => self.request(OpRequest::ArchiveRun),
-                    Some(other) => {
-                        self.notify(Level::Error, format!("archive: unknown {other:?}: run"))
-                    }
+                    Some("verify") => self.archive_action(rest.get(1).copied(), false),
+                    Some("restore") => self.archive_action(rest.get(1).copied(), true),
+                    Some(other) => self.notify(
+                        Level::Error,
+                        format!("archive: unknown {other:?}: run, verify P or restore P"),
+                    ),
                 }
             }
             "validate" => self.request(OpRequest::Validate),
@@ -1077,6 +1138,7 @@ pub fn update(app: &mut App, action: Action) {
             app.archive.loading = false;
             match r {
                 Ok(rows) => {
+                    app.archive.selected = app.archive.selected.min(rows.len().saturating_sub(1));
                     app.archive.partitions = rows;
                     app.archive.error = None;
                 }

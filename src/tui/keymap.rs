@@ -9,7 +9,7 @@ use super::app::View;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
-    /// Any view with a selectable list (files, jobs, history).
+    /// Any view with a selectable list (files, jobs, history, archive partitions).
     List,
     Dashboard,
     Files,
@@ -66,6 +66,8 @@ pub enum Command {
     DriftCheck,
     DriftRepair,
     ArchiveRun,
+    ArchiveVerify,
+    ArchiveRestore,
 }
 
 /// One key: a code and the modifiers that must be held (Shift is implied by the character).
@@ -389,6 +391,20 @@ pub const BINDINGS: &[Binding] = &[
         true,
     ),
     b(
+        S::Archive,
+        &[k('v')],
+        Command::ArchiveVerify,
+        "verify the selected archive",
+        true,
+    ),
+    b(
+        S::Archive,
+        &[k('R')],
+        Command::ArchiveRestore,
+        "restore the selected partition",
+        true,
+    ),
+    b(
         S::History,
         &[code(KeyCode::Enter)],
         Command::Open,
@@ -480,9 +496,9 @@ pub const COMMANDS: &[CommandSpec] = &[
     ),
     c(
         "archive",
-        &["run"],
-        "archive [run]",
-        "the archive view; archive old partitions",
+        &["run", "verify", "restore"],
+        "archive [run|verify P|restore P]",
+        "the archive view; archive old partitions, verify or restore one",
     ),
     c("history", &[], "history", "the operations audit log"),
     c(

@@ -27,6 +27,10 @@ pub enum OpRequest {
     DriftRepair,
     /// Export old partitions to Parquet and drop them.
     ArchiveRun,
+    /// Read an archive back and check its checksums and row counts.
+    ArchiveVerify { partition: String },
+    /// Load an archived month back into the database.
+    ArchiveRestore { partition: String },
 }
 
 impl OpRequest {
@@ -37,7 +41,9 @@ impl OpRequest {
             OpRequest::Remirror { .. } | OpRequest::RemirrorStale => "remirror",
             OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => "purge",
             OpRequest::DriftCheck | OpRequest::DriftRepair => "drift",
-            OpRequest::ArchiveRun => "archive",
+            OpRequest::ArchiveRun
+            | OpRequest::ArchiveVerify { .. }
+            | OpRequest::ArchiveRestore { .. } => "archive",
         }
     }
 
@@ -54,13 +60,20 @@ impl OpRequest {
             OpRequest::DriftCheck => "check drift between main, backup and inventory".into(),
             OpRequest::DriftRepair => "repair drift: copy missing objects to the backup".into(),
             OpRequest::ArchiveRun => "archive old download partitions to Parquet".into(),
+            OpRequest::ArchiveVerify { partition } => format!("verify the archive of {partition}"),
+            OpRequest::ArchiveRestore { partition } => {
+                format!("restore {partition} from its archive")
+            }
         }
     }
 
     /// Whether it changes buckets or the database (then it is refused in read-only mode and
     /// needs a confirmation).
     pub fn mutating(&self) -> bool {
-        !matches!(self, OpRequest::Validate | OpRequest::DriftCheck)
+        !matches!(
+            self,
+            OpRequest::Validate | OpRequest::DriftCheck | OpRequest::ArchiveVerify { .. }
+        )
     }
 
     /// The command that does the same from a script.
@@ -74,6 +87,8 @@ impl OpRequest {
             OpRequest::DriftCheck => "drift".into(),
             OpRequest::DriftRepair => "drift --repair --yes".into(),
             OpRequest::ArchiveRun => "archive run --yes".into(),
+            OpRequest::ArchiveVerify { partition } => format!("archive verify {partition}"),
+            OpRequest::ArchiveRestore { partition } => format!("archive restore {partition}"),
         };
         format!("mirrorctl --headless {args}")
     }
@@ -176,6 +191,26 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 bytes: (r.bytes > 0).then_some(r.bytes),
             })
         }
+        OpRequest::ArchiveVerify { partition } => Ok(Preview {
+            lines: vec![
+                format!("Downloads the Parquet parts of {partition} and its manifest,"),
+                "checks every part's SHA-256 and the row counts. Changes nothing.".into(),
+            ],
+            count: None,
+            bytes: None,
+        }),
+        OpRequest::ArchiveRestore { partition } => {
+            let list = archive::list(ctx).await?;
+            let entry = list.partitions.iter().find(|p| &p.partition == partition);
+            Ok(Preview {
+                lines: vec![
+                    format!("Loads the archived rows of {partition} back into the database"),
+                    "and marks the archive restored; the archive stays on S3.".into(),
+                ],
+                count: entry.map(|e| e.rows.max(0) as u64),
+                bytes: entry.and_then(|e| e.bytes).map(|b| b.max(0) as u64),
+            })
+        }
     }
 }
 
@@ -267,6 +302,29 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
                 r.archived,
                 r.rows,
                 bytes(r.bytes as i64)
+            )))
+        }
+        OpRequest::ArchiveVerify { partition } => {
+            let r = archive::verify(ctx, partition, progress).await?;
+            let mut line = format!(
+                "{}: {} — {} of {} rows, {} part(s)",
+                r.partition,
+                if r.ok { "verified" } else { "MISMATCH" },
+                r.rows,
+                r.expected_rows,
+                r.parts.len()
+            );
+            for p in &r.problems {
+                line.push_str("; ");
+                line.push_str(p);
+            }
+            Ok(JobOutcome::from(line))
+        }
+        OpRequest::ArchiveRestore { partition } => {
+            let r = archive::restore(ctx, partition, progress).await?;
+            Ok(JobOutcome::from(format!(
+                "restored {}: {} rows from {}",
+                r.partition, r.rows, r.object
             )))
         }
     }

@@ -919,3 +919,69 @@ fn drift_view_lists_the_keys_of_the_latest_check() {
     );
     assert!(text.contains("inventory missing   mods/2/b.zip"), "{text}");
 }
+
+#[test]
+fn archive_rows_are_selectable_and_verified_or_restored() {
+    let loaded = || {
+        Action::ArchiveLoaded(Ok(vec![
+            partition(
+                2026,
+                6,
+                PartitionState::Archived,
+                Some("s3://archive/download_events/year=2026/month=06/_manifest.json"),
+            ),
+            partition(2026, 7, PartitionState::Restored, None),
+            partition(2026, 8, PartitionState::Live, None),
+        ]))
+    };
+    let mut app = app_at(Some("archive"), (120, 40));
+    update(&mut app, loaded());
+    app.effects.clear();
+    // The first row is selected: verify and restore it.
+    update(&mut app, key('v'));
+    assert!(app.effects.iter().any(|e| matches!(e,
+        Effect::Preview(OpRequest::ArchiveVerify { partition }) if partition == "download_events_y2026m06")));
+    app.effects.clear();
+    update(&mut app, key('R'));
+    assert!(app.effects.iter().any(|e| matches!(e,
+        Effect::Preview(OpRequest::ArchiveRestore { partition }) if partition == "download_events_y2026m06")));
+    // A restored month can be verified, not restored again; a live one neither.
+    app.effects.clear();
+    update(&mut app, code(KeyCode::Down));
+    assert_eq!(app.archive.selected, 1);
+    update(&mut app, key('R'));
+    assert!(app.effects.is_empty());
+    assert!(app
+        .notifications
+        .iter()
+        .any(|n| n.text.contains("already restored")));
+    update(&mut app, key('v'));
+    assert_eq!(app.effects.len(), 1);
+    app.effects.clear();
+    update(&mut app, code(KeyCode::Down));
+    update(&mut app, code(KeyCode::Down));
+    assert_eq!(app.archive.selected, 2, "clamped at the last row");
+    update(&mut app, key('v'));
+    assert!(app.effects.is_empty());
+    // The command line names the partition.
+    update(&mut app, key(':'));
+    typed(&mut app, "archive restore download_events_y2026m06");
+    update(&mut app, code(KeyCode::Enter));
+    assert!(app.effects.iter().any(|e| matches!(e,
+        Effect::Preview(OpRequest::ArchiveRestore { partition }) if partition == "download_events_y2026m06")));
+    // Restore changes the database: refused read-only; verify is allowed.
+    let mut ro = App::new(opts(Some("archive"), true), now(), (120, 40));
+    update(&mut ro, loaded());
+    ro.effects.clear();
+    update(&mut ro, key('R'));
+    assert!(ro.effects.is_empty());
+    update(&mut ro, key('v'));
+    assert_eq!(ro.effects.len(), 1);
+    assert_eq!(
+        OpRequest::ArchiveRestore {
+            partition: "download_events_y2026m06".into()
+        }
+        .headless_command(),
+        "mirrorctl --headless archive restore download_events_y2026m06"
+    );
+}

@@ -855,7 +855,7 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
             "archive",
             "Exports old months of download events to Parquet on S3, verifies them, then drops the rows.",
             "mirrorctl --headless archive list",
-            "a archive old partitions",
+            "a archive old partitions · ↑↓ select · v verify · R restore",
             app.dashboard.data.as_ref().and_then(|d| d.last_archive),
         ),
     };
@@ -985,15 +985,16 @@ fn partition_lines(app: &App) -> Vec<Line<'static>> {
         ),
         t.header,
     ))];
-    for p in &a.partitions {
+    for (i, p) in a.partitions.iter().enumerate() {
         let state = format!("{:?}", p.state).to_lowercase();
         let style = match state.as_str() {
             "archived" => t.good,
             "restored" => t.warn,
             _ => t.text,
         };
+        let name_style = if i == a.selected { t.selected } else { t.text };
         lines.push(Line::from(vec![
-            Span::styled(format!("{:<26}", p.partition), t.text),
+            Span::styled(format!("{:<26}", p.partition), name_style),
             Span::styled(format!("{:>12}", crate::headless::count(p.rows)), t.text),
             Span::styled(
                 format!(
