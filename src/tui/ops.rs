@@ -67,6 +67,17 @@ impl OpRequest {
         }
     }
 
+    /// What the confirmation's count counts.
+    pub fn unit(&self) -> &'static str {
+        match self {
+            OpRequest::DriftCheck | OpRequest::DriftRepair => "objects",
+            OpRequest::ArchiveRun
+            | OpRequest::ArchiveVerify { .. }
+            | OpRequest::ArchiveRestore { .. } => "rows",
+            _ => "files",
+        }
+    }
+
     /// Whether it changes buckets or the database (then it is refused in read-only mode and
     /// needs a confirmation).
     pub fn mutating(&self) -> bool {

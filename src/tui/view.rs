@@ -1246,7 +1246,7 @@ fn render_confirm(
     }
     let mut figures = Vec::new();
     if let Some(c) = preview.count {
-        figures.push(format!("{} files", count(c as i64)));
+        figures.push(format!("{} {}", count(c as i64), op.unit()));
     }
     if let Some(b) = preview.bytes {
         figures.push(bytes(b as i64));
