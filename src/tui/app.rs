@@ -290,6 +290,8 @@ pub struct App {
     pub archive: ArchiveState,
     /// The keys of the latest drift check of this session.
     pub drift_items: Vec<DriftItem>,
+    /// The first drift key shown (the list scrolls with ↑↓).
+    pub drift_top: usize,
     pub notifications: Vec<Notification>,
     pub effects: Vec<Effect>,
     pub quit: bool,
@@ -313,6 +315,7 @@ impl App {
             history: HistoryState::default(),
             archive: ArchiveState::default(),
             drift_items: Vec::new(),
+            drift_top: 0,
             notifications: Vec::new(),
             effects: Vec::new(),
             quit: false,
@@ -357,7 +360,7 @@ impl App {
             s.push(self.view.scope());
             if matches!(
                 self.view,
-                View::Files | View::Jobs | View::History | View::Archive
+                View::Files | View::Jobs | View::History | View::Archive | View::Drift
             ) {
                 s.push(Scope::List);
             }
@@ -517,6 +520,12 @@ impl App {
             View::Files if self.files.detail.is_none() => self.move_files(delta),
             View::History => self.move_history(delta),
             View::Jobs => self.move_jobs(delta),
+            View::Drift => {
+                let n = self.drift_items.len() as i64;
+                if n > 0 {
+                    self.drift_top = (self.drift_top as i64 + delta).clamp(0, n - 1) as usize;
+                }
+            }
             View::Archive => {
                 let n = self.archive.partitions.len() as i64;
                 if n > 0 {
@@ -1133,7 +1142,10 @@ pub fn update(app: &mut App, action: Action) {
                 }
             }
         }
-        Action::DriftItems(items) => app.drift_items = items,
+        Action::DriftItems(items) => {
+            app.drift_items = items;
+            app.drift_top = 0;
+        }
         Action::ArchiveLoaded(r) => {
             app.archive.loading = false;
             match r {

@@ -9,7 +9,7 @@ use super::app::View;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
-    /// Any view with a selectable list (files, jobs, history, archive partitions).
+    /// Any view with a list (files, jobs, history, archive partitions, drift keys).
     List,
     Dashboard,
     Files,

@@ -985,3 +985,42 @@ fn archive_rows_are_selectable_and_verified_or_restored() {
         "mirrorctl --headless archive restore download_events_y2026m06"
     );
 }
+
+#[test]
+fn drift_keys_scroll() {
+    use crate::engine::ops::drift::DriftItem;
+    let mut app = app_at(Some("drift"), (120, 30));
+    let items: Vec<DriftItem> = (0..100)
+        .map(|i| DriftItem {
+            key: format!("mods/key-{i:03}"),
+            status: Some(crate::engine::ops::drift::PairStatus::MissingInBackup),
+            inventory_status: None,
+            detail: None,
+            main: None,
+            backup: None,
+            inventory: None,
+        })
+        .collect();
+    update(&mut app, Action::DriftItems(items));
+    let screen = |app: &App| {
+        let backend = ratatui::backend::TestBackend::new(120, 30);
+        let mut term = ratatui::Terminal::new(backend).expect("terminal");
+        term.draw(|f| crate::tui::view::render(app, f))
+            .expect("draw");
+        format!("{:?}", term.backend().buffer())
+    };
+    let before = screen(&app);
+    assert!(before.contains("mods/key-000") && !before.contains("mods/key-050"));
+    for _ in 0..50 {
+        update(&mut app, key('j'));
+    }
+    assert_eq!(app.drift_top, 50);
+    let after = screen(&app);
+    assert!(
+        after.contains("mods/key-050") && !after.contains("mods/key-000"),
+        "{after}"
+    );
+    assert!(after.contains("51–"), "{after}");
+    update(&mut app, code(KeyCode::End));
+    assert_eq!(app.drift_top, 99, "clamped at the last key");
+}

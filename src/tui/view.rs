@@ -848,7 +848,7 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
             "drift",
             "Compares the main bucket, the backup bucket and the inventory; a repair copies what the backup lacks.",
             "mirrorctl --headless drift",
-            "c check · R repair",
+            "c check · R repair · ↑↓ scroll the keys",
             app.dashboard.data.as_ref().and_then(|d| d.last_drift),
         ),
         _ => (
@@ -908,7 +908,9 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
     if v == View::Drift && !app.drift_items.is_empty() {
         text.push(Line::from(""));
         // Only what can show: a big drift has many thousands of keys.
-        text.extend(drift_lines(app, area.height as usize));
+        // Borders, the list's own header line, and what is above it.
+        let room = (area.height as usize).saturating_sub(text.len() + 3).max(1);
+        text.extend(drift_lines(app, room));
     }
     f.render_widget(
         Paragraph::new(text)
@@ -921,14 +923,18 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
 /// The keys the latest drift check found, one per line: what is wrong, the key, and why.
 fn drift_lines(app: &App, max: usize) -> Vec<Line<'static>> {
     let t = &app.theme;
+    let n = app.drift_items.len();
+    let top = app.drift_top.min(n.saturating_sub(1));
+    let shown = max.min(n - top);
     let mut lines = vec![Line::from(Span::styled(
         format!(
-            "{} keys disagree (all in `mirrorctl --headless drift -o json`):",
-            app.drift_items.len()
+            "{n} keys disagree, {}–{} shown (↑↓ scroll; all in `mirrorctl --headless drift -o json`):",
+            top + 1,
+            top + shown
         ),
         t.header,
     ))];
-    for item in app.drift_items.iter().take(max) {
+    for item in app.drift_items.iter().skip(top).take(max) {
         // A pair that matches can still disagree with the inventory: say which.
         let what = match (&item.status, &item.inventory_status) {
             (Some(s), _) if !matches!(s, PairStatus::Same) => to_words(&format!("{s:?}")),
