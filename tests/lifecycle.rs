@@ -1121,6 +1121,37 @@ async fn throttling_and_dropped_connections_are_retried() {
     }
 }
 
+/// Runs the binary with `args` while every write through `proxy` takes 1.5 s, and kills it
+/// (SIGKILL) `after_ms` after its first write reached the server.
+async fn kill_after_first_write(config: &Path, args: &[&str], proxy: &FaultProxy, after_ms: u64) {
+    let f = &proxy.faults;
+    f.write_delay_ms.store(1500, Ordering::SeqCst);
+    let writes_before = f.writes.load(Ordering::SeqCst);
+    let mut child = std::process::Command::new(common::binary())
+        .arg("--config")
+        .arg(config)
+        .arg("--headless")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mirrorctl");
+    for _ in 0..300 {
+        if f.writes.load(Ordering::SeqCst) > writes_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        f.writes.load(Ordering::SeqCst) > writes_before,
+        "{args:?}: no write reached the server"
+    );
+    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    f.write_delay_ms.store(0, Ordering::SeqCst);
+}
+
 /// Every live row's object exists; returns how many live rows there are.
 async fn live_rows_have_objects(m: &Mirror) -> usize {
     let mut live = 0;
@@ -1151,41 +1182,17 @@ async fn kill_9_during_purge_and_remirror_then_a_rerun_completes() {
     .await;
     let dir = tempfile::tempdir().expect("dir");
     let config = config_file(&m, dir.path());
-    let f = &proxy.faults;
 
     // purge: killed while its second batch delete is in flight (the server is slow).
-    f.write_delay_ms.store(1500, Ordering::SeqCst);
-    let writes_before = f.writes.load(Ordering::SeqCst);
-    let mut child = std::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--headless",
-            "purge",
-            "--unused-days",
-            "5",
-            "--yes",
-            "--max-delete",
-            "5000",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn purge");
-    for _ in 0..300 {
-        if f.writes.load(Ordering::SeqCst) > writes_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        f.writes.load(Ordering::SeqCst) > writes_before,
-        "first batch sent"
-    );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    child.kill().expect("kill -9");
-    let _ = child.wait();
-    f.write_delay_ms.store(0, Ordering::SeqCst);
+    let purge = [
+        "purge",
+        "--unused-days",
+        "5",
+        "--yes",
+        "--max-delete",
+        "5000",
+    ];
+    kill_after_first_write(&config, &purge, &proxy, 200).await;
     let (code, out, err) = mirrorctl(
         &config,
         &[
@@ -1217,26 +1224,8 @@ async fn kill_9_during_purge_and_remirror_then_a_rerun_completes() {
     let old = m.object(&m.keys[0]).await.expect("old object");
     let big = content(0, 9, 12 * 1024 * 1024 + 1);
     m.write_origin(&m.keys[0], &big);
-    f.write_delay_ms.store(1500, Ordering::SeqCst);
-    let writes_before = f.writes.load(Ordering::SeqCst);
     let id = m.ids[0].to_string();
-    let mut child = std::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(&config)
-        .args(["--headless", "remirror", &id, "--yes"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn remirror");
-    for _ in 0..300 {
-        if f.writes.load(Ordering::SeqCst) > writes_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().expect("kill -9");
-    let _ = child.wait();
-    f.write_delay_ms.store(0, Ordering::SeqCst);
+    kill_after_first_write(&config, &["remirror", &id, "--yes"], &proxy, 0).await;
     assert_eq!(m.object(&m.keys[0]).await, Some(old), "old object intact");
     let row = m.file(0).await;
     assert_eq!(row.size, 64, "row unchanged");

@@ -248,6 +248,11 @@ impl Fixture {
         (status, h, body)
     }
 
+    /// A GET without headers, as it came back.
+    async fn fetch(&self, url: &str) -> reqwest::Response {
+        self.http.get(url).send().await.expect("request")
+    }
+
     async fn object(&self, key: &str) -> Option<Vec<u8>> {
         let mut o = self.bucket.get(key, None).await.expect("get object")?;
         let mut v = Vec::new();
@@ -432,12 +437,7 @@ async fn hits_and_misses_on_every_server_and_database() {
             assert_eq!(f.origin.gets.load(Ordering::SeqCst), 2, "{backend}");
 
             // Unknown ids and hostile paths.
-            let r = f
-                .http
-                .get(format!("{base}/download/987654"))
-                .send()
-                .await
-                .expect("404");
+            let r = f.fetch(&format!("{base}/download/987654")).await;
             assert_eq!(r.status(), StatusCode::NOT_FOUND);
             let v: serde_json::Value =
                 serde_json::from_slice(&r.bytes().await.expect("body")).expect("json error");
@@ -525,12 +525,7 @@ async fn origin_down_on_a_miss_is_a_502_and_the_mirror_copy_stays() {
         let old = f.object(&f.keys[0]).await.expect("old copy");
         f.origin.broken.store(true, Ordering::SeqCst);
         let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
-        let r = f
-            .http
-            .get(format!("{base}/download/{}", f.ids[0]))
-            .send()
-            .await
-            .expect("get");
+        let r = f.fetch(&format!("{base}/download/{}", f.ids[0])).await;
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{}", s3.name);
         let v: serde_json::Value =
             serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
@@ -539,11 +534,8 @@ async fn origin_down_on_a_miss_is_a_502_and_the_mirror_copy_stays() {
             "{v}"
         );
         let metrics = f
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
+            .fetch(&format!("{base}/metrics"))
             .await
-            .expect("metrics")
             .text()
             .await
             .expect("text");
@@ -583,12 +575,7 @@ async fn failed_upload_still_serves_the_client_and_the_next_request_retries() {
         // Give the upload time to fail, then check nothing changed.
         let mut failed = false;
         for _ in 0..100 {
-            let m = f
-                .http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .expect("m");
+            let m = f.fetch(&format!("{base}/metrics")).await;
             if m.text()
                 .await
                 .expect("t")
@@ -636,12 +623,7 @@ async fn a_client_that_leaves_does_not_stop_the_upload_and_shutdown_waits() {
     let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
 
     // Read the first bytes of file 0, then hang up.
-    let mut r = f
-        .http
-        .get(format!("{base}/download/{}", f.ids[0]))
-        .send()
-        .await
-        .expect("get");
+    let mut r = f.fetch(&format!("{base}/download/{}", f.ids[0])).await;
     let first = r.chunk().await.expect("chunk").expect("some bytes");
     assert!(!first.is_empty());
     drop(r);
@@ -681,30 +663,15 @@ async fn metrics_health_readiness_and_rate_limit() {
     let url = format!("{base}/download/{}", f.ids[0]);
     assert_eq!(f.get(&url, &[]).await.0, StatusCode::OK);
     assert_eq!(f.get(&url, &[]).await.0, StatusCode::OK);
-    let r = f.http.get(&url).send().await.expect("get");
+    let r = f.fetch(&url).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().get("retry-after").is_some());
     // Health endpoints are not rate limited.
-    let h = f
-        .http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
+    let h = f.fetch(&format!("{base}/healthz")).await;
     assert_eq!(h.status(), StatusCode::OK);
-    let r = f
-        .http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let r = f.fetch(&format!("{base}/readyz")).await;
     assert_eq!(r.status(), StatusCode::OK);
-    let m = f
-        .http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics");
+    let m = f.fetch(&format!("{base}/metrics")).await;
     assert!(header_str(m.headers(), "content-type").contains("openmetrics"));
     let text = m.text().await.expect("text");
     for needle in [
@@ -736,19 +703,9 @@ async fn metrics_health_readiness_and_rate_limit() {
     let mut cfg = f.config(s3.bucket_config("no-such-bucket-here"));
     cfg.serve.rate_limit = 0.0;
     let (server, base) = f.serve(cfg).await;
-    let h = f
-        .http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
+    let h = f.fetch(&format!("{base}/healthz")).await;
     assert_eq!(h.status(), StatusCode::OK);
-    let r = f
-        .http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz");
+    let r = f.fetch(&format!("{base}/readyz")).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let v: serde_json::Value =
         serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");

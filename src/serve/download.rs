@@ -106,19 +106,12 @@ pub async fn by_id(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let Ok(id) = id.parse::<i64>() else {
-        return json_error(
+    match id.parse::<i64>() {
+        Ok(id) => find_and_serve(&s, Lookup::Id(id), &method, &headers, started).await,
+        Err(_) => json_error(
             StatusCode::BAD_REQUEST,
             format!("file id must be a number, got {id:?}"),
-        );
-    };
-    match lookup(&s, Lookup::Id(id)).await {
-        Ok(Some(row)) => serve(&s, row, &method, &headers, started).await,
-        Ok(None) => json_error(
-            StatusCode::NOT_FOUND,
-            format!("no mirrored file with id {id}"),
         ),
-        Err(r) => r,
     }
 }
 
@@ -129,14 +122,28 @@ pub async fn by_key(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    if let Err(why) = check_key(&key) {
-        return json_error(StatusCode::BAD_REQUEST, why);
+    match check_key(&key) {
+        Ok(()) => find_and_serve(&s, Lookup::Key(key), &method, &headers, started).await,
+        Err(why) => json_error(StatusCode::BAD_REQUEST, why),
     }
-    match lookup(&s, Lookup::Key(key.clone())).await {
-        Ok(Some(row)) => serve(&s, row, &method, &headers, started).await,
+}
+
+async fn find_and_serve(
+    s: &Arc<Shared>,
+    k: Lookup,
+    method: &Method,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Response {
+    let what = match &k {
+        Lookup::Id(id) => format!("id {id}"),
+        Lookup::Key(key) => format!("key {key:?}"),
+    };
+    match lookup(s, k).await {
+        Ok(Some(row)) => serve(s, row, method, headers, started).await,
         Ok(None) => json_error(
             StatusCode::NOT_FOUND,
-            format!("no mirrored file with key {key:?}"),
+            format!("no mirrored file with {what}"),
         ),
         Err(r) => r,
     }
