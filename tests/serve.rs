@@ -740,3 +740,48 @@ fn bad_listen_address_is_a_usage_error() {
     assert!(err.contains("serve.listen"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_validation_runs_and_oversized_files_are_refused() {
+    let s3 = S3Server::s3s().await;
+    let f = Fixture::new(
+        &s3,
+        TestDb::sqlite().await,
+        &[(Kind::Fresh, 2000), (Kind::Stale, 50_000)],
+    )
+    .await;
+    let mut cfg = f.config(f.bucket_cfg.clone());
+    cfg.origin.max_file_size = mirrorctl::config::ByteSize(10_000);
+    cfg.serve.validate_every = Some(HumanDuration(Duration::from_millis(700)));
+    let (server, base) = f.serve(cfg).await;
+
+    // A miss over origin.max_file_size: 502 naming the limit, nothing stored.
+    let r = f.fetch(&format!("{base}/download/{}", f.ids[1])).await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_file_size")),
+        "{v}"
+    );
+    assert!(f.row(1).await.is_stale);
+
+    // The validation worker runs the engine's validate with its lock and audit row.
+    let mut ran = false;
+    for _ in 0..50 {
+        let ops = f.db.db.list_operations(10).await.expect("operations");
+        if ops
+            .iter()
+            .any(|o| o.kind == "validate" && o.finished_at.is_some())
+        {
+            ran = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ran, "a scheduled validation ran and was recorded");
+    server.shutdown();
+    server.wait().await.expect("shutdown");
+}
