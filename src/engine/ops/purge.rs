@@ -15,8 +15,9 @@ use crate::engine::Ctx;
 
 /// Keys shown in a preview.
 const SAMPLE_KEYS: i64 = 20;
-/// Delete requests in flight at once (each up to 1,000 keys).
-const DELETES_IN_FLIGHT: usize = 4;
+/// Delete requests in flight at once (each up to 1,000 keys). 8 against 4: 33.71 s against
+/// 38.05 s for 100,000 objects on Garage (one run each, loaded machine).
+const DELETES_IN_FLIGHT: usize = 8;
 /// Per-key errors kept in the report.
 const MAX_ERRORS: usize = 20;
 
