@@ -174,12 +174,12 @@ fn assert_matches_db(py: &serde_json::Value, rows: &[EventRow]) {
         py["encodings"]
     );
     assert!(
-        encodings("file_id").contains("BYTE_STREAM_SPLIT"),
+        encodings("file_id").contains("DELTA_BINARY_PACKED"),
         "{}",
         py["encodings"]
     );
     assert!(
-        encodings("bytes").contains("BYTE_STREAM_SPLIT"),
+        encodings("bytes").contains("DELTA_BINARY_PACKED"),
         "{}",
         py["encodings"]
     );
