@@ -23,11 +23,10 @@ use super::fill::{FillState, Fills};
 use super::metrics::{CacheLabel, HIT, MISS};
 use super::{json_error, Shared};
 use crate::engine::model::{FileDetail, NewDownloadEvent};
+use crate::engine::s3::S3Bucket;
 
 /// Rows kept in the lookup cache before it is emptied.
 const MAX_CACHED_ROWS: usize = 100_000;
-/// Bytes read from the mirror per body chunk.
-const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Clone, Hash, PartialEq, Eq)]
 enum Lookup {
@@ -72,6 +71,53 @@ impl RowCache {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         rows.remove(&Lookup::Id(row.id));
         rows.remove(&Lookup::Key(row.key.clone()));
+    }
+}
+
+/// How long a presigned mirror URL is valid, and how long it is reused.
+const URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
+const URL_REUSE: Duration = Duration::from_secs(10 * 60);
+
+/// Presigned GET URLs of mirror objects, reused until well before they expire: a hit then
+/// costs one plain HTTP GET to the bucket and no request signing.
+pub struct SignedUrls {
+    urls: Mutex<HashMap<String, (Instant, Arc<str>)>>,
+}
+
+impl SignedUrls {
+    pub fn new() -> SignedUrls {
+        SignedUrls {
+            urls: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get(&self, mirror: &S3Bucket, key: &str) -> crate::engine::error::Result<Arc<str>> {
+        {
+            let urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, url)) = urls.get(key) {
+                if at.elapsed() < URL_REUSE {
+                    return Ok(url.clone());
+                }
+            }
+        }
+        let url: Arc<str> = mirror.presign_get(key, URL_LIFETIME).await?.into();
+        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        if urls.len() >= MAX_CACHED_ROWS {
+            urls.clear();
+        }
+        urls.insert(key.to_string(), (Instant::now(), url.clone()));
+        Ok(url)
+    }
+
+    fn forget(&self, key: &str) {
+        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        urls.remove(key);
+    }
+}
+
+impl Default for SignedUrls {
+    fn default() -> Self {
+        SignedUrls::new()
     }
 }
 
@@ -238,20 +284,24 @@ async fn hit(
         }
         return Some(r);
     }
-    let obj = match s
-        .mirror
-        .get(&row.key, range.map(|(a, b)| (a, Some(b))))
-        .await
-    {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            tracing::info!(
-                "file {} ({}): fresh in the database but missing in the mirror: fetching from the origin",
+    let url = match s.urls.get(&s.mirror, &row.key).await {
+        Ok(u) => u,
+        Err(e) => {
+            s.metrics.mirror_errors.inc();
+            tracing::warn!(
+                "file {} ({}): cannot sign a mirror GET: {e}",
                 row.id,
                 row.key
             );
             return None;
         }
+    };
+    let mut req = s.http.get(&*url);
+    if let Some((a, b)) = range {
+        req = req.header(header::RANGE, format!("bytes={a}-{b}"));
+    }
+    let up = match req.send().await {
+        Ok(r) => r,
         Err(e) => {
             s.metrics.mirror_errors.inc();
             tracing::warn!(
@@ -262,37 +312,62 @@ async fn hit(
             return None;
         }
     };
+    match up.status().as_u16() {
+        200 | 206 => {}
+        404 => {
+            tracing::info!(
+                "file {} ({}): fresh in the database but missing in the mirror: fetching from the origin",
+                row.id,
+                row.key
+            );
+            return None;
+        }
+        status => {
+            // An expired or refused URL is signed afresh next time.
+            s.urls.forget(&row.key);
+            s.metrics.mirror_errors.inc();
+            tracing::warn!(
+                "file {} ({}): mirror answered HTTP {status}, fetching from the origin",
+                row.id,
+                row.key
+            );
+            return None;
+        }
+    }
     let status = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
     } else {
         StatusCode::OK
     };
-    let stream = tokio_util::io::ReaderStream::with_capacity(obj.body, READ_CHUNK);
+    let upstream = up.headers().clone();
+    let pass = |name: header::HeaderName| {
+        upstream
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let length = up.content_length();
+    let stream = Box::pin(futures::TryStreamExt::map_err(
+        up.bytes_stream(),
+        io::Error::other,
+    ));
     let body = Metered::new(s.clone(), row.id, HIT, status, started, stream);
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(obj.content_length),
-    );
-    if let Some((a, b)) = range {
-        insert(
-            h,
-            header::CONTENT_RANGE,
-            &format!("bytes {a}-{b}/{}", obj.meta.size),
-        );
+    if let Some(n) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    let etag = etag.or(obj.meta.etag);
-    common_headers(
-        h,
-        row,
-        obj.meta.content_type.as_deref(),
-        etag.as_deref(),
-        "HIT",
-    );
-    if let Some(lm) = obj.meta.last_modified {
-        insert(h, header::LAST_MODIFIED, &http_date(lm));
+    if range.is_some() {
+        if let Some(cr) = pass(header::CONTENT_RANGE) {
+            insert(h, header::CONTENT_RANGE, &cr);
+        }
+    }
+    let etag = etag.or_else(|| pass(header::ETAG).map(|e| e.trim_matches('"').to_string()));
+    let content_type = pass(header::CONTENT_TYPE);
+    common_headers(h, row, content_type.as_deref(), etag.as_deref(), "HIT");
+    if let Some(lm) = pass(header::LAST_MODIFIED) {
+        insert(h, header::LAST_MODIFIED, &lm);
     }
     Some(r)
 }

@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     fill_mirror: S3Bucket,
     origin: Origin,
     rows: download::RowCache,
+    /// Presigned mirror URLs for hits, and the client that GETs them.
+    urls: download::SignedUrls,
+    http: reqwest::Client,
     fills: fill::Fills,
     recorder: events::Recorder,
     metrics: metrics::Metrics,
@@ -95,6 +98,13 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
         mirror,
         origin,
         rows: download::RowCache::new(Duration::from_secs(2)),
+        urls: download::SignedUrls::new(),
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::runtime(format!("HTTP client: {e}")))?,
         fills: fill::Fills::new(spool_dir, uploads.clone()),
         recorder,
         metrics,
