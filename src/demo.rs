@@ -38,9 +38,11 @@ const DORMANT_FILES: usize = 30;
 const CHANGED_AT_ORIGIN: usize = 60;
 const MISSING_IN_MIRROR: usize = 12;
 
-/// The demo directory: `MIRRORCTL_DEMO_DIR`, else `<data dir>/demo`.
+/// The demo directory: `MIRRORCTL_DEMO_DIR`, else `<data dir>/demo`. An empty variable counts
+/// as unset: it must never mean "the current directory" (a demo written there lands in
+/// whatever checkout the command ran from).
 pub fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("MIRRORCTL_DEMO_DIR") {
+    if let Some(d) = std::env::var_os("MIRRORCTL_DEMO_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
     directories::ProjectDirs::from("", "", "mirrorctl")

@@ -894,3 +894,27 @@ async fn s3_origin_head_and_get() {
         );
     }
 }
+
+#[test]
+fn an_empty_demo_dir_variable_is_unset_not_the_current_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let home_str = home.path().to_str().unwrap();
+    let (code, out, err) = run(
+        &["demo", "env"],
+        &[
+            ("MIRRORCTL_DEMO_DIR", ""),
+            ("HOME", home_str),
+            ("XDG_DATA_HOME", ""),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("demo directory: "))
+        .expect("demo directory line")
+        .trim();
+    assert!(
+        dir.starts_with(home_str) && dir.ends_with("demo"),
+        "the data dir's demo, not the current directory: {dir:?}"
+    );
+}
