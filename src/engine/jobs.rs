@@ -41,6 +41,11 @@ impl Progress {
         Progress::default()
     }
 
+    /// Progress that goes nowhere, cancelled when `cancel` is (scheduled runs).
+    pub fn quiet(cancel: CancellationToken) -> Progress {
+        Progress { sink: None, cancel }
+    }
+
     /// Progress delivered to a channel.
     pub fn channel() -> (Progress, mpsc::UnboundedReceiver<JobEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();

@@ -23,102 +23,84 @@ use super::fill::{FillState, Fills};
 use super::metrics::{CacheLabel, HIT, MISS};
 use super::{json_error, Shared};
 use crate::engine::model::{FileDetail, NewDownloadEvent};
-use crate::engine::s3::S3Bucket;
 
 /// Rows kept in the lookup cache before it is emptied.
 const MAX_CACHED_ROWS: usize = 100_000;
 
 #[derive(Clone, Hash, PartialEq, Eq)]
-enum Lookup {
+pub enum Lookup {
     Id(i64),
     Key(String),
 }
 
-/// A looked-up row (or its absence) and when it was looked up.
-type Cached = (Instant, Option<Arc<FileDetail>>);
-
-/// File rows by id and key for a short time, so a hit costs no database round trip. A file
-/// marked stale by a validation is noticed within the TTL; a fill forgets its row at once.
-pub struct RowCache {
+/// Values kept for a while: a map with a time-to-live per entry, emptied when it reaches
+/// `MAX_CACHED_ROWS` entries (both caches below hold one entry per file at most).
+pub struct TtlCache<K, V> {
     ttl: Duration,
-    rows: Mutex<HashMap<Lookup, Cached>>,
+    entries: Mutex<HashMap<K, (Instant, V)>>,
 }
 
-impl RowCache {
-    pub fn new(ttl: Duration) -> RowCache {
-        RowCache {
+impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
+    pub fn new(ttl: Duration) -> Self {
+        TtlCache {
             ttl,
-            rows: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::new()),
         }
     }
 
-    fn get(&self, k: &Lookup) -> Option<Option<Arc<FileDetail>>> {
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        rows.get(k)
+    fn get<Q>(&self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(k)
             .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, row)| row.clone())
+            .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, k: Lookup, row: Option<Arc<FileDetail>>) {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        if rows.len() >= MAX_CACHED_ROWS {
-            rows.clear();
+    fn put(&self, k: K, v: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_ROWS {
+            entries.clear();
         }
-        rows.insert(k, (Instant::now(), row));
+        entries.insert(k, (Instant::now(), v));
     }
 
+    fn remove(&self, k: &K) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(k);
+    }
+}
+
+/// File rows (or their absence) by id and key for a short time, so a hit costs no database
+/// round trip. A file marked stale by a validation is noticed within the TTL; a fill forgets
+/// its row at once.
+pub type RowCache = TtlCache<Lookup, Option<Arc<FileDetail>>>;
+
+impl RowCache {
     pub fn forget(&self, row: &FileDetail) {
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        rows.remove(&Lookup::Id(row.id));
-        rows.remove(&Lookup::Key(row.key.clone()));
+        self.remove(&Lookup::Id(row.id));
+        self.remove(&Lookup::Key(row.key.clone()));
     }
 }
 
 /// How long a presigned mirror URL is valid, and how long it is reused.
 const URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
-const URL_REUSE: Duration = Duration::from_secs(10 * 60);
+pub const URL_REUSE: Duration = Duration::from_secs(10 * 60);
 
-/// Presigned GET URLs of mirror objects, reused until well before they expire: a hit then
-/// costs one plain HTTP GET to the bucket and no request signing.
-pub struct SignedUrls {
-    urls: Mutex<HashMap<String, (Instant, Arc<str>)>>,
-}
+/// Presigned GET URLs of mirror objects by key, reused until well before they expire: a hit
+/// then costs one plain HTTP GET to the bucket and no request signing.
+pub type SignedUrls = TtlCache<String, Arc<str>>;
 
-impl SignedUrls {
-    pub fn new() -> SignedUrls {
-        SignedUrls {
-            urls: Mutex::new(HashMap::new()),
-        }
+async fn signed_url(s: &Shared, key: &str) -> crate::engine::error::Result<Arc<str>> {
+    if let Some(url) = s.urls.get(key) {
+        return Ok(url);
     }
-
-    async fn get(&self, mirror: &S3Bucket, key: &str) -> crate::engine::error::Result<Arc<str>> {
-        {
-            let urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, url)) = urls.get(key) {
-                if at.elapsed() < URL_REUSE {
-                    return Ok(url.clone());
-                }
-            }
-        }
-        let url: Arc<str> = mirror.presign_get(key, URL_LIFETIME).await?.into();
-        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
-        if urls.len() >= MAX_CACHED_ROWS {
-            urls.clear();
-        }
-        urls.insert(key.to_string(), (Instant::now(), url.clone()));
-        Ok(url)
-    }
-
-    fn forget(&self, key: &str) {
-        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
-        urls.remove(key);
-    }
-}
-
-impl Default for SignedUrls {
-    fn default() -> Self {
-        SignedUrls::new()
-    }
+    let url: Arc<str> = s.mirror.presign_get(key, URL_LIFETIME).await?.into();
+    s.urls.put(key.to_string(), url.clone());
+    Ok(url)
 }
 
 async fn lookup(s: &Shared, k: Lookup) -> Result<Option<Arc<FileDetail>>, Response> {
@@ -284,7 +266,7 @@ async fn hit(
         }
         return Some(r);
     }
-    let url = match s.urls.get(&s.mirror, &row.key).await {
+    let url = match signed_url(s, &row.key).await {
         Ok(u) => u,
         Err(e) => {
             s.metrics.mirror_errors.inc();
@@ -324,7 +306,7 @@ async fn hit(
         }
         status => {
             // An expired or refused URL is signed afresh next time.
-            s.urls.forget(&row.key);
+            s.urls.remove(&row.key);
             s.metrics.mirror_errors.inc();
             tracing::warn!(
                 "file {} ({}): mirror answered HTTP {status}, fetching from the origin",

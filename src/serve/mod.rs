@@ -98,7 +98,7 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
         mirror,
         origin,
         rows: download::RowCache::new(Duration::from_secs(2)),
-        urls: download::SignedUrls::new(),
+        urls: download::SignedUrls::new(download::URL_REUSE),
         http: reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))

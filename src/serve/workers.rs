@@ -93,14 +93,7 @@ async fn run(ctx: Arc<Ctx>, worker: Worker, every: Duration, cancel: Cancellatio
             _ = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let progress = Progress::none();
-        let stop = {
-            let (cancel, progress) = (cancel.clone(), progress.clone());
-            tokio::spawn(async move {
-                cancel.cancelled().await;
-                progress.cancel();
-            })
-        };
+        let progress = Progress::quiet(cancel.child_token());
         match worker.round(&ctx, &progress).await {
             Ok(summary) => tracing::info!("worker {}: {summary}", worker.name()),
             Err(Error::Busy(who)) => {
@@ -108,6 +101,5 @@ async fn run(ctx: Arc<Ctx>, worker: Worker, every: Duration, cancel: Cancellatio
             }
             Err(e) => tracing::warn!("worker {}: {e}", worker.name()),
         }
-        stop.abort();
     }
 }
