@@ -904,12 +904,15 @@ fn config_file(m: &Mirror, dir: &Path) -> PathBuf {
     let b = &m.bucket_cfg;
     let text = format!(
         "[database]\nurl = {db:?}\n\n[buckets.mirror]\nbucket = {bucket:?}\nendpoint = {ep:?}\npath_style = true\n\
-         access_key_id = {key:?}\nsecret_access_key = {secret:?}\n\n[origin]\nbase_url = {origin:?}\nretries = 0\n",
+         access_key_id = {key:?}\nsecret_access_key = {secret:?}\nmultipart_threshold = {threshold}\npart_size = {part}\n\n\
+         [origin]\nbase_url = {origin:?}\nretries = 0\n",
         db = m.db.url,
         bucket = b.bucket,
         ep = b.endpoint.clone().unwrap_or_default(),
         key = b.access_key_id.as_ref().map(|k| k.expose()).unwrap_or_default(),
         secret = b.secret_access_key.as_ref().map(|k| k.expose()).unwrap_or_default(),
+        threshold = b.multipart_threshold.0,
+        part = b.part_size.0,
         origin = m.origin_url,
     );
     let p = dir.join("config.toml");
@@ -1121,8 +1124,9 @@ async fn throttling_and_dropped_connections_are_retried() {
     }
 }
 
-/// Runs the binary with `args` while every write through `proxy` takes 1.5 s, and kills it
-/// (SIGKILL) `after_ms` after its first write reached the server.
+/// Runs the binary with `args` while every write through `proxy` is answered 1.5 s after the
+/// server processed it, and kills it (SIGKILL) `after_ms` after the first write was processed:
+/// the bucket has changed, the binary has not yet heard so.
 async fn kill_after_first_write(config: &Path, args: &[&str], proxy: &FaultProxy, after_ms: u64) {
     let f = &proxy.faults;
     f.write_delay_ms.store(1500, Ordering::SeqCst);
@@ -1183,7 +1187,8 @@ async fn kill_9_during_purge_and_remirror_then_a_rerun_completes() {
     let dir = tempfile::tempdir().expect("dir");
     let config = config_file(&m, dir.path());
 
-    // purge: killed while its second batch delete is in flight (the server is slow).
+    // purge: killed after the server deleted objects, before the answers came back: objects
+    // gone, their rows still live.
     let purge = [
         "purge",
         "--unused-days",
@@ -1209,6 +1214,10 @@ async fn kill_9_during_purge_and_remirror_then_a_rerun_completes() {
     .await;
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        v["candidates"].as_u64().is_some_and(|c| c > 0),
+        "the kill interrupted the purge, so the rerun had rows left: {v}"
+    );
     assert_eq!(v["failed"], 0, "{v}");
     assert_eq!(
         live_rows_have_objects(&m).await,

@@ -20,9 +20,10 @@ pub struct Faults {
     pub throttle_next: AtomicU32,
     /// The next this many requests get their response cut off mid-body.
     pub reset_next: AtomicU32,
-    /// Every PUT/POST waits this long before it is forwarded (a slow server).
+    /// Every PUT/POST is answered this long after the server processed it (a slow answer:
+    /// the window in which a client that dies has changed the bucket but not its records).
     pub write_delay_ms: AtomicU64,
-    /// PUT/POST requests forwarded to the server.
+    /// PUT/POST requests the server has processed.
     pub writes: AtomicU64,
     /// Requests seen, and requests answered with an injected fault.
     pub requests: AtomicU64,
@@ -105,13 +106,6 @@ async fn forward(State(p): State<Arc<ProxyState>>, req: Request) -> Response {
         f.injected.fetch_add(1, Ordering::SeqCst);
         return s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
     }
-    if write {
-        let delay = f.write_delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-        }
-        f.writes.fetch_add(1, Ordering::SeqCst);
-    }
     let path = parts
         .uri
         .path_and_query()
@@ -133,6 +127,13 @@ async fn forward(State(p): State<Arc<ProxyState>>, req: Request) -> Response {
     let status = up.status();
     let headers = up.headers().clone();
     let bytes = up.bytes().await.unwrap_or_default();
+    if write {
+        f.writes.fetch_add(1, Ordering::SeqCst);
+        let delay = f.write_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+    }
     let mut r = if Faults::take(&f.reset_next) {
         // Promise the whole body, send half, then fail: the client sees a dropped connection.
         f.injected.fetch_add(1, Ordering::SeqCst);
