@@ -6,7 +6,8 @@
 #
 #   scripts/bench-drift.sh [N ...]        # default: 100000
 #
-# Needs: Garage (garage on PATH or in ~/.cargo/bin), rclone, GNU time. Garage, not s3s-fs:
+# Needs: Garage (garage on PATH or in ~/.cargo/bin), rclone, GNU time. GARAGE_DB_ENGINE picks
+# Garage's metadata engine (lmdb, its default, or sqlite). Garage, not s3s-fs:
 # rclone's --fast-list lists nothing on s3s-fs (empty-delimiter quirk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,9 +28,14 @@ command -v rclone >/dev/null || { echo "rclone is not installed (apt-get install
 log "building mirrorctl (release)"
 cargo build --release --quiet --bin mirrorctl --example drift_bench_seed
 TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-MIRRORCTL="$TARGET/release/mirrorctl"
-SEED="$TARGET/release/examples/drift_bench_seed"
+# Copies, so that a rebuild during a long run does not swap the binaries under it.
+cp "$TARGET/release/mirrorctl" "$TARGET/release/examples/drift_bench_seed" "$WORK/"
+MIRRORCTL="$WORK/mirrorctl"
+SEED="$WORK/drift_bench_seed"
 
+# LMDB is Garage's default metadata engine (and seeds ~2.5x faster than its SQLite engine).
+export GARAGE_DB_ENGINE=${GARAGE_DB_ENGINE:-lmdb}
+log "Garage metadata engine: $GARAGE_DB_ENGINE"
 start_garage "$WORK/garage" 100G || exit 2
 KEY=$GARAGE_KEY SECRET=$GARAGE_SECRET ENDPOINT=$GARAGE_ENDPOINT
 

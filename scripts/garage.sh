@@ -18,7 +18,7 @@ start_garage() {
   cat > "$dir/garage.toml" <<TOML
 metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
-db_engine = "sqlite"
+db_engine = "${GARAGE_DB_ENGINE:-sqlite}"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"

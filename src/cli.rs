@@ -210,8 +210,9 @@ pub enum Command {
         /// Hash both bodies of pairs that size, ETag and checksums cannot decide
         #[arg(long)]
         checksum: bool,
-        /// Key ranges listed at once
-        #[arg(long, short = 'j', default_value_t = 16)]
+        /// Key ranges listed at once (each keeps a page of both buckets and of the inventory
+        /// in memory; raise it for a distant endpoint, where round trips set the pace)
+        #[arg(long, short = 'j', default_value_t = 8)]
         concurrency: usize,
         /// Only keys under this prefix
         #[arg(long, default_value = "")]

@@ -7,10 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::Utc;
+use common::proxy::FaultProxy;
 use common::{S3Server, TestDb};
 use mirrorctl::config::{BucketConfig, ByteSize};
 use mirrorctl::engine::jobs::{Progress, Report};
@@ -548,7 +550,62 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
             .cloned()
             .collect();
         assert_eq!(p_lines, want, "{}", s3.name);
+
+        // Throttling and cut-off responses in the middle of the listings: retried, and the
+        // result is unchanged.
+        let proxy = FaultProxy::start(&s3.endpoint).await;
+        let mirror = ctx.config.buckets.mirror.as_ref().expect("mirror bucket");
+        let mut config = common::config(&db.url, via(&proxy, mirror));
+        config.buckets.backup = ctx.config.buckets.backup.as_ref().map(|b| via(&proxy, b));
+        let flaky = common::ctx(&db, config);
+        let faults = proxy.faults.clone();
+        let injector = tokio::spawn(async move {
+            // After the planning requests, one fault every few requests: throttled pages and
+            // pages cut off mid-body, in every range.
+            let mut seen = 0;
+            loop {
+                let n = faults.requests.load(Ordering::SeqCst);
+                if n >= 12 && n >= seen + 5 {
+                    seen = n;
+                    if n % 2 == 0 {
+                        faults.throttle_next.store(1, Ordering::SeqCst);
+                    } else {
+                        faults.reset_next.store(1, Ordering::SeqCst);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        });
+        let (flaky_report, flaky_lines) = check(
+            &flaky,
+            DriftParams {
+                concurrency: 8,
+                split_above_pages: 0,
+                ..Default::default()
+            },
+        )
+        .await;
+        injector.abort();
+        let injected = proxy.faults.injected.load(Ordering::SeqCst);
+        assert!(
+            injected >= 3,
+            "{}: only {injected} faults were injected",
+            s3.name
+        );
+        assert_eq!(flaky_report.summary.errors, 0, "{}", s3.name);
+        assert_eq!(
+            flaky_lines, one_lines,
+            "{}: after {injected} faults",
+            s3.name
+        );
     }
+}
+
+/// The same bucket, reached through the fault proxy.
+fn via(proxy: &FaultProxy, b: &BucketConfig) -> BucketConfig {
+    let mut b = b.clone();
+    b.endpoint = Some(proxy.endpoint.clone());
+    b
 }
 
 // --- through the binary ---------------------------------------------------------------------------

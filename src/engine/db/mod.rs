@@ -89,7 +89,11 @@ impl Db {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the OS caches
+                // the file too, and a pool of connections scanning the inventory in parallel
+                // would otherwise hold most of a bounded-memory drift run.
+                .pragma("cache_size", "-1024");
             if let Some(parent) = opts.get_filename().parent() {
                 if !parent.as_os_str().is_empty() && !parent.exists() {
                     std::fs::create_dir_all(parent)

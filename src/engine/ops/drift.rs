@@ -28,9 +28,9 @@ use crate::engine::Ctx;
 const PAGE: i32 = 1000;
 /// Inventory rows per query.
 const INVENTORY_PAGE: i64 = 1000;
-/// Pages a listing may fetch ahead of the merge. Bounds memory; 2 keeps a request in flight
+/// Pages a listing may fetch ahead of the merge. Bounds memory; 1 keeps a request in flight
 /// while the merge consumes the previous page.
-const READ_AHEAD: usize = 2;
+const READ_AHEAD: usize = 1;
 /// Default of `DriftParams::split_above_pages`.
 const SPLIT_ABOVE_PAGES: usize = 5;
 /// Upper bound on the one-key listings the planner spends finding range boundaries.
@@ -72,7 +72,7 @@ impl Default for DriftParams {
     fn default() -> Self {
         DriftParams {
             prefix: String::new(),
-            concurrency: 16,
+            concurrency: 8,
             split_above_pages: SPLIT_ABOVE_PAGES,
             checksum: false,
             repair: false,
@@ -362,8 +362,9 @@ async fn compare(
 ) -> Result<DriftReport> {
     let started = Instant::now();
     progress.update(0, None, "planning key ranges");
-    // Ranges beyond the worker count let a fast worker take over the slack of a dense range.
-    let target = params.concurrency.saturating_mul(4).max(1);
+    // Ranges beyond the worker count let a fast worker take over the slack of a dense range;
+    // but each range also lists up to a page past its end, so not many more.
+    let target = params.concurrency.saturating_mul(2).max(1);
     // Planning costs requests; a prefix that fits in one page per side does not need it.
     let mut boundaries = Vec::new();
     // Below a few pages per side one sequential range is faster than any split.
@@ -530,7 +531,23 @@ async fn plan_boundaries(
         }
     }
     // The first leaf starts at the beginning; every other leaf's first key starts a range.
-    Ok(leaves.into_iter().skip(1).map(|l| l.first).collect())
+    let starts: Vec<String> = leaves.into_iter().skip(1).map(|l| l.first).collect();
+    Ok(evenly(starts, target.saturating_sub(1)))
+}
+
+/// At most `n` of `items`, evenly spaced: the last level of the key tree can multiply the
+/// leaves by up to `MAX_CHILDREN`, and every range costs its own first requests.
+fn evenly<T>(items: Vec<T>, n: usize) -> Vec<T> {
+    if items.len() <= n {
+        return items;
+    }
+    let len = items.len();
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| (i + 1) * n / len != i * n / len)
+        .map(|(_, item)| item)
+        .collect()
 }
 
 /// A node of the planner's key tree: every key under `prefix` is `>= first`.
@@ -1326,6 +1343,18 @@ mod tests {
         assert!(compare_listed(&obj("k", 9, &a3), &obj("k", 9, &a2)).is_err());
         assert!(compare_listed(&obj("k", 9, &a3), &obj("k", 9, A)).is_err());
         assert!(compare_listed(&obj("k", 9, "opaque"), &obj("k", 9, "opaque")).is_err());
+    }
+
+    #[test]
+    fn evenly_keeps_at_most_n_spread_out() {
+        let v: Vec<usize> = (0..97).collect();
+        let kept = evenly(v.clone(), 15);
+        assert_eq!(kept.len(), 15);
+        assert!(kept
+            .windows(2)
+            .all(|w| w[1] - w[0] >= 6 && w[1] - w[0] <= 7));
+        assert_eq!(evenly(v.clone(), 200), v);
+        assert!(evenly(v, 0).is_empty());
     }
 
     #[test]
