@@ -11,6 +11,7 @@
 #
 #   scripts/bench-serve.sh                  # 1,000 files of 64 KiB
 #   BENCH_FILES=200 BENCH_LONG=20 scripts/bench-serve.sh
+#   BENCH_PROFILE=/tmp/prof scripts/bench-serve.sh   # only: perf profile of serve under hits
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_FILES:-1000}
@@ -88,6 +89,7 @@ hwm_mib() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$SERVE_PID/status"; }
 
 # --- 1. a 1 GiB miss -------------------------------------------------------------------------------
 start_serve
+if [ -z "${BENCH_PROFILE:-}" ]; then
 log "1 GiB: the origin directly, then a miss through serve"
 O_TTFB=$(curl -s -o /dev/null -w '%{time_starttransfer}' "${ORIGIN}big/1GiB.bin")
 MISS=$(curl -s -o "$WORK/big.out" -w '%{time_starttransfer} %{time_total} %{size_download} %{http_code}' \
@@ -106,9 +108,10 @@ M_HWM=$(hwm_mib)
 HIT_BIG=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -D "$WORK/h.txt" "http://127.0.0.1:$PORT/download/$BIG_ID")
 BIG_CACHE=$(awk -F': ' 'tolower($1)=="x-cache" {print $2}' "$WORK/h.txt" | tr -d '\r')
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+start_serve
+fi
 
 # --- 2-4. hits -------------------------------------------------------------------------------------
-start_serve
 seq 1 "$N" | sed 's|^|/download/|' > "$WORK/serve-paths.txt"
 sed -E 's|^https?://[^/]+||' "$WORK/presigned.txt" > "$WORK/direct-paths.txt"
 cat > "$WORK/rotate.lua" <<'LUA'
@@ -141,6 +144,19 @@ import re,sys
 v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)', v)
 n=float(m.group(1)); u=m.group(2)
 print(round(n/1000 if u=='us' else n if u=='ms' else n*1000, 2))" "$1"; }
+
+if [ -n "${BENCH_PROFILE:-}" ]; then
+  mkdir -p "$BENCH_PROFILE"
+  log "profiling serve under 64 connections of hits for 15 s"
+  perf record -F 999 -g -o "$BENCH_PROFILE/serve.perf" -p "$SERVE_PID" -- sleep 15 >/dev/null 2>&1 &
+  PERF_PID=$!
+  run_wrk prof 64 15 "$SERVE_BASE" "$WORK/serve-paths.txt"
+  wait "$PERF_PID" || true
+  echo "hits through serve while profiled: $(rps prof) req/s; CPU: $(ps -o cputime= -p "$SERVE_PID") serve, $(ps -o cputime= -p "$GARAGE_PID") Garage"
+  perf report -i "$BENCH_PROFILE/serve.perf" --no-children --sort symbol --stdio 2>/dev/null \
+    | grep -E '^ +[0-9.]+%' | head -40
+  exit 0
+fi
 
 log "hits at 64 connections, 20 s each: serve, then Garage directly"
 run_wrk hits-serve 64 20 "$SERVE_BASE" "$WORK/serve-paths.txt"

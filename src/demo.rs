@@ -251,8 +251,10 @@ async fn serve_origin_file(
     let last_modified = DateTime::<Utc>::from(mtime)
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string();
-    let mut resp =
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
+    // 256 KiB reads: every read of a tokio file is a trip to the blocking pool, and the
+    // default 4 KiB chunks held a 1 GiB download to ~110 MiB/s.
+    let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    let mut resp = axum::body::Body::from_stream(body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
     h.insert(
