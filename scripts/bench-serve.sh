@@ -12,6 +12,7 @@
 #   scripts/bench-serve.sh                  # 1,000 files of 64 KiB
 #   BENCH_FILES=200 BENCH_LONG=20 scripts/bench-serve.sh
 #   BENCH_PROFILE=/tmp/prof scripts/bench-serve.sh   # only: perf profile of serve under hits
+#   BENCH_HOLD=1 scripts/bench-serve.sh      # only: set up, warm, print the URLs, keep running
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_FILES:-1000}
@@ -145,6 +146,13 @@ v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)', v)
 n=float(m.group(1)); u=m.group(2)
 print(round(n/1000 if u=='us' else n if u=='ms' else n*1000, 2))" "$1"; }
 
+if [ -n "${BENCH_HOLD:-}" ]; then
+  # For investigation: keep everything running and say where.
+  # serve may be stopped and restarted by hand; this ends when Garage is stopped.
+  echo "serve $SERVE_BASE (pid $SERVE_PID: $BIN --config $WORK/config.toml serve), Garage direct $DIRECT_BASE (pid $GARAGE_PID); paths $WORK/serve-paths.txt $WORK/direct-paths.txt; lua $WORK/rotate.lua"
+  while kill -0 "$GARAGE_PID" 2>/dev/null; do sleep 5; done
+  exit 0
+fi
 if [ -n "${BENCH_PROFILE:-}" ]; then
   mkdir -p "$BENCH_PROFILE"
   log "profiling serve under 64 connections of hits for 15 s"

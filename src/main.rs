@@ -347,6 +347,8 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
                 delete_extra: *delete_extra,
                 dry_run: *dry_run,
                 on_line: lines.as_ref().map(|l| l.sink()),
+                // --combined prints lines and counts, not the items.
+                keep_items: lines.is_none(),
                 ..Default::default()
             };
             let progress = cancellable_progress();

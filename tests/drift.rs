@@ -518,6 +518,24 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
         )
         .await;
         assert_eq!(one.ranges, 1);
+        // Without items (what `--combined` asks for) the counts and lines are the same.
+        let (lean, lean_lines) = check(
+            &ctx,
+            DriftParams {
+                keep_items: false,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(lean.items.is_empty(), "{}", s3.name);
+        assert!(!one.items.is_empty(), "{}", s3.name);
+        assert_eq!(
+            serde_json::to_value(&lean.summary).expect("json"),
+            serde_json::to_value(&one.summary).expect("json"),
+            "{}",
+            s3.name
+        );
+        assert_eq!(lean_lines, one_lines, "{}", s3.name);
         assert!(
             many.ranges > 4,
             "{}: the planner did not split ({} ranges)",

@@ -329,10 +329,28 @@ async fn hit(
             .map(str::to_string)
     };
     let length = up.content_length();
-    let stream = Box::pin(futures::TryStreamExt::map_err(
-        up.bytes_stream(),
-        io::Error::other,
-    ));
+    let stream: BodyStream = if length.is_some_and(|n| n <= WHOLE_UP_TO) {
+        // A small body is read whole before answering: one write to the client instead of
+        // one per upstream chunk, and a mirror that fails mid-body still falls back to the
+        // origin, since the client has not seen a byte yet.
+        match up.bytes().await {
+            Ok(b) => Box::pin(futures::stream::once(std::future::ready(Ok(b)))),
+            Err(e) => {
+                s.metrics.mirror_errors.inc();
+                tracing::warn!(
+                    "file {} ({}): mirror read failed, fetching from the origin: {e}",
+                    row.id,
+                    row.key
+                );
+                return None;
+            }
+        }
+    } else {
+        Box::pin(futures::TryStreamExt::map_err(
+            up.bytes_stream(),
+            io::Error::other,
+        ))
+    };
     let body = Metered::new(s.clone(), row.id, HIT, status, started, stream);
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
@@ -598,6 +616,12 @@ fn record(s: &Shared, file_id: i64, cache_hit: bool, bytes: u64, status: u16, st
         status: status as i16,
     });
 }
+
+/// Hits of at most this many bytes are read whole from the mirror before the answer starts
+/// (at 500 clients at once, at most 64 MiB).
+const WHOLE_UP_TO: u64 = 128 * 1024;
+
+type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
 /// A response body that counts what it sent and records the download when it ends — after
 /// the last byte, on a read error (recorded as 502), or when the client goes away.

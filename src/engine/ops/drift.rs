@@ -66,6 +66,10 @@ pub struct DriftParams {
     /// Called for every compared key, in rclone's `--combined` form.
     #[serde(skip)]
     pub on_line: Option<LineSink>,
+    /// Keep the disagreeing keys in the report's `items`. A caller that only wants the
+    /// `--combined` lines and the counts turns it off, so memory does not grow with the
+    /// number of differences. A repair keeps them whatever this says: they are its plan.
+    pub keep_items: bool,
 }
 
 impl Default for DriftParams {
@@ -78,6 +82,7 @@ impl Default for DriftParams {
             repair: false,
             delete_extra: false,
             dry_run: false,
+            keep_items: true,
             on_line: None,
         }
     }
@@ -904,7 +909,8 @@ async fn classify(
         }
         .fetch_add(1, Ordering::Relaxed);
     }
-    if status.is_some_and(|s| s != PairStatus::Same) || inventory_status.is_some() {
+    let disagrees = status.is_some_and(|s| s != PairStatus::Same) || inventory_status.is_some();
+    if disagrees && (scan.params.keep_items || scan.params.repair) {
         let item = DriftItem {
             key,
             status,
