@@ -212,7 +212,7 @@ pub enum Command {
         checksum: bool,
         /// Key ranges listed at once (each keeps a page of both buckets and of the inventory
         /// in memory; raise it for a distant endpoint, where round trips set the pace)
-        #[arg(long, short = 'j', default_value_t = 8)]
+        #[arg(long, short = 'j', default_value_t = 4)]
         concurrency: usize,
         /// Only keys under this prefix
         #[arg(long, default_value = "")]

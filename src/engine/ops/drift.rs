@@ -76,7 +76,7 @@ impl Default for DriftParams {
     fn default() -> Self {
         DriftParams {
             prefix: String::new(),
-            concurrency: 8,
+            concurrency: 4,
             split_above_pages: SPLIT_ABOVE_PAGES,
             checksum: false,
             repair: false,
@@ -388,6 +388,10 @@ async fn compare(
     }
     let ranges = ranges_from(boundaries);
     let n_ranges = ranges.len();
+    tracing::debug!(
+        "drift: {n_ranges} key ranges planned in {} ms",
+        started.elapsed().as_millis()
+    );
     let scan = Arc::new(Scan {
         db: db.clone(),
         main: main.clone(),
