@@ -693,6 +693,22 @@ async fn binary_exit_codes_and_errors() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no-such-bucket-drift"), "{err}");
 
+    // A backup bucket the credentials do not open (a wrong secret): exit 1, naming it.
+    let cfg = write_config(
+        dir.path(),
+        &db.url,
+        &s3,
+        seeded.main.name(),
+        Some(seeded.backup.name()),
+    );
+    let text = std::fs::read_to_string(&cfg).expect("read config");
+    let at = text.rfind(&s3.secret).expect("the backup's secret");
+    std::fs::write(&cfg, format!("{}wrong-{}", &text[..at], &text[at..])).expect("write config");
+    let (code, _, err) = mirrorctl(&cfg, &["drift"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(seeded.backup.name()), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
     let cfg = write_config(
         dir.path(),
         &db.url,
