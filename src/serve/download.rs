@@ -282,6 +282,12 @@ async fn hit(
     if let Some((a, b)) = range {
         req = req.header(header::RANGE, format!("bytes={a}-{b}"));
     }
+    // A small body is read whole below, so its permit is held for one short round trip.
+    let _permit = if size <= WHOLE_UP_TO {
+        s.small_hits.acquire().await.ok()
+    } else {
+        None
+    };
     let up = match req.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -620,6 +626,9 @@ fn record(s: &Shared, file_id: i64, cache_hit: bool, bytes: u64, status: u16, st
 /// Hits of at most this many bytes are read whole from the mirror before the answer starts
 /// (at 500 clients at once, at most 64 MiB).
 const WHOLE_UP_TO: u64 = 128 * 1024;
+
+/// Small hits reading from the mirror at once (and idle connections kept to it).
+pub const SMALL_HITS_AT_ONCE: usize = 64;
 
 type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 

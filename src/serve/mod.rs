@@ -43,6 +43,10 @@ pub(crate) struct Shared {
     /// Presigned mirror URLs for hits, and the client that GETs them.
     urls: download::SignedUrls,
     http: reqwest::Client,
+    /// Small hits reading from the mirror at once. Each holds one connection to the S3 server,
+    /// whose read buffer grows up to ~400 KiB: without a bound, 500 clients kept ~575
+    /// connections and memory grew for minutes.
+    small_hits: tokio::sync::Semaphore,
     fills: fill::Fills,
     recorder: events::Recorder,
     metrics: metrics::Metrics,
@@ -103,8 +107,10 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
             .no_proxy()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(download::SMALL_HITS_AT_ONCE)
             .build()
             .map_err(|e| Error::runtime(format!("HTTP client: {e}")))?,
+        small_hits: tokio::sync::Semaphore::new(download::SMALL_HITS_AT_ONCE),
         fills: fill::Fills::new(spool_dir, uploads.clone()),
         recorder,
         metrics,

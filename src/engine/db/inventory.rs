@@ -32,7 +32,7 @@ impl Db {
                      last_modified = excluded.last_modified, deleted = excluded.deleted, \
                      updated_at = excluded.updated_at",
                 );
-                qb.build().execute(&mut *tx).await?;
+                qb.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await
         });

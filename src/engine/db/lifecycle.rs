@@ -271,7 +271,7 @@ impl Db {
                         sep.push_bind(*id);
                     }
                     qb.push(")");
-                    qb.build().execute(&mut *tx).await?;
+                    qb.build().persistent(false).execute(&mut *tx).await?;
                 }
             }
             for m in stale {
@@ -426,7 +426,12 @@ impl Db {
                     sep.push_bind(*id);
                 }
                 qb.push(")");
-                n += qb.build().execute(&mut *tx).await?.rows_affected();
+                n += qb
+                    .build()
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             }
             tx.commit().await?;
             Ok(n)
