@@ -508,15 +508,7 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
             },
         )
         .await;
-        let (many, many_lines) = check(
-            &ctx,
-            DriftParams {
-                concurrency: 8,
-                split_above_pages: 0,
-                ..Default::default()
-            },
-        )
-        .await;
+        let (many, many_lines) = check(&ctx, split_eight()).await;
         assert_eq!(one.ranges, 1);
         // Without items (what `--combined` asks for) the counts and lines are the same.
         let (lean, lean_lines) = check(
@@ -594,15 +586,7 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
         });
-        let (flaky_report, flaky_lines) = check(
-            &flaky,
-            DriftParams {
-                concurrency: 8,
-                split_above_pages: 0,
-                ..Default::default()
-            },
-        )
-        .await;
+        let (flaky_report, flaky_lines) = check(&flaky, split_eight()).await;
         injector.abort();
         let injected = proxy.faults.injected.load(Ordering::SeqCst);
         assert!(
@@ -616,6 +600,15 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
             "{}: after {injected} faults",
             s3.name
         );
+    }
+}
+
+/// Eight workers, splitting however small the buckets.
+fn split_eight() -> DriftParams {
+    DriftParams {
+        concurrency: 8,
+        split_above_pages: 0,
+        ..Default::default()
     }
 }
 

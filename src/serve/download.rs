@@ -290,15 +290,7 @@ async fn hit(
     };
     let up = match req.send().await {
         Ok(r) => r,
-        Err(e) => {
-            s.metrics.mirror_errors.inc();
-            tracing::warn!(
-                "file {} ({}): mirror read failed, fetching from the origin: {e}",
-                row.id,
-                row.key
-            );
-            return None;
-        }
+        Err(e) => return mirror_read_failed(s, row, e),
     };
     match up.status().as_u16() {
         200 | 206 => {}
@@ -341,15 +333,7 @@ async fn hit(
         // origin, since the client has not seen a byte yet.
         match up.bytes().await {
             Ok(b) => Box::pin(futures::stream::once(std::future::ready(Ok(b)))),
-            Err(e) => {
-                s.metrics.mirror_errors.inc();
-                tracing::warn!(
-                    "file {} ({}): mirror read failed, fetching from the origin: {e}",
-                    row.id,
-                    row.key
-                );
-                return None;
-            }
+            Err(e) => return mirror_read_failed(s, row, e),
         }
     } else {
         Box::pin(futures::TryStreamExt::map_err(
@@ -376,6 +360,18 @@ async fn hit(
         insert(h, header::LAST_MODIFIED, &lm);
     }
     Some(r)
+}
+
+/// A mirror read that failed before the client saw a byte: counted, logged, and the request
+/// falls back to the origin (`None`).
+fn mirror_read_failed(s: &Shared, row: &FileDetail, e: impl std::fmt::Display) -> Option<Response> {
+    s.metrics.mirror_errors.inc();
+    tracing::warn!(
+        "file {} ({}): mirror read failed, fetching from the origin: {e}",
+        row.id,
+        row.key
+    );
+    None
 }
 
 /// Streams from the origin through the file's fill (started now or joined).

@@ -43,9 +43,8 @@ pub(crate) struct Shared {
     /// Presigned mirror URLs for hits, and the client that GETs them.
     urls: download::SignedUrls,
     http: reqwest::Client,
-    /// Small hits reading from the mirror at once. Each holds one connection to the S3 server,
-    /// whose read buffer grows up to ~400 KiB: without a bound, 500 clients kept ~575
-    /// connections and memory grew for minutes.
+    /// Small hits reading from the mirror at once. Each holds one connection to the S3 server
+    /// and its buffers: without a bound, 500 clients kept ~575 connections open (71 with it).
     small_hits: tokio::sync::Semaphore,
     fills: fill::Fills,
     recorder: events::Recorder,

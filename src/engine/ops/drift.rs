@@ -607,7 +607,6 @@ async fn children(bucket: &S3Bucket, leaf: Leaf) -> Result<(Vec<Leaf>, usize)> {
     Ok((out, probes))
 }
 
-/// Whether the bucket holds more keys under `prefix` than one listing page.
 /// Whether `prefix` holds more than `pages` pages of keys: a few sequential list requests.
 async fn more_than_pages(bucket: &S3Bucket, prefix: &str, pages: usize) -> Result<bool> {
     let full_prefix = format!("{}{prefix}", bucket.prefix());
