@@ -4,7 +4,8 @@
 #   1. a 1 GiB miss on a fresh process: time to first byte at the client next to the origin's
 #      own time to first byte, the whole transfer, the upload into the mirror, peak RSS;
 #   2. hits of 64 KiB files: throughput through serve next to GETting the same objects directly
-#      from Garage (presigned URLs), side by side, both at 64 connections;
+#      from Garage (presigned URLs), side by side, both at 64 connections; then the same with a
+#      second serve process started with --threads 1;
 #   3. latency of hits at 4 connections, serve vs direct: p50/p99 and the p99 serve adds;
 #   4. 500 concurrent clients for 60 s: errors, events written/dropped, RSS every 10 s.
 # Needs garage (cargo install garage), wrk and curl. Prints the figures and the commands.
@@ -18,10 +19,10 @@ cd "$(dirname "$0")/.."
 N=${BENCH_FILES:-1000}
 LONG=${BENCH_LONG:-60}
 WORK=$(mktemp -d /tmp/mirrorctl-bench-serve.XXXXXX)
-GARAGE_PID="" DEMO_PID="" SERVE_PID=""
+GARAGE_PID="" DEMO_PID="" SERVE_PID="" SERVE1_PID=""
 log() { printf '== %s\n' "$*" >&2; }
 cleanup() {
-  for p in "$SERVE_PID" "$DEMO_PID" "$GARAGE_PID"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "$SERVE_PID" "$SERVE1_PID" "$DEMO_PID" "$GARAGE_PID"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -166,9 +167,18 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
   exit 0
 fi
 
-log "hits at 64 connections, 20 s each: serve, then Garage directly"
+log "hits at 64 connections, 20 s each: serve, Garage directly, serve --threads 1, Garage directly"
 run_wrk hits-serve 64 20 "$SERVE_BASE" "$WORK/serve-paths.txt"
 run_wrk hits-direct 64 20 "$DIRECT_BASE" "$WORK/direct-paths.txt"
+# The same with one runtime thread, on a second serve process (the first one idles meanwhile).
+PORT1=$(free_port)
+"$BIN" --config "$WORK/config.toml" serve --listen "127.0.0.1:$PORT1" --threads 1 >"$WORK/serve1.log" 2>&1 &
+SERVE1_PID=$!
+for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT1/healthz" && break; sleep 0.1; done
+wrk -t2 -c16 -d3s -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT1" -- "$WORK/serve-paths.txt" >/dev/null
+run_wrk hits-serve1 64 20 "http://127.0.0.1:$PORT1" "$WORK/serve-paths.txt"
+run_wrk hits-direct1 64 20 "$DIRECT_BASE" "$WORK/direct-paths.txt"
+kill "$SERVE1_PID"; wait "$SERVE1_PID" 2>/dev/null || true
 log "latency at 4 connections, 15 s each"
 run_wrk lat-serve 4 15 "$SERVE_BASE" "$WORK/serve-paths.txt"
 run_wrk lat-direct 4 15 "$DIRECT_BASE" "$WORK/direct-paths.txt"
@@ -186,6 +196,7 @@ DROPPED=$(awk '/^mirrorctl_download_events_dropped_total/ {print $2}' <<<"$METRI
 HITS=$(awk '/^mirrorctl_downloads_total\{cache="hit"\}/ {print $2}' <<<"$METRICS")
 
 S_RPS=$(rps hits-serve) D_RPS=$(rps hits-direct)
+S1_RPS=$(rps hits-serve1) D1_RPS=$(rps hits-direct1)
 LS99=$(to_ms "$(pct lat-serve 99%)") LD99=$(to_ms "$(pct lat-direct 99%)")
 LS50=$(to_ms "$(pct lat-serve 50%)") LD50=$(to_ms "$(pct lat-direct 50%)")
 cat <<EOF
@@ -193,6 +204,7 @@ machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | s
 1 GiB miss (fresh process): HTTP $M_CODE, $M_SIZE bytes ($M_SAME to the origin file), client first byte after ${M_TTFB}s (origin alone: ${O_TTFB}s), whole body ${M_TOTAL}s; row fresh ${UPLOADED_AFTER}s after the client finished; peak RSS $M_HWM MiB; next GET: $HIT_BIG $BIG_CACHE
   curl -o /dev/null -w '%{time_starttransfer}' ${ORIGIN}big/1GiB.bin ; curl ... http://127.0.0.1:PORT/download/$BIG_ID
 hits, 64 KiB, 64 connections, 20 s: serve $S_RPS req/s ($(mibs hits-serve) MiB/s) vs Garage direct $D_RPS req/s ($(mibs hits-direct) MiB/s) -> serve at $(python3 -c "print(round(100*$S_RPS/$D_RPS))")% | errors: serve [$(errs hits-serve)] direct [$(errs hits-direct)]
+hits, the same with serve --threads 1: serve $S1_RPS req/s ($(mibs hits-serve1) MiB/s) vs Garage direct $D1_RPS req/s ($(mibs hits-direct1) MiB/s) -> serve at $(python3 -c "print(round(100*$S1_RPS/$D1_RPS))")% | errors: serve [$(errs hits-serve1)] direct [$(errs hits-direct1)]
   wrk -t2 -c64 -d20s --latency -s rotate.lua http://127.0.0.1:PORT -- paths   (paths: /download/1..$N, or the presigned URLs)
 latency, 4 connections, 15 s: serve p50 ${LS50} ms p99 ${LS99} ms ($(rps lat-serve) req/s); direct p50 ${LD50} ms p99 ${LD99} ms ($(rps lat-direct) req/s) -> serve adds $(python3 -c "print(round($LS99-$LD99,2))") ms at p99
 500 connections, $LONG s: $(rps long) req/s, $(awk '/requests in/ {print $1}' "$WORK/long.wrk") requests, errors [$(errs long)]; RSS before ${RSS_BEFORE} MiB, every 10 s:${SAMPLES} MiB; hits counted $HITS, events written $WRITTEN, dropped $DROPPED

@@ -21,10 +21,14 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
     init_logging(&cli);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(Command::Serve {
+        threads: Some(n), ..
+    }) = &cli.command
     {
+        rt.worker_threads(usize::from(*n));
+    }
+    let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -129,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(0);
     }
     ctx.db.check_schema().await?;
-    if let Some(Command::Serve { listen }) = &cli.command {
+    if let Some(Command::Serve { listen, .. }) = &cli.command {
         mirrorctl::serve::run(ctx, listen.as_deref()).await?;
         return Ok(0);
     }

@@ -785,3 +785,82 @@ async fn scheduled_validation_runs_and_oversized_files_are_refused() {
     server.shutdown();
     server.wait().await.expect("shutdown");
 }
+
+/// The binary, as an operator starts it: `serve --threads 1` runs one runtime thread, answers
+/// a hit, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_serves_with_the_threads_it_was_given() {
+    let s3 = S3Server::s3s().await;
+    let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Fresh, 70_000)]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"{}\"\n[buckets.mirror]\nbucket = \"{}\"\nendpoint = \"{}\"\n\
+             path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
+             [origin]\nbase_url = \"{}\"\n",
+            f.db.url,
+            f.bucket.name(),
+            s3.endpoint,
+            s3.key,
+            s3.secret,
+            f.origin_url
+        ),
+    )
+    .expect("write config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = std::process::Command::new(common::binary())
+        .args(["--config", cfg.to_str().expect("path"), "serve"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start serve");
+    let mut up = false;
+    for _ in 0..100 {
+        if f.http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "serve did not come up");
+
+    let (st, h, body) = f.get(&format!("{base}/download/{}", f.ids[0]), &[]).await;
+    assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "HIT"));
+    assert_eq!(body, f.bodies[0]);
+
+    let pid = child.id();
+    let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 1);
+
+    // SAFETY: sends SIGTERM to the child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let mut status = None;
+    for _ in 0..200 {
+        status = child.try_wait().expect("wait");
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "serve stops within 20 s");
+
+    let out = std::process::Command::new(common::binary())
+        .args(["--config", cfg.to_str().expect("path"), "serve", "--threads", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+}

@@ -24,6 +24,9 @@ use super::metrics::{CacheLabel, HIT, MISS};
 use super::{json_error, Shared};
 use crate::engine::model::{FileDetail, NewDownloadEvent};
 
+/// How long a file row is reused: a change made by another process (a validation marking the
+/// file stale, a purge) is seen within this time. A fill forgets its row at once.
+pub const ROW_TTL: Duration = Duration::from_secs(10);
 /// Rows kept in the lookup cache before it is emptied.
 const MAX_CACHED_ROWS: usize = 100_000;
 
@@ -75,7 +78,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
 }
 
 /// File rows (or their absence) by id and key for a short time, so a hit costs no database
-/// round trip. A file marked stale by a validation is noticed within the TTL; a fill forgets
+/// round trip. A file marked stale by a validation is noticed within `ROW_TTL`; a fill forgets
 /// its row at once.
 pub type RowCache = TtlCache<Lookup, Option<Arc<FileDetail>>>;
 
@@ -90,15 +93,18 @@ impl RowCache {
 const URL_LIFETIME: Duration = Duration::from_secs(15 * 60);
 pub const URL_REUSE: Duration = Duration::from_secs(10 * 60);
 
-/// Presigned GET URLs of mirror objects by key, reused until well before they expire: a hit
-/// then costs one plain HTTP GET to the bucket and no request signing.
-pub type SignedUrls = TtlCache<String, Arc<str>>;
+/// Presigned GET URLs of mirror objects by key, parsed, reused until well before they expire:
+/// a hit then costs one plain HTTP GET to the bucket, no request signing and no URL parsing.
+pub type SignedUrls = TtlCache<String, reqwest::Url>;
 
-async fn signed_url(s: &Shared, key: &str) -> crate::engine::error::Result<Arc<str>> {
+async fn signed_url(s: &Shared, key: &str) -> crate::engine::error::Result<reqwest::Url> {
     if let Some(url) = s.urls.get(key) {
         return Ok(url);
     }
-    let url: Arc<str> = s.mirror.presign_get(key, URL_LIFETIME).await?.into();
+    let url = s.mirror.presign_get(key, URL_LIFETIME).await?;
+    let url = reqwest::Url::parse(&url).map_err(|e| {
+        crate::engine::error::Error::runtime(format!("presigned URL does not parse: {e}"))
+    })?;
     s.urls.put(key.to_string(), url.clone());
     Ok(url)
 }
@@ -278,7 +284,7 @@ async fn hit(
             return None;
         }
     };
-    let mut req = s.http.get(&*url);
+    let mut req = s.http.get(url);
     if let Some((a, b)) = range {
         req = req.header(header::RANGE, format!("bytes={a}-{b}"));
     }
@@ -331,10 +337,18 @@ async fn hit(
         // A small body is read whole before answering: one write to the client instead of
         // one per upstream chunk, and a mirror that fails mid-body still falls back to the
         // origin, since the client has not seen a byte yet.
-        match up.bytes().await {
-            Ok(b) => Box::pin(futures::stream::once(std::future::ready(Ok(b)))),
-            Err(e) => return mirror_read_failed(s, row, e),
+        // The chunks are kept as received (no copy into one buffer); written back to back,
+        // they still leave in one vectored write.
+        let mut up = up;
+        let mut chunks = Vec::new();
+        loop {
+            match up.chunk().await {
+                Ok(Some(c)) => chunks.push(Ok(c)),
+                Ok(None) => break,
+                Err(e) => return mirror_read_failed(s, row, e),
+            }
         }
+        Box::pin(futures::stream::iter(chunks))
     } else {
         Box::pin(futures::TryStreamExt::map_err(
             up.bytes_stream(),

@@ -100,7 +100,7 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
         fill_mirror: mirror.clone().with_part_concurrency(1),
         mirror,
         origin,
-        rows: download::RowCache::new(Duration::from_secs(2)),
+        rows: download::RowCache::new(download::ROW_TTL),
         urls: download::SignedUrls::new(download::URL_REUSE),
         http: reqwest::Client::builder()
             .no_proxy()

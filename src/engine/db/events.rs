@@ -1,7 +1,7 @@
 //! Download events: the batched write path (events, hourly rollup, per-file counters in one
 //! transaction) and the reads the dashboards make from the rollup.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::QueryBuilder;
@@ -51,7 +51,7 @@ impl Db {
             Month::of(events[0].occurred_at),
         );
         let mut hours: BTreeMap<DateTime<Utc>, HourAgg> = BTreeMap::new();
-        let mut files: HashMap<i64, FileAgg> = HashMap::new();
+        let mut files: BTreeMap<i64, FileAgg> = BTreeMap::new();
         for e in events {
             let m = Month::of(e.occurred_at);
             lo = lo.min(m);
@@ -78,6 +78,11 @@ impl Db {
             }
         }
         self.ensure_partitions_cached(lo, hi).await?;
+        // Inserted in (file, time) order, the order of the per-file index: each index page is
+        // then changed once per batch instead of once per event landing on it. In arrival
+        // order a batch spread over a thousand files wrote ~3 pages per event under SQLite.
+        let mut events: Vec<&NewDownloadEvent> = events.iter().collect();
+        events.sort_unstable_by_key(|e| (e.file_id, e.occurred_at));
         let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             for chunk in events.chunks(EVENT_CHUNK) {
