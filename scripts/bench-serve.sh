@@ -4,8 +4,8 @@
 #   1. a 1 GiB miss on a fresh process: time to first byte at the client next to the origin's
 #      own time to first byte, the whole transfer, the upload into the mirror, peak RSS;
 #   2. hits of 64 KiB files: throughput through serve next to GETting the same objects directly
-#      from Garage (presigned URLs), side by side, both at 64 connections; then the same with a
-#      second serve process started with --threads 1;
+#      from Garage (presigned URLs), side by side, at 64 connections, in BENCH_ROUNDS rounds
+#      (default 5) that also measure a second serve process started with --threads 1;
 #   3. latency of hits at 4 connections, serve vs direct: p50/p99 and the p99 serve adds;
 #   4. 500 concurrent clients for 60 s: errors, events written/dropped, RSS every 10 s.
 # Needs garage (cargo install garage), wrk and curl. Prints the figures and the commands.
@@ -167,17 +167,24 @@ if [ -n "${BENCH_PROFILE:-}" ]; then
   exit 0
 fi
 
-log "hits at 64 connections, 20 s each: serve, Garage directly, serve --threads 1, Garage directly"
-run_wrk hits-serve 64 20 "$SERVE_BASE" "$WORK/serve-paths.txt"
-run_wrk hits-direct 64 20 "$DIRECT_BASE" "$WORK/direct-paths.txt"
-# The same with one runtime thread, on a second serve process (the first one idles meanwhile).
+# Hits: ROUNDS rounds of 10 s each of serve, Garage directly, and serve --threads 1 (a second
+# serve process; each idles while the others are measured). Throughput on this shared machine
+# moves by ±15 % between single runs, so each round is a side-by-side pair and the medians count.
+ROUNDS=${BENCH_ROUNDS:-5}
 PORT1=$(free_port)
 "$BIN" --config "$WORK/config.toml" serve --listen "127.0.0.1:$PORT1" --threads 1 >"$WORK/serve1.log" 2>&1 &
 SERVE1_PID=$!
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT1/healthz" && break; sleep 0.1; done
-wrk -t2 -c16 -d3s -s "$WORK/rotate.lua" "http://127.0.0.1:$PORT1" -- "$WORK/serve-paths.txt" >/dev/null
-run_wrk hits-serve1 64 20 "http://127.0.0.1:$PORT1" "$WORK/serve-paths.txt"
-run_wrk hits-direct1 64 20 "$DIRECT_BASE" "$WORK/direct-paths.txt"
+SERVE1_BASE="http://127.0.0.1:$PORT1"
+wrk -t2 -c16 -d3s -s "$WORK/rotate.lua" "$SERVE1_BASE" -- "$WORK/serve-paths.txt" >/dev/null
+log "hits at 64 connections: $ROUNDS rounds of serve, Garage directly, serve --threads 1 (10 s each)"
+: > "$WORK/rounds.txt"
+for r in $(seq 1 "$ROUNDS"); do
+  run_wrk "hits-serve-$r" 64 10 "$SERVE_BASE" "$WORK/serve-paths.txt"
+  run_wrk "hits-direct-$r" 64 10 "$DIRECT_BASE" "$WORK/direct-paths.txt"
+  run_wrk "hits-serve1-$r" 64 10 "$SERVE1_BASE" "$WORK/serve-paths.txt"
+  echo "$(rps "hits-serve-$r") $(rps "hits-direct-$r") $(rps "hits-serve1-$r") [$(errs "hits-serve-$r")$(errs "hits-direct-$r")$(errs "hits-serve1-$r")]" >> "$WORK/rounds.txt"
+done
 kill "$SERVE1_PID"; wait "$SERVE1_PID" 2>/dev/null || true
 log "latency at 4 connections, 15 s each"
 run_wrk lat-serve 4 15 "$SERVE_BASE" "$WORK/serve-paths.txt"
@@ -195,17 +202,26 @@ WRITTEN=$(awk '/^mirrorctl_download_events_written_total/ {print $2}' <<<"$METRI
 DROPPED=$(awk '/^mirrorctl_download_events_dropped_total/ {print $2}' <<<"$METRICS")
 HITS=$(awk '/^mirrorctl_downloads_total\{cache="hit"\}/ {print $2}' <<<"$METRICS")
 
-S_RPS=$(rps hits-serve) D_RPS=$(rps hits-direct)
-S1_RPS=$(rps hits-serve1) D1_RPS=$(rps hits-direct1)
 LS99=$(to_ms "$(pct lat-serve 99%)") LD99=$(to_ms "$(pct lat-direct 99%)")
 LS50=$(to_ms "$(pct lat-serve 50%)") LD50=$(to_ms "$(pct lat-direct 50%)")
+ROUNDS_REPORT=$(python3 - "$WORK/rounds.txt" <<'PY'
+import statistics, sys
+rows = [l.split(None, 3) for l in open(sys.argv[1]) if l.strip()]
+a, b = [], []
+for s, d, s1, errs in rows:
+    s, d, s1 = float(s), float(d), float(s1)
+    a.append(100 * s / d); b.append(100 * s1 / d)
+    print(f"  {s:7.0f} {d:7.0f} {s1:7.0f}   {a[-1]:3.0f}% {b[-1]:3.0f}%   errors {errs.strip()}")
+print(f"  median share of direct: serve {statistics.median(a):.0f}%, serve --threads 1 {statistics.median(b):.0f}%")
+PY
+)
 cat <<EOF
 machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback; S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; origin: mirrorctl demo origin; database: SQLite; load: $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}')
 1 GiB miss (fresh process): HTTP $M_CODE, $M_SIZE bytes ($M_SAME to the origin file), client first byte after ${M_TTFB}s (origin alone: ${O_TTFB}s), whole body ${M_TOTAL}s; row fresh ${UPLOADED_AFTER}s after the client finished; peak RSS $M_HWM MiB; next GET: $HIT_BIG $BIG_CACHE
   curl -o /dev/null -w '%{time_starttransfer}' ${ORIGIN}big/1GiB.bin ; curl ... http://127.0.0.1:PORT/download/$BIG_ID
-hits, 64 KiB, 64 connections, 20 s: serve $S_RPS req/s ($(mibs hits-serve) MiB/s) vs Garage direct $D_RPS req/s ($(mibs hits-direct) MiB/s) -> serve at $(python3 -c "print(round(100*$S_RPS/$D_RPS))")% | errors: serve [$(errs hits-serve)] direct [$(errs hits-direct)]
-hits, the same with serve --threads 1: serve $S1_RPS req/s ($(mibs hits-serve1) MiB/s) vs Garage direct $D1_RPS req/s ($(mibs hits-direct1) MiB/s) -> serve at $(python3 -c "print(round(100*$S1_RPS/$D1_RPS))")% | errors: serve [$(errs hits-serve1)] direct [$(errs hits-direct1)]
-  wrk -t2 -c64 -d20s --latency -s rotate.lua http://127.0.0.1:PORT -- paths   (paths: /download/1..$N, or the presigned URLs)
+hits, 64 KiB, 64 connections, $ROUNDS rounds of 10 s each (req/s: serve, Garage direct, serve --threads 1; serve's share of direct):
+$ROUNDS_REPORT
+  wrk -t2 -c64 -d10s --latency -s rotate.lua http://127.0.0.1:PORT -- paths   (paths: /download/1..$N, or the presigned URLs)
 latency, 4 connections, 15 s: serve p50 ${LS50} ms p99 ${LS99} ms ($(rps lat-serve) req/s); direct p50 ${LD50} ms p99 ${LD99} ms ($(rps lat-direct) req/s) -> serve adds $(python3 -c "print(round($LS99-$LD99,2))") ms at p99
 500 connections, $LONG s: $(rps long) req/s, $(awk '/requests in/ {print $1}' "$WORK/long.wrk") requests, errors [$(errs long)]; RSS before ${RSS_BEFORE} MiB, every 10 s:${SAMPLES} MiB; hits counted $HITS, events written $WRITTEN, dropped $DROPPED
 EOF
