@@ -78,9 +78,9 @@ impl Db {
             }
         }
         self.ensure_partitions_cached(lo, hi).await?;
-        // Inserted in (file, time) order, the order of the per-file index: each index page is
-        // then changed once per batch instead of once per event landing on it. In arrival
-        // order a batch spread over a thousand files wrote ~3 pages per event under SQLite.
+        // Inserted in (file, time) order, the order of the per-file index, so its pages are
+        // visited in order, each once, instead of at random. Under SQLite with 1 MiB of page
+        // cache that measured 2.9 instead of 3.7 page writes per event (one run each).
         let mut events: Vec<&NewDownloadEvent> = events.iter().collect();
         events.sort_unstable_by_key(|e| (e.file_id, e.occurred_at));
         let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
