@@ -855,10 +855,20 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
     if status.is_none() {
         let _ = child.kill();
     }
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "serve stops within 20 s");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "serve stops within 20 s"
+    );
 
     let out = std::process::Command::new(common::binary())
-        .args(["--config", cfg.to_str().expect("path"), "serve", "--threads", "0"])
+        .args([
+            "--config",
+            cfg.to_str().expect("path"),
+            "serve",
+            "--threads",
+            "0",
+        ])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));

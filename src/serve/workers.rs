@@ -35,10 +35,7 @@ impl Worker {
         match self {
             Worker::Validate => {
                 let r = validate::run(ctx, validate::ValidateParams::default(), progress).await?;
-                Ok(format!(
-                    "checked {}, fresh {}, newly stale {}, missing {}, origin errors {}",
-                    r.checked, r.fresh, r.newly_stale, r.missing_in_mirror, r.origin_errors
-                ))
+                Ok(r.to_string())
             }
             Worker::PurgeUnused => {
                 let p = purge::PurgeParams {
@@ -48,10 +45,7 @@ impl Worker {
                     yes: true,
                 };
                 let r = purge::run(ctx, p, progress).await?;
-                Ok(format!(
-                    "candidates {}, deleted {}, bytes freed {}, failed {}",
-                    r.candidates, r.deleted, r.bytes_freed, r.failed
-                ))
+                Ok(r.to_string())
             }
             Worker::Archive => {
                 let p = archive::ArchiveRunParams {
@@ -59,7 +53,7 @@ impl Worker {
                     ..Default::default()
                 };
                 let r = archive::run(ctx, p, progress).await?;
-                Ok(serde_json::to_string(&r).unwrap_or_default())
+                Ok(r.to_string())
             }
         }
     }

@@ -254,10 +254,7 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
                 ..Default::default()
             };
             let r = validate::run(ctx, p, progress).await?;
-            Ok(JobOutcome::from(format!(
-                "checked {}: {} fresh, {} stale ({} newly), {} missing, {} origin errors",
-                r.checked, r.fresh, r.stale, r.newly_stale, r.missing_in_mirror, r.origin_errors
-            )))
+            Ok(JobOutcome::from(r.to_string()))
         }
         OpRequest::Remirror { .. } | OpRequest::RemirrorStale => {
             let r = remirror::run(ctx, remirror_params(op, false), progress).await?;
@@ -271,13 +268,7 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
         }
         OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => {
             let r = purge::run(ctx, purge_params(op, false), progress).await?;
-            Ok(JobOutcome::from(format!(
-                "deleted {} of {} ({} freed), {} failed",
-                r.deleted,
-                r.candidates,
-                bytes(r.bytes_freed as i64),
-                r.failed
-            )))
+            Ok(JobOutcome::from(r.to_string()))
         }
         OpRequest::DriftCheck | OpRequest::DriftRepair => {
             let repair = *op == OpRequest::DriftRepair;
@@ -308,12 +299,7 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
         }
         OpRequest::ArchiveRun => {
             let r = archive::run(ctx, archive_params(false), progress).await?;
-            Ok(JobOutcome::from(format!(
-                "archived {} partition(s), {} rows, {}",
-                r.archived,
-                r.rows,
-                bytes(r.bytes as i64)
-            )))
+            Ok(JobOutcome::from(r.to_string()))
         }
         OpRequest::ArchiveVerify { partition } => {
             let r = archive::verify(ctx, partition, progress).await?;

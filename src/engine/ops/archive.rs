@@ -144,6 +144,19 @@ pub struct ArchiveRunReport {
 
 impl Report for ArchiveRunReport {}
 
+/// The one-line summary the TUI's job list and the data plane's workers show.
+impl std::fmt::Display for ArchiveRunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "archived {} partition(s), {} rows, {}",
+            self.archived,
+            self.rows,
+            humansize::format_size(self.bytes, humansize::BINARY)
+        )
+    }
+}
+
 /// One part file as checked by `verify`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartCheck {

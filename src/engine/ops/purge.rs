@@ -60,6 +60,20 @@ pub struct PurgeReport {
     pub errors: Vec<String>,
 }
 
+/// The one-line summary the TUI's job list and the data plane's workers show.
+impl std::fmt::Display for PurgeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "deleted {} of {} ({} freed), {} failed",
+            self.deleted,
+            self.candidates,
+            humansize::format_size(self.bytes_freed, humansize::BINARY),
+            self.failed
+        )
+    }
+}
+
 impl Report for PurgeReport {
     fn failures(&self) -> u64 {
         self.failed

@@ -94,6 +94,22 @@ pub struct ValidateReport {
     pub items_omitted: u64,
 }
 
+/// The one-line summary the TUI's job list and the data plane's workers show.
+impl std::fmt::Display for ValidateReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "checked {}: {} fresh, {} stale ({} newly), {} missing, {} origin errors",
+            self.checked,
+            self.fresh,
+            self.stale,
+            self.newly_stale,
+            self.missing_in_mirror,
+            self.origin_errors
+        )
+    }
+}
+
 impl Report for ValidateReport {
     /// Newly stale or missing files, or files the origin could not vouch for: not all fresh.
     fn found_problems(&self) -> bool {
