@@ -169,7 +169,8 @@ fi
 
 # Hits: ROUNDS rounds of 10 s each of serve, Garage directly, and serve --threads 1 (a second
 # serve process; each idles while the others are measured). Throughput on this shared machine
-# moves by ±15 % between single runs, so each round is a side-by-side pair and the medians count.
+# moved by 10-14 points between single runs of unchanged code, so each round is a side-by-side
+# pair and the medians count.
 ROUNDS=${BENCH_ROUNDS:-5}
 PORT1=$(free_port)
 "$BIN" --config "$WORK/config.toml" serve --listen "127.0.0.1:$PORT1" --threads 1 >"$WORK/serve1.log" 2>&1 &

@@ -157,7 +157,7 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
         /// Files transferred at once
-        #[arg(long, short = 'j', default_value_t = 4)]
+        #[arg(long, short = 'j', default_value_t = crate::engine::ops::drift::DEFAULT_CONCURRENCY)]
         concurrency: usize,
     },
     /// Delete stale, unused or least-recently-used objects and soft-delete their rows

@@ -656,9 +656,8 @@ fn write_config(
 ) -> std::path::PathBuf {
     let path = dir.join("config.toml");
     let text = format!(
-        "[database]\nurl = \"{db_url}\"\n\n[buckets.mirror]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\n\
-         path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
-        s3.endpoint, s3.key, s3.secret
+        "[database]\nurl = \"{db_url}\"\n\n{}",
+        s3.bucket_toml("mirror", bucket)
     );
     std::fs::write(&path, text).expect("write config");
     path

@@ -628,16 +628,10 @@ fn write_config(
     main: &str,
     backup: Option<&str>,
 ) -> std::path::PathBuf {
-    let bucket = |section: &str, name: &str| {
-        format!(
-            "[buckets.{section}]\nbucket = \"{name}\"\nendpoint = \"{}\"\npath_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n",
-            s3.endpoint, s3.key, s3.secret
-        )
-    };
     let mut text = format!("[database]\nurl = \"{db_url}\"\n\n");
-    text += &bucket("mirror", main);
+    text += &s3.bucket_toml("mirror", main);
     if let Some(b) = backup {
-        text += &bucket("backup", b);
+        text += &s3.bucket_toml("backup", b);
     }
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("write config");
@@ -686,7 +680,6 @@ async fn binary_exit_codes_and_errors() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no-such-bucket-drift"), "{err}");
 
-    // A backup bucket the credentials do not open (a wrong secret): exit 1, naming it.
     let cfg = write_config(
         dir.path(),
         &db.url,
@@ -694,21 +687,16 @@ async fn binary_exit_codes_and_errors() {
         seeded.main.name(),
         Some(seeded.backup.name()),
     );
+    // A backup bucket the credentials do not open (a wrong secret): exit 1, naming it.
     let text = std::fs::read_to_string(&cfg).expect("read config");
     let at = text.rfind(&s3.secret).expect("the backup's secret");
-    std::fs::write(&cfg, format!("{}wrong-{}", &text[..at], &text[at..])).expect("write config");
-    let (code, _, err) = mirrorctl(&cfg, &["drift"]);
+    let wrong = dir.path().join("wrong-secret.toml");
+    std::fs::write(&wrong, format!("{}wrong-{}", &text[..at], &text[at..])).expect("write config");
+    let (code, _, err) = mirrorctl(&wrong, &["drift"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(seeded.backup.name()), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    let cfg = write_config(
-        dir.path(),
-        &db.url,
-        &s3,
-        seeded.main.name(),
-        Some(seeded.backup.name()),
-    );
     // Drift found: exit 3; JSON has the contract's summary keys.
     let (code, out, err) = mirrorctl(&cfg, &["drift", "-o", "json"]);
     assert_eq!(code, 3, "{err}");

@@ -786,8 +786,9 @@ async fn scheduled_validation_runs_and_oversized_files_are_refused() {
     server.wait().await.expect("shutdown");
 }
 
-/// The binary, as an operator starts it: `serve --threads 1` runs one runtime thread, answers
-/// a hit, and stops cleanly on SIGTERM.
+/// The binary, as an operator starts it: `serve --threads N` runs N runtime threads, answers a
+/// hit, and stops cleanly on SIGTERM. N is one more than the cores, so it differs from the
+/// default on any machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_binary_serves_with_the_threads_it_was_given() {
     let s3 = S3Server::s3s().await;
@@ -797,14 +798,9 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
     std::fs::write(
         &cfg,
         format!(
-            "[database]\nurl = \"{}\"\n[buckets.mirror]\nbucket = \"{}\"\nendpoint = \"{}\"\n\
-             path_style = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\
-             [origin]\nbase_url = \"{}\"\n",
+            "[database]\nurl = \"{}\"\n\n{}[origin]\nbase_url = \"{}\"\n",
             f.db.url,
-            f.bucket.name(),
-            s3.endpoint,
-            s3.key,
-            s3.secret,
+            s3.bucket_toml("mirror", f.bucket.name()),
             f.origin_url
         ),
     )
@@ -814,12 +810,16 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
         .expect("free port")
         .port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = std::process::Command::new(common::binary())
-        .args(["--config", cfg.to_str().expect("path"), "serve"])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--threads", "1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start serve");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    let mut child = Reap(
+        std::process::Command::new(common::binary())
+            .args(["--config", cfg.to_str().expect("path"), "serve"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--threads", &threads.to_string()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start serve"),
+    );
     let mut up = false;
     for _ in 0..100 {
         if f.http.get(format!("{base}/healthz")).send().await.is_ok() {
@@ -834,26 +834,23 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
     assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "HIT"));
     assert_eq!(body, f.bodies[0]);
 
-    let pid = child.id();
+    let pid = child.0.id();
     let workers = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("threads")
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|comm| comm.trim() == "tokio-rt-worker")
         .count();
-    assert_eq!(workers, 1);
+    assert_eq!(workers, threads);
 
     // SAFETY: sends SIGTERM to the child this test started and still owns.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
     let mut status = None;
     for _ in 0..200 {
-        status = child.try_wait().expect("wait");
+        status = child.0.try_wait().expect("wait");
         if status.is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if status.is_none() {
-        let _ = child.kill();
     }
     assert_eq!(
         status.and_then(|s| s.code()),
@@ -873,4 +870,14 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--threads"));
+}
+
+/// A child process killed and reaped when dropped, so a failed assertion leaves no server behind.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

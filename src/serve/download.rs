@@ -294,7 +294,7 @@ async fn hit(
     } else {
         None
     };
-    let up = match req.send().await {
+    let mut up = match req.send().await {
         Ok(r) => r,
         Err(e) => return mirror_read_failed(s, row, e),
     };
@@ -336,10 +336,8 @@ async fn hit(
     let stream: BodyStream = if length.is_some_and(|n| n <= WHOLE_UP_TO) {
         // A small body is read whole before answering: one write to the client instead of
         // one per upstream chunk, and a mirror that fails mid-body still falls back to the
-        // origin, since the client has not seen a byte yet.
-        // The chunks are kept as received (no copy into one buffer); written back to back,
-        // they still leave in one vectored write.
-        let mut up = up;
+        // origin, since the client has not seen a byte yet. The chunks are kept as received
+        // (no copy into one buffer); written back to back, they still leave in one `writev`.
         let mut chunks = Vec::new();
         loop {
             match up.chunk().await {

@@ -40,6 +40,16 @@ pub struct S3Server {
 }
 
 impl S3Server {
+    /// A `[buckets.<section>]` table of a config file: `bucket` on this server, path-style, with
+    /// its credentials.
+    pub fn bucket_toml(&self, section: &str, bucket: &str) -> String {
+        format!(
+            "[buckets.{section}]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\n\
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n",
+            self.endpoint, self.key, self.secret
+        )
+    }
+
     /// s3s-fs in this process, over a temporary directory.
     pub async fn s3s() -> S3Server {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -33,6 +33,8 @@ const INVENTORY_PAGE: i64 = 1000;
 const READ_AHEAD: usize = 1;
 /// Default of `DriftParams::split_above_pages`.
 const SPLIT_ABOVE_PAGES: usize = 5;
+/// Key ranges listed at once unless `-j` says otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 4;
 /// Upper bound on the one-key listings the planner spends finding range boundaries.
 const MAX_PROBES: usize = 600;
 /// Attempts per listing page on top of the SDK's own retries: a throttled or flaky server in
@@ -76,7 +78,7 @@ impl Default for DriftParams {
     fn default() -> Self {
         DriftParams {
             prefix: String::new(),
-            concurrency: 4,
+            concurrency: DEFAULT_CONCURRENCY,
             split_above_pages: SPLIT_ABOVE_PAGES,
             checksum: false,
             repair: false,
