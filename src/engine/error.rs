@@ -53,6 +53,19 @@ impl Error {
     }
 }
 
+/// An error with its sources on one line, `a: b: c` (an HTTP client's own message is often
+/// just "error sending request").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s.replace('\n', " ")
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Runtime(format!("I/O: {e}"))

@@ -230,14 +230,7 @@ fn describe(e: &reqwest::Error) -> String {
     } else if e.is_connect() {
         "unreachable (connection failed)".into()
     } else {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(inner) = src {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            src = inner.source();
-        }
-        s.replace('\n', " ")
+        crate::engine::error::chain(e)
     }
 }
 

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 
 use super::fill::{FillState, Fills};
-use super::metrics::{CacheLabel, HIT, MISS};
+use super::upstream;
 use super::{json_error, Shared};
 use crate::engine::model::{FileDetail, NewDownloadEvent};
 
@@ -77,10 +77,32 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// A file row with the header values every answer about it carries, made once per lookup.
+pub struct Row {
+    pub file: Arc<FileDetail>,
+    disposition: Option<HeaderValue>,
+    /// The row's ETag, quoted.
+    etag: Option<HeaderValue>,
+}
+
+impl Row {
+    fn new(file: FileDetail) -> Row {
+        Row {
+            disposition: HeaderValue::from_str(&content_disposition(
+                &file.origin_file_name,
+                &file.key,
+            ))
+            .ok(),
+            etag: file.etag.as_deref().and_then(etag_value),
+            file: Arc::new(file),
+        }
+    }
+}
+
 /// File rows (or their absence) by id and key for a short time, so a hit costs no database
 /// round trip. A file marked stale by a validation is noticed within `ROW_TTL`; a fill forgets
 /// its row at once.
-pub type RowCache = TtlCache<Lookup, Option<Arc<FileDetail>>>;
+pub type RowCache = TtlCache<Lookup, Option<Arc<Row>>>;
 
 impl RowCache {
     pub fn forget(&self, row: &FileDetail) {
@@ -95,32 +117,32 @@ pub const URL_REUSE: Duration = Duration::from_secs(10 * 60);
 
 /// Presigned GET URLs of mirror objects by key, parsed, reused until well before they expire:
 /// a hit then costs one plain HTTP GET to the bucket, no request signing and no URL parsing.
-pub type SignedUrls = TtlCache<String, reqwest::Url>;
+pub type SignedUrls = TtlCache<String, Uri>;
 
-async fn signed_url(s: &Shared, key: &str) -> crate::engine::error::Result<reqwest::Url> {
+async fn signed_url(s: &Shared, key: &str) -> crate::engine::error::Result<Uri> {
     if let Some(url) = s.urls.get(key) {
         return Ok(url);
     }
     let url = s.mirror.presign_get(key, URL_LIFETIME).await?;
-    let url = reqwest::Url::parse(&url).map_err(|e| {
+    let url = Uri::try_from(url).map_err(|e| {
         crate::engine::error::Error::runtime(format!("presigned URL does not parse: {e}"))
     })?;
     s.urls.put(key.to_string(), url.clone());
     Ok(url)
 }
 
-async fn lookup(s: &Shared, k: Lookup) -> Result<Option<Arc<FileDetail>>, Response> {
-    if let Some(row) = s.rows.get(&k) {
+async fn lookup(s: &Shared, k: &Lookup) -> Result<Option<Arc<Row>>, Response> {
+    if let Some(row) = s.rows.get(k) {
         return Ok(row);
     }
-    let found = match &k {
+    let found = match k {
         Lookup::Id(id) => s.ctx.db.get_file_by_id(*id).await,
         Lookup::Key(key) => s.ctx.db.get_file_by_key(key).await,
     };
     match found {
         Ok(row) => {
-            let row = row.map(Arc::new);
-            s.rows.put(k, row.clone());
+            let row = row.map(|file| Arc::new(Row::new(file)));
+            s.rows.put(k.clone(), row.clone());
             Ok(row)
         }
         Err(e) => {
@@ -169,16 +191,18 @@ async fn find_and_serve(
     headers: &HeaderMap,
     started: Instant,
 ) -> Response {
-    let what = match &k {
-        Lookup::Id(id) => format!("id {id}"),
-        Lookup::Key(key) => format!("key {key:?}"),
-    };
-    match lookup(s, k).await {
+    match lookup(s, &k).await {
         Ok(Some(row)) => serve(s, row, method, headers, started).await,
-        Ok(None) => json_error(
-            StatusCode::NOT_FOUND,
-            format!("no mirrored file with {what}"),
-        ),
+        Ok(None) => {
+            let what = match k {
+                Lookup::Id(id) => format!("id {id}"),
+                Lookup::Key(key) => format!("key {key:?}"),
+            };
+            json_error(
+                StatusCode::NOT_FOUND,
+                format!("no mirrored file with {what}"),
+            )
+        }
         Err(r) => r,
     }
 }
@@ -202,23 +226,24 @@ fn check_key(key: &str) -> Result<(), String> {
 
 async fn serve(
     s: &Arc<Shared>,
-    row: Arc<FileDetail>,
+    row: Arc<Row>,
     method: &Method,
     headers: &HeaderMap,
     started: Instant,
 ) -> Response {
-    if row.bucket != s.mirror.name() {
+    let file = &row.file;
+    if file.bucket != s.mirror.name() {
         return json_error(
             StatusCode::NOT_FOUND,
             format!(
                 "file {} is in bucket {}, not in this mirror ({})",
-                row.id,
-                row.bucket,
+                file.id,
+                file.bucket,
                 s.mirror.name()
             ),
         );
     }
-    let fresh = row.deleted_at.is_none() && !row.is_stale;
+    let fresh = file.deleted_at.is_none() && !file.is_stale;
     if fresh {
         if let Some(r) = hit(s, &row, method, headers, started).await {
             return r;
@@ -231,20 +256,20 @@ async fn serve(
 /// bucket fails), so the caller falls back to the origin.
 async fn hit(
     s: &Arc<Shared>,
-    row: &Arc<FileDetail>,
+    row: &Row,
     method: &Method,
     headers: &HeaderMap,
     started: Instant,
 ) -> Option<Response> {
-    let size = row.size.max(0) as u64;
-    let etag = row.etag.clone();
-    if let Some(etag) = &etag {
+    let file = &row.file;
+    let size = file.size.max(0) as u64;
+    if let (Some(etag), Some(value)) = (&file.etag, &row.etag) {
         if none_match(headers, etag) {
             if *method == Method::GET {
-                record(s, row.id, true, 0, 304, started);
+                record(s, file.id, true, 0, 304, started);
             }
             let mut r = empty(StatusCode::NOT_MODIFIED);
-            set_etag(r.headers_mut(), etag);
+            r.headers_mut().insert(header::ETAG, value.clone());
             return Some(r);
         }
     }
@@ -253,69 +278,69 @@ async fn hit(
         Err(()) => return Some(unsatisfiable(size)),
     };
     if *method == Method::HEAD {
-        let meta = match s.mirror.head(&row.key).await {
+        let meta = match s.mirror.head(&file.key).await {
             Ok(Some(m)) => m,
             Ok(None) => return None,
             Err(e) => {
                 s.metrics.mirror_errors.inc();
-                tracing::warn!("file {} ({}): mirror HEAD failed: {e}", row.id, row.key);
+                tracing::warn!("file {} ({}): mirror HEAD failed: {e}", file.id, file.key);
                 return None;
             }
         };
         let mut r = empty(StatusCode::OK);
         let h = r.headers_mut();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
-        let etag = etag.or(meta.etag);
-        common_headers(h, row, meta.content_type.as_deref(), etag.as_deref(), "HIT");
+        let etag = row
+            .etag
+            .clone()
+            .or_else(|| meta.etag.as_deref().and_then(etag_value));
+        let content_type = meta.content_type.as_deref().and_then(value);
+        common_headers(h, row, content_type, etag, "HIT");
         if let Some(lm) = meta.last_modified {
             insert(h, header::LAST_MODIFIED, &http_date(lm));
         }
         return Some(r);
     }
-    let url = match signed_url(s, &row.key).await {
+    let url = match signed_url(s, &file.key).await {
         Ok(u) => u,
         Err(e) => {
             s.metrics.mirror_errors.inc();
             tracing::warn!(
                 "file {} ({}): cannot sign a mirror GET: {e}",
-                row.id,
-                row.key
+                file.id,
+                file.key
             );
             return None;
         }
     };
-    let mut req = s.http.get(url);
-    if let Some((a, b)) = range {
-        req = req.header(header::RANGE, format!("bytes={a}-{b}"));
-    }
     // A small body is read whole below, so its permit is held for one short round trip.
     let _permit = if size <= WHOLE_UP_TO {
         s.small_hits.acquire().await.ok()
     } else {
         None
     };
-    let mut up = match req.send().await {
+    let mut up = match s.upstream.get(url, range).await {
         Ok(r) => r,
-        Err(e) => return mirror_read_failed(s, row, e),
+        Err(e) => return mirror_read_failed(s, file, e),
     };
     match up.status().as_u16() {
         200 | 206 => {}
         404 => {
             tracing::info!(
                 "file {} ({}): fresh in the database but missing in the mirror: fetching from the origin",
-                row.id,
-                row.key
+                file.id,
+                file.key
             );
             return None;
         }
         status => {
             // An expired or refused URL is signed afresh next time.
-            s.urls.remove(&row.key);
+            s.urls.remove(&file.key);
             s.metrics.mirror_errors.inc();
             tracing::warn!(
                 "file {} ({}): mirror answered HTTP {status}, fetching from the origin",
-                row.id,
-                row.key
+                file.id,
+                file.key
             );
             return None;
         }
@@ -325,51 +350,37 @@ async fn hit(
     } else {
         StatusCode::OK
     };
-    let upstream = up.headers().clone();
-    let pass = |name: header::HeaderName| {
-        upstream
-            .get(&name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let length = up.content_length();
+    let pass = |name: header::HeaderName| up.headers().get(name).cloned();
+    let content_type = pass(header::CONTENT_TYPE);
+    let last_modified = pass(header::LAST_MODIFIED);
+    let content_range = range.and(pass(header::CONTENT_RANGE));
+    let etag = row.etag.clone().or_else(|| pass(header::ETAG));
+    let length = upstream::content_length(&up);
     let stream: BodyStream = if length.is_some_and(|n| n <= WHOLE_UP_TO) {
         // A small body is read whole before answering: one write to the client instead of
         // one per upstream chunk, and a mirror that fails mid-body still falls back to the
         // origin, since the client has not seen a byte yet. The chunks are kept as received
         // (no copy into one buffer); written back to back, they still leave in one `writev`.
-        let mut chunks = Vec::new();
-        loop {
-            match up.chunk().await {
-                Ok(Some(c)) => chunks.push(Ok(c)),
-                Ok(None) => break,
-                Err(e) => return mirror_read_failed(s, row, e),
-            }
+        match upstream::read_all(up.body_mut()).await {
+            Ok(chunks) => Box::pin(futures::stream::iter(chunks)),
+            Err(e) => return mirror_read_failed(s, file, e),
         }
-        Box::pin(futures::stream::iter(chunks))
     } else {
-        Box::pin(futures::TryStreamExt::map_err(
-            up.bytes_stream(),
-            io::Error::other,
-        ))
+        Box::pin(upstream::stream(up.into_body()))
     };
-    let body = Metered::new(s.clone(), row.id, HIT, status, started, stream);
+    let body = Metered::new(s.clone(), file.id, true, status, started, stream);
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     if let Some(n) = length {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    if range.is_some() {
-        if let Some(cr) = pass(header::CONTENT_RANGE) {
-            insert(h, header::CONTENT_RANGE, &cr);
-        }
+    if let Some(cr) = content_range {
+        h.insert(header::CONTENT_RANGE, cr);
     }
-    let etag = etag.or_else(|| pass(header::ETAG).map(|e| e.trim_matches('"').to_string()));
-    let content_type = pass(header::CONTENT_TYPE);
-    common_headers(h, row, content_type.as_deref(), etag.as_deref(), "HIT");
-    if let Some(lm) = pass(header::LAST_MODIFIED) {
-        insert(h, header::LAST_MODIFIED, &lm);
+    common_headers(h, row, content_type, etag, "HIT");
+    if let Some(lm) = last_modified {
+        h.insert(header::LAST_MODIFIED, lm);
     }
     Some(r)
 }
@@ -389,13 +400,14 @@ fn mirror_read_failed(s: &Shared, row: &FileDetail, e: impl std::fmt::Display) -
 /// Streams from the origin through the file's fill (started now or joined).
 async fn miss(
     s: &Arc<Shared>,
-    row: Arc<FileDetail>,
+    row: Arc<Row>,
     method: &Method,
     headers: &HeaderMap,
     started: Instant,
 ) -> Response {
+    let file = &row.file;
     if *method == Method::HEAD {
-        return match s.origin.head(&row.origin_url).await {
+        return match s.origin.head(&file.origin_url).await {
             Ok(Some(meta)) => {
                 let mut r = empty(StatusCode::OK);
                 let h = r.headers_mut();
@@ -405,8 +417,8 @@ async fn miss(
                 common_headers(
                     h,
                     &row,
-                    meta.content_type.as_deref(),
-                    meta.etag.as_deref(),
+                    meta.content_type.as_deref().and_then(value),
+                    meta.etag.as_deref().and_then(etag_value),
                     "MISS",
                 );
                 r
@@ -415,16 +427,16 @@ async fn miss(
             Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
         };
     }
-    let fill = match Fills::join(s, &row) {
+    let fill = match Fills::join(s, file) {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!("miss {}: {e}", row.id);
-            record(s, row.id, false, 0, 500, started);
+            tracing::error!("miss {}: {e}", file.id);
+            record(s, file.id, false, 0, 500, started);
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
     if let FillState::Failed { written: 0, error } = fill.started().await {
-        record(s, row.id, false, 0, 502, started);
+        record(s, file.id, false, 0, 502, started);
         return json_error(StatusCode::BAD_GATEWAY, error);
     }
     let meta = fill.meta().cloned().unwrap_or_default();
@@ -442,8 +454,8 @@ async fn miss(
     };
     let body = Metered::new(
         s.clone(),
-        row.id,
-        MISS,
+        file.id,
+        false,
         status,
         started,
         fill.follow(start, end),
@@ -464,8 +476,8 @@ async fn miss(
     common_headers(
         h,
         &row,
-        meta.content_type.as_deref(),
-        meta.etag.as_deref(),
+        meta.content_type.as_deref().and_then(value),
+        meta.etag.as_deref().and_then(etag_value),
         "MISS",
     );
     if let Some(lm) = meta.last_modified {
@@ -496,31 +508,33 @@ fn insert(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
     }
 }
 
-fn set_etag(h: &mut HeaderMap, etag: &str) {
-    insert(h, header::ETAG, &format!("\"{}\"", etag.trim_matches('"')));
+fn value(v: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(v).ok()
+}
+
+/// An ETag as a header value: quoted, whether or not it came quoted.
+fn etag_value(etag: &str) -> Option<HeaderValue> {
+    value(&format!("\"{}\"", etag.trim_matches('"')))
 }
 
 fn common_headers(
     h: &mut HeaderMap,
-    row: &FileDetail,
-    content_type: Option<&str>,
-    etag: Option<&str>,
+    row: &Row,
+    content_type: Option<HeaderValue>,
+    etag: Option<HeaderValue>,
     cache: &'static str,
 ) {
-    insert(
-        h,
+    h.insert(
         header::CONTENT_TYPE,
-        content_type.unwrap_or("application/octet-stream"),
+        content_type.unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    insert(
-        h,
-        header::CONTENT_DISPOSITION,
-        &content_disposition(&row.origin_file_name, &row.key),
-    );
+    if let Some(d) = &row.disposition {
+        h.insert(header::CONTENT_DISPOSITION, d.clone());
+    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert("x-cache", HeaderValue::from_static(cache));
     if let Some(etag) = etag {
-        set_etag(h, etag);
+        h.insert(header::ETAG, etag);
     }
 }
 
@@ -611,16 +625,17 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()>
 }
 
 fn record(s: &Shared, file_id: i64, cache_hit: bool, bytes: u64, status: u16, started: Instant) {
-    let label = if cache_hit { HIT } else { MISS };
+    let m = if cache_hit {
+        &s.metrics.hit
+    } else {
+        &s.metrics.miss
+    };
     let elapsed = started.elapsed();
     if status < 500 {
-        s.metrics.downloads.get_or_create(&label).inc();
-        s.metrics.bytes_served.get_or_create(&label).inc_by(bytes);
+        m.downloads.inc();
+        m.bytes_served.inc_by(bytes);
     }
-    s.metrics
-        .request_duration
-        .get_or_create(&label)
-        .observe(elapsed.as_secs_f64());
+    m.duration.observe(elapsed.as_secs_f64());
     s.recorder.record(NewDownloadEvent {
         occurred_at: Utc::now(),
         file_id,
@@ -646,7 +661,7 @@ struct Metered<S> {
     inner: S,
     shared: Arc<Shared>,
     file_id: i64,
-    cache: CacheLabel,
+    hit: bool,
     status: StatusCode,
     started: Instant,
     sent: u64,
@@ -657,7 +672,7 @@ impl<S> Metered<S> {
     fn new(
         shared: Arc<Shared>,
         file_id: i64,
-        cache: CacheLabel,
+        hit: bool,
         status: StatusCode,
         started: Instant,
         inner: S,
@@ -666,7 +681,7 @@ impl<S> Metered<S> {
             inner,
             shared,
             file_id,
-            cache,
+            hit,
             status,
             started,
             sent: 0,
@@ -699,7 +714,7 @@ impl<S> Drop for Metered<S> {
         record(
             &self.shared,
             self.file_id,
-            self.cache == HIT,
+            self.hit,
             self.sent,
             status,
             self.started,

@@ -23,13 +23,23 @@ pub struct CacheLabel {
 pub const HIT: CacheLabel = CacheLabel { cache: "hit" };
 pub const MISS: CacheLabel = CacheLabel { cache: "miss" };
 
+/// The metrics of one cache outcome, looked up in their families once (a lookup takes a lock).
+#[derive(Clone)]
+pub struct Outcome {
+    pub downloads: Counter,
+    pub bytes_served: Counter,
+    pub duration: Histogram,
+}
+
 /// Handles to every metric; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    pub downloads: Family<CacheLabel, Counter>,
-    pub bytes_served: Family<CacheLabel, Counter>,
-    pub request_duration: Family<CacheLabel, Histogram>,
+    downloads: Family<CacheLabel, Counter>,
+    bytes_served: Family<CacheLabel, Counter>,
+    request_duration: Family<CacheLabel, Histogram>,
+    pub hit: Outcome,
+    pub miss: Outcome,
     pub origin_fetches: Counter,
     pub origin_errors: Counter,
     pub mirror_errors: Counter,
@@ -53,8 +63,16 @@ impl Metrics {
                 60.0, 300.0,
             ])
         });
+        let outcome = |label: &CacheLabel| Outcome {
+            downloads: downloads.get_or_create(label).clone(),
+            bytes_served: bytes_served.get_or_create(label).clone(),
+            duration: request_duration.get_or_create(label).clone(),
+        };
+        let (hit, miss) = (outcome(&HIT), outcome(&MISS));
         let m = Metrics {
             registry: Arc::new(Registry::default()),
+            hit,
+            miss,
             downloads,
             bytes_served,
             request_duration,

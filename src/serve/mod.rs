@@ -9,6 +9,7 @@ mod events;
 mod fill;
 mod limit;
 mod metrics;
+mod upstream;
 mod workers;
 
 use std::net::SocketAddr;
@@ -42,7 +43,7 @@ pub(crate) struct Shared {
     rows: download::RowCache,
     /// Presigned mirror URLs for hits, and the client that GETs them.
     urls: download::SignedUrls,
-    http: reqwest::Client,
+    upstream: upstream::Upstream,
     /// Small hits reading from the mirror at once. Each holds one connection to the S3 server
     /// and its buffers: without a bound, 500 clients kept ~575 connections open (71 with it).
     small_hits: tokio::sync::Semaphore,
@@ -102,13 +103,7 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
         origin,
         rows: download::RowCache::new(download::ROW_TTL),
         urls: download::SignedUrls::new(download::URL_REUSE),
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(download::SMALL_HITS_AT_ONCE)
-            .build()
-            .map_err(|e| Error::runtime(format!("HTTP client: {e}")))?,
+        upstream: upstream::Upstream::new(download::SMALL_HITS_AT_ONCE)?,
         small_hits: tokio::sync::Semaphore::new(download::SMALL_HITS_AT_ONCE),
         fills: fill::Fills::new(spool_dir, uploads.clone()),
         recorder,
@@ -205,13 +200,15 @@ async fn shutdown_signal() {
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let downloads = Router::new()
+    let mut downloads = Router::new()
         .route("/download/{id}", get(download::by_id))
-        .route("/files/{*key}", get(download::by_key))
-        .layer(axum::middleware::from_fn_with_state(
+        .route("/files/{*key}", get(download::by_key));
+    if shared.limiter.is_some() {
+        downloads = downloads.layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             limit::middleware,
         ));
+    }
     Router::new()
         .merge(downloads)
         .route("/metrics", get(metrics::handler))

@@ -1,0 +1,142 @@
+//! The HTTP client that GETs presigned mirror URLs for hits: hyper's pooled client over
+//! HTTP/1.1 (TLS with the system's roots for `https://` endpoints), with the timeouts a proxy
+//! needs. A hit costs one plain GET, no request signing, no URL re-parsing and no redirect
+//! handling, which the general-purpose client did on every request.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, Request, Response, Uri};
+use bytes::Bytes;
+use futures::Stream;
+use http_body_util::{BodyDataStream, BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::engine::error::{chain, Error, Result};
+
+/// How long the mirror may take to connect, and to send the next bytes of an answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A pooled client for the mirror bucket's presigned URLs.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl Upstream {
+    /// A client keeping up to `idle` connections open to the bucket.
+    pub fn new(idle: usize) -> Result<Upstream> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let tls = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => b,
+            // No system roots: plain HTTP still works, and an https:// bucket fails with an
+            // unknown-issuer error that says why.
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            ),
+        };
+        let connector = tls.https_or_http().enable_http1().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(idle)
+            .build(connector);
+        Ok(Upstream { client })
+    }
+
+    /// GETs `uri` (with an optional inclusive byte range) up to the answer's headers.
+    pub async fn get(&self, uri: Uri, range: Option<(u64, u64)>) -> Result<Response<Incoming>> {
+        let mut req = Request::get(uri);
+        if let Some((a, b)) = range {
+            req = req.header(header::RANGE, format!("bytes={a}-{b}"));
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| Error::runtime(format!("mirror GET: {e}")))?;
+        match tokio::time::timeout(READ_TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(Error::runtime(format!("mirror GET: {}", chain(&e)))),
+            Err(_) => Err(Error::runtime(format!(
+                "mirror GET: no answer within {READ_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+/// The answer's `Content-Length`, when it has one.
+pub fn content_length(r: &Response<Incoming>) -> Option<u64> {
+    r.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v: &HeaderValue| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a whole (small) body as the chunks received.
+pub async fn read_all(body: &mut Incoming) -> Result<Vec<io::Result<Bytes>>> {
+    let read = async {
+        let mut chunks = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::runtime(format!("mirror body: {}", chain(&e))))?;
+            if let Ok(data) = frame.into_data() {
+                chunks.push(Ok(data));
+            }
+        }
+        Ok(chunks)
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::runtime(format!(
+                "mirror body: no bytes within {READ_TIMEOUT:?}"
+            )))
+        })
+}
+
+/// A body as a stream of chunks that fails when the mirror sends nothing for `READ_TIMEOUT`.
+pub fn stream(body: Incoming) -> IdleTimeout<BodyDataStream<Incoming>> {
+    IdleTimeout {
+        inner: BodyDataStream::new(body),
+        sleep: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
+    }
+}
+
+pub struct IdleTimeout<S> {
+    inner: S,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Stream for IdleTimeout<S>
+where
+    S: Stream<Item = std::result::Result<Bytes, hyper::Error>> + Unpin,
+{
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(item) => {
+                let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+                self.sleep.as_mut().reset(deadline);
+                Poll::Ready(item.map(|r| r.map_err(io::Error::other)))
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("mirror sent nothing for {READ_TIMEOUT:?}"),
+                )))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
