@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use tokio::io::AsyncRead;
 
 use crate::config::OriginConfig;
-use crate::engine::error::{Error, Result};
+use crate::engine::error::{chain, Error, Result};
 use crate::engine::s3::S3Bucket;
 
 /// What the origin says of a file right now.
@@ -91,7 +91,7 @@ impl HttpOrigin {
             .read_timeout(cfg.timeout.0)
             .user_agent(concat!("mirrorctl/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::runtime(format!("HTTP client: {e}")))?;
+            .map_err(|e| Error::runtime(format!("origin HTTP client: {}", chain(&e))))?;
         let base = match &cfg.base_url {
             Some(b) => Some(
                 url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?,
@@ -230,7 +230,7 @@ fn describe(e: &reqwest::Error) -> String {
     } else if e.is_connect() {
         "unreachable (connection failed)".into()
     } else {
-        crate::engine::error::chain(e)
+        chain(e)
     }
 }
 
