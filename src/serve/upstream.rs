@@ -92,22 +92,34 @@ pub async fn read_all(body: &mut Incoming) -> Result<Vec<io::Result<Bytes>>> {
         .await
         .unwrap_or_else(|_| {
             Err(Error::runtime(format!(
-                "mirror body: no bytes within {READ_TIMEOUT:?}"
+                "mirror body: not complete within {READ_TIMEOUT:?}"
             )))
         })
 }
 
 /// A body as a stream of chunks that fails when the mirror sends nothing for `READ_TIMEOUT`.
 pub fn stream(body: Incoming) -> IdleTimeout<BodyDataStream<Incoming>> {
-    IdleTimeout {
-        inner: BodyDataStream::new(body),
-        sleep: Box::pin(tokio::time::sleep(READ_TIMEOUT)),
-    }
+    IdleTimeout::new(BodyDataStream::new(body), READ_TIMEOUT)
 }
 
+/// Counts only the time spent waiting on the mirror: a slow client that leaves the stream
+/// unpolled does not use up the mirror's time.
 pub struct IdleTimeout<S> {
     inner: S,
+    limit: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            waiting: false,
+        }
+    }
 }
 
 impl<S> Stream for IdleTimeout<S>
@@ -119,17 +131,61 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.inner).poll_next(cx) {
             Poll::Ready(item) => {
-                let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-                self.sleep.as_mut().reset(deadline);
+                self.waiting = false;
                 Poll::Ready(item.map(|r| r.map_err(io::Error::other)))
             }
-            Poll::Pending => match self.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("mirror sent nothing for {READ_TIMEOUT:?}"),
-                )))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !self.waiting {
+                    self.waiting = true;
+                    let deadline = tokio::time::Instant::now() + self.limit;
+                    self.sleep.as_mut().reset(deadline);
+                }
+                match self.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("mirror sent nothing for {:?}", self.limit),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::time::Instant;
+
+    type Item = std::result::Result<Bytes, hyper::Error>;
+
+    #[tokio::test]
+    async fn a_silent_mirror_times_out() {
+        let mut s = IdleTimeout::new(
+            futures::stream::pending::<Item>(),
+            Duration::from_millis(50),
+        );
+        let started = Instant::now();
+        let e = s.next().await.expect("an item").expect_err("a timeout");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_slow_client_does_not_use_up_the_mirrors_time() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Item>();
+        let mut s = IdleTimeout::new(rx, Duration::from_millis(100));
+        tx.unbounded_send(Ok(Bytes::from_static(b"a")))
+            .expect("send");
+        assert_eq!(s.next().await.expect("a").expect("ok"), "a");
+        // The client reads nothing for 3 limits; then the mirror takes half a limit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.unbounded_send(Ok(Bytes::from_static(b"b")))
+                .expect("send");
+        });
+        assert_eq!(s.next().await.expect("b").expect("ok"), "b");
     }
 }
