@@ -355,14 +355,14 @@ async fn hit(
     let last_modified = pass(header::LAST_MODIFIED);
     let content_range = range.and(pass(header::CONTENT_RANGE));
     let etag = row.etag.clone().or_else(|| pass(header::ETAG));
-    let length = upstream::content_length(&up);
+    let length = hyper::body::Body::size_hint(up.body()).exact();
     let stream: BodyStream = if length.is_some_and(|n| n <= WHOLE_UP_TO) {
         // A small body is read whole before answering: one write to the client instead of
         // one per upstream chunk, and a mirror that fails mid-body still falls back to the
         // origin, since the client has not seen a byte yet. The chunks are kept as received
         // (no copy into one buffer); written back to back, they still leave in one `writev`.
         match upstream::read_all(up.body_mut()).await {
-            Ok(chunks) => Box::pin(futures::stream::iter(chunks)),
+            Ok(chunks) => Box::pin(futures::stream::iter(chunks.into_iter().map(Ok))),
             Err(e) => return mirror_read_failed(s, file, e),
         }
     } else {
@@ -502,8 +502,8 @@ fn unsatisfiable(size: u64) -> Response {
     r
 }
 
-fn insert(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
+fn insert(h: &mut HeaderMap, name: header::HeaderName, v: &str) {
+    if let Some(v) = value(v) {
         h.insert(name, v);
     }
 }

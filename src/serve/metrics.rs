@@ -16,12 +16,12 @@ use prometheus_client::registry::Registry;
 use super::Shared;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CacheLabel {
-    pub cache: &'static str,
+struct CacheLabel {
+    cache: &'static str,
 }
 
-pub const HIT: CacheLabel = CacheLabel { cache: "hit" };
-pub const MISS: CacheLabel = CacheLabel { cache: "miss" };
+const HIT: CacheLabel = CacheLabel { cache: "hit" };
+const MISS: CacheLabel = CacheLabel { cache: "miss" };
 
 /// The metrics of one cache outcome, looked up in their families once (a lookup takes a lock).
 #[derive(Clone)]
@@ -35,9 +35,6 @@ pub struct Outcome {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    downloads: Family<CacheLabel, Counter>,
-    bytes_served: Family<CacheLabel, Counter>,
-    request_duration: Family<CacheLabel, Histogram>,
     pub hit: Outcome,
     pub miss: Outcome,
     pub origin_fetches: Counter,
@@ -73,9 +70,6 @@ impl Metrics {
             registry: Arc::new(Registry::default()),
             hit,
             miss,
-            downloads,
-            bytes_served,
-            request_duration,
             origin_fetches: Counter::default(),
             origin_errors: Counter::default(),
             mirror_errors: Counter::default(),
@@ -92,17 +86,17 @@ impl Metrics {
         r.register(
             "mirrorctl_downloads",
             "Downloads served, by cache outcome",
-            m.downloads.clone(),
+            downloads,
         );
         r.register(
             "mirrorctl_bytes_served",
             "Body bytes sent to clients, by cache outcome",
-            m.bytes_served.clone(),
+            bytes_served,
         );
         r.register(
             "mirrorctl_request_duration_seconds",
             "Time from request to the last body byte, by cache outcome",
-            m.request_duration.clone(),
+            request_duration,
         );
         r.register(
             "mirrorctl_origin_fetches",
