@@ -654,22 +654,17 @@ fn write_config(
     s3: &S3Server,
     bucket: &str,
 ) -> std::path::PathBuf {
-    let path = dir.join("config.toml");
     let text = format!(
         "[database]\nurl = \"{db_url}\"\n\n{}",
         s3.bucket_toml("mirror", bucket)
     );
-    std::fs::write(&path, text).expect("write config");
-    path
+    common::write_config_file(dir, &text)
 }
 
 fn mirrorctl(config: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(common::binary())
-        .arg("--config")
-        .arg(config)
+    common::command(config)
         .arg("--headless")
         .args(args)
-        .env_remove("MIRRORCTL_DATABASE_URL")
         .output()
         .expect("run mirrorctl")
 }

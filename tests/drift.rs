@@ -633,18 +633,13 @@ fn write_config(
     if let Some(b) = backup {
         text += &s3.bucket_toml("backup", b);
     }
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
+    common::write_config_file(dir, &text)
 }
 
 fn mirrorctl(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(common::binary())
-        .arg("--config")
-        .arg(config)
+    let out = common::command(config)
         .arg("--headless")
         .args(args)
-        .env_remove("MIRRORCTL_DATABASE_URL")
         .output()
         .expect("run mirrorctl");
     (

@@ -915,16 +915,13 @@ fn config_file(m: &Mirror, dir: &Path) -> PathBuf {
         part = b.part_size.0,
         origin = m.origin_url,
     );
-    let p = dir.join("config.toml");
-    std::fs::write(&p, text).expect("write config");
-    p
+    common::write_config_file(dir, &text)
 }
 
 /// Runs the binary off the runtime (the servers it talks to live in this process).
 async fn mirrorctl(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = std::process::Command::new(common::binary());
-    cmd.arg("--config").arg(config).arg("--headless").args(args);
-    cmd.env_remove("MIRRORCTL_DATABASE_URL");
+    let mut cmd = common::command(config);
+    cmd.arg("--headless").args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .expect("join")
@@ -1131,9 +1128,7 @@ async fn kill_after_first_write(config: &Path, args: &[&str], proxy: &FaultProxy
     let f = &proxy.faults;
     f.write_delay_ms.store(1500, Ordering::SeqCst);
     let writes_before = f.writes.load(Ordering::SeqCst);
-    let mut child = std::process::Command::new(common::binary())
-        .arg("--config")
-        .arg(config)
+    let mut child = common::command(config)
         .arg("--headless")
         .args(args)
         .stdout(std::process::Stdio::null())

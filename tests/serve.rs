@@ -724,19 +724,14 @@ async fn metrics_health_readiness_and_rate_limit() {
 #[test]
 fn bad_listen_address_is_a_usage_error() {
     let dir = tempfile::tempdir().expect("dir");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = common::write_config_file(
+        dir.path(),
+        &format!(
             "[database]\nurl = \"sqlite://{}\"\n[serve]\nlisten = \"localhost\"\n",
             dir.path().join("m.db").display()
         ),
-    )
-    .expect("write config");
-    let out = std::process::Command::new(common::binary())
-        .args(["--config", cfg.to_str().expect("path"), "serve"])
-        .output()
-        .expect("run");
+    );
+    let out = common::command(&cfg).arg("serve").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("serve.listen"), "{err}");
@@ -796,17 +791,15 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
     let s3 = S3Server::s3s().await;
     let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Fresh, 70_000)]).await;
     let dir = tempfile::tempdir().expect("dir");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let cfg = common::write_config_file(
+        dir.path(),
+        &format!(
             "[database]\nurl = \"{}\"\n\n{}[origin]\nbase_url = \"{}\"\n",
             f.db.url,
             s3.bucket_toml("mirror", f.bucket.name()),
             f.origin_url
         ),
-    )
-    .expect("write config");
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -814,8 +807,8 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
     let base = format!("http://127.0.0.1:{port}");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
     let mut child = Reap(
-        std::process::Command::new(common::binary())
-            .args(["--config", cfg.to_str().expect("path"), "serve"])
+        common::command(&cfg)
+            .arg("serve")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--threads", &threads.to_string()])
             .stderr(std::process::Stdio::null())
@@ -860,14 +853,8 @@ async fn the_binary_serves_with_the_threads_it_was_given() {
         "serve stops within 20 s"
     );
 
-    let out = std::process::Command::new(common::binary())
-        .args([
-            "--config",
-            cfg.to_str().expect("path"),
-            "serve",
-            "--threads",
-            "0",
-        ])
+    let out = common::command(&cfg)
+        .args(["serve", "--threads", "0"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));

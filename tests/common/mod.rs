@@ -4,7 +4,7 @@
 
 pub mod proxy;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use mirrorctl::config::{BucketConfig, Config, Secret};
@@ -194,4 +194,21 @@ pub fn ctx(db: &TestDb, config: Config) -> Ctx {
 /// The built binary, for tests that run it as a user would.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mirrorctl"))
+}
+
+/// The binary with `--config PATH`, as an operator runs it; `MIRRORCTL_DATABASE_URL` is unset
+/// so the file's database is the one used.
+pub fn command(config: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary());
+    cmd.arg("--config")
+        .arg(config)
+        .env_remove("MIRRORCTL_DATABASE_URL");
+    cmd
+}
+
+/// Writes `text` as `config.toml` in `dir` and returns its path.
+pub fn write_config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
 }
