@@ -388,8 +388,8 @@ fn default_rate_burst() -> u32 {
 }
 /// As often as the TUI refreshes by default: flushing more often buys the dashboards nothing,
 /// and a batch costs per file it touches (about one page of the per-file index each), so
-/// larger batches cost less per event (SQLite under 3,000 hits a second over 1,000 files:
-/// 17 µs of writer CPU per event at 1 s, 8 µs at 5 s).
+/// larger batches cost less per event (SQLite under ~3,000 hits a second over 1,000 files:
+/// 17–26 µs of writer CPU per event at 1 s, 8–10 µs at 5 s; BENCHMARKS.md, run M).
 fn default_event_flush() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
