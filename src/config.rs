@@ -244,9 +244,16 @@ pub enum OriginKind {
 pub struct OriginConfig {
     #[serde(default)]
     pub kind: OriginKind,
-    /// Relative `origin_files.url` values are resolved against this.
+    /// Relative `origin_files.url` values are resolved against this; with `serve.pull_through`
+    /// a key the catalog does not know is fetched from `base_url + key`.
     #[serde(default)]
     pub base_url: Option<String>,
+    /// An HTTP origin's catalog: a JSON Lines manifest that `catalog sync` reads.
+    #[serde(default)]
+    pub catalog_url: Option<String>,
+    /// Key prefixes pull-through may fetch (empty: any key).
+    #[serde(default)]
+    pub allow_prefixes: Vec<String>,
     #[serde(default = "default_origin_timeout")]
     pub timeout: HumanDuration,
     #[serde(default = "default_max_file_size")]
@@ -270,6 +277,8 @@ impl Default for OriginConfig {
         OriginConfig {
             kind: OriginKind::Http,
             base_url: None,
+            catalog_url: None,
+            allow_prefixes: Vec::new(),
             timeout: default_origin_timeout(),
             max_file_size: default_max_file_size(),
             retries: default_retries(),
@@ -378,6 +387,30 @@ pub struct ServeConfig {
     /// On shutdown, how long in-flight downloads and uploads may take to finish.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// Fetch keys the catalog does not know from `origin.base_url + key` (default: on when
+    /// `origin.base_url` is set).
+    #[serde(default)]
+    pub pull_through: Option<bool>,
+    /// How long a key the origin answered 404 for is answered 404 without asking again.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: HumanDuration,
+    /// Where the admin API (`PUT /catalog/{source}/{remote_id}`, `POST /catalog`) listens;
+    /// off when unset. Never the public download port.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// The bearer token the admin API requires.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    /// Run `catalog sync` this often; off when unset.
+    #[serde(default)]
+    pub catalog_sync_every: Option<HumanDuration>,
+}
+
+impl ServeConfig {
+    /// Whether `GET /files/{key}` may fetch a key the catalog does not know.
+    pub fn pull_through_on(&self, origin: &OriginConfig) -> bool {
+        origin.base_url.is_some() && self.pull_through.unwrap_or(true)
+    }
 }
 
 fn default_listen() -> String {
@@ -396,6 +429,9 @@ fn default_event_flush() -> HumanDuration {
 fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
+fn default_negative_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -409,6 +445,11 @@ impl Default for ServeConfig {
             spool_dir: None,
             event_flush: default_event_flush(),
             shutdown_timeout: default_shutdown_timeout(),
+            pull_through: None,
+            negative_ttl: default_negative_ttl(),
+            admin_listen: None,
+            admin_token: None,
+            catalog_sync_every: None,
         }
     }
 }
@@ -533,6 +574,38 @@ pub fn validate(c: &Config) -> Result<(), String> {
             _ => return Err(format!("key `origin.base_url`: bad URL {base:?}")),
         }
     }
+    if let Some(u) = &c.origin.catalog_url {
+        match url::Url::parse(u) {
+            Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+            _ => match &c.origin.base_url {
+                Some(_) if url::Url::parse(u) == Err(url::ParseError::RelativeUrlWithoutBase) => {}
+                _ => return Err(format!("key `origin.catalog_url`: bad URL {:?}", crate::engine::origin::redact_query(u))),
+            },
+        }
+    }
+    for p in &c.origin.allow_prefixes {
+        if p.is_empty() || p.starts_with('/') || p.chars().any(char::is_control) {
+            return Err(format!(
+                "key `origin.allow_prefixes`: bad prefix {p:?} (a key prefix like \"pkgs/\", no leading '/')"
+            ));
+        }
+    }
+    if c.serve.pull_through == Some(true) && c.origin.base_url.is_none() {
+        return Err("key `serve.pull_through`: needs origin.base_url (where unknown keys are fetched from)".into());
+    }
+    if let Some(admin) = &c.serve.admin_listen {
+        let addr = admin.parse::<std::net::SocketAddr>().map_err(|_| {
+            format!("key `serve.admin_listen`: bad address {admin:?} (expected IP:PORT, e.g. \"127.0.0.1:8081\")")
+        })?;
+        if Some(addr) == c.serve.listen.parse().ok() && addr.port() != 0 {
+            return Err("key `serve.admin_listen`: must not be the public download address serve.listen".into());
+        }
+        match &c.serve.admin_token {
+            Some(t) if t.expose().len() >= 16 => {}
+            Some(_) => return Err("key `serve.admin_token`: must be at least 16 characters".into()),
+            None => return Err("key `serve.admin_listen`: needs serve.admin_token (the bearer token the admin API requires)".into()),
+        }
+    }
     if c.origin.kind == OriginKind::S3 && c.buckets.origin.is_none() {
         return Err("key `origin.kind`: \"s3\" needs a [buckets.origin] section".into());
     }
@@ -549,6 +622,7 @@ pub fn validate(c: &Config) -> Result<(), String> {
         ("validate_every", c.serve.validate_every),
         ("purge_unused_every", c.serve.purge_unused_every),
         ("archive_every", c.serve.archive_every),
+        ("catalog_sync_every", c.serve.catalog_sync_every),
     ] {
         if every.is_some_and(|d| d.0 < Duration::from_secs(60)) {
             return Err(format!("key `serve.{name}`: must be at least 1m"));

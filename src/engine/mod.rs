@@ -4,6 +4,7 @@
 pub mod db;
 pub mod error;
 pub mod jobs;
+pub mod keys;
 pub mod model;
 pub mod ops;
 pub mod origin;

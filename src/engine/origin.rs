@@ -25,6 +25,8 @@ pub struct OriginMeta {
 /// A streamed origin body.
 pub struct OriginBody {
     pub meta: OriginMeta,
+    /// Where an HTTP body finally came from (after redirects).
+    pub final_url: Option<url::Url>,
     pub body: Pin<Box<dyn AsyncRead + Send>>,
 }
 
@@ -60,6 +62,7 @@ impl Origin {
                     last_modified: o.meta.last_modified,
                     content_type: o.meta.content_type,
                 },
+                final_url: None,
                 body: o.body,
             })),
         }
@@ -196,6 +199,7 @@ impl HttpOrigin {
         match r.status() {
             s if s.is_success() => {
                 let meta = self.meta(url, &r)?;
+                let final_url = Some(r.url().clone());
                 let max = self.max_size;
                 let shown = redact_query(url);
                 let mut seen = 0u64;
@@ -215,6 +219,7 @@ impl HttpOrigin {
                         });
                 Ok(Some(OriginBody {
                     meta,
+                    final_url,
                     body: Box::pin(tokio_util::io::StreamReader::new(stream)),
                 }))
             }
@@ -234,10 +239,31 @@ fn describe(e: &reqwest::Error) -> String {
     }
 }
 
-/// URLs may carry tokens in their query string: never print it.
-fn redact_query(url: &str) -> String {
+/// URLs may carry tokens in their query string or credentials before the host: never print
+/// either (`https://u:p@h/x?token=t` → `https://redacted@h/x?…`).
+pub fn redact_query(url: &str) -> String {
+    let url = match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("redacted");
+            u.to_string()
+        }
+        _ => url.to_string(),
+    };
     match url.split_once('?') {
         Some((base, _)) => format!("{base}?…"),
-        None => url.to_string(),
+        None => url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_in_urls_are_redacted() {
+        assert_eq!(
+            super::redact_query("https://bob:hunter2@cdn.example/a.zip?token=s3cr3t"),
+            "https://redacted@cdn.example/a.zip?…"
+        );
+        assert_eq!(super::redact_query("pkgs/a.bin"), "pkgs/a.bin");
     }
 }

@@ -19,9 +19,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 
-use super::fill::{FillState, Fills};
+use super::fill::{Fill, FillJob, FillState, Fills};
 use super::upstream;
 use super::{json_error, Shared};
+use crate::engine::db::CatalogRow;
 use crate::engine::model::{FileDetail, NewDownloadEvent};
 
 /// How long a file row is reused: a change made by another process (a validation marking the
@@ -51,7 +52,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
         }
     }
 
-    fn get<Q>(&self, k: &Q) -> Option<V>
+    pub fn get<Q>(&self, k: &Q) -> Option<V>
     where
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
@@ -63,7 +64,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
             .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, k: K, v: V) {
+    pub fn put(&self, k: K, v: V) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= MAX_CACHED_ROWS {
             entries.clear();
@@ -71,7 +72,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
         entries.insert(k, (Instant::now(), v));
     }
 
-    fn remove(&self, k: &K) {
+    pub fn remove(&self, k: &K) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.remove(k);
     }
@@ -137,7 +138,16 @@ async fn lookup(s: &Shared, k: &Lookup) -> Result<Option<Arc<Row>>, Response> {
     }
     let found = match k {
         Lookup::Id(id) => s.ctx.db.get_file_by_id(*id).await,
-        Lookup::Key(key) => s.ctx.db.get_file_by_key(key).await,
+        Lookup::Key(key) => match s.ctx.db.get_file_by_key(key).await {
+            // A catalog entry not mirrored yet is served as a miss that stores its first copy.
+            Ok(None) => s
+                .ctx
+                .db
+                .catalog_by_key(key)
+                .await
+                .map(|c| c.map(|c| unmirrored(c, s.mirror.name()))),
+            other => other,
+        },
     };
     match found {
         Ok(row) => {
@@ -178,10 +188,94 @@ pub async fn by_key(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    match check_key(&key) {
+    match crate::engine::keys::check_key(&key) {
         Ok(()) => find_and_serve(&s, Lookup::Key(key), &method, &headers, started).await,
         Err(why) => json_error(StatusCode::BAD_REQUEST, why),
     }
+}
+
+/// The detail of a catalog entry that has no mirrored row yet (id 0: its row is inserted when
+/// the first copy is stored).
+fn unmirrored(c: CatalogRow, bucket: &str) -> FileDetail {
+    FileDetail {
+        id: 0,
+        bucket: bucket.to_string(),
+        key: c.key.clone().unwrap_or_default(),
+        size: c.size.unwrap_or(0),
+        downloads: 0,
+        bytes_served: 0,
+        last_downloaded_at: None,
+        is_stale: true,
+        origin_file_id: c.id,
+        sha256: None,
+        etag: None,
+        mirrored_at: c.updated_at,
+        last_validated_at: None,
+        stale_reason: Some("not_mirrored".into()),
+        deleted_at: None,
+        origin_source: c.source,
+        origin_remote_id: c.remote_id,
+        origin_file_name: c.file_name,
+        origin_url: c.url,
+        origin_size: c.size,
+        origin_etag: c.etag,
+        origin_updated_at: c.updated_at,
+    }
+}
+
+/// `GET /files/{key}` for a key neither the mirror nor the catalog knows: fetched from
+/// `origin.base_url + key` when pull-through is on and the key is allowed; a 404 from the
+/// origin is remembered for `serve.negative_ttl`.
+async fn pull_through(
+    s: &Arc<Shared>,
+    key: String,
+    method: &Method,
+    headers: &HeaderMap,
+    started: Instant,
+) -> Response {
+    let allowed = &s.ctx.config.origin.allow_prefixes;
+    if !allowed.is_empty() && !allowed.iter().any(|p| key.starts_with(p.as_str())) {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!("no mirrored file with key {key:?} (and it is not under origin.allow_prefixes)"),
+        );
+    }
+    if s.negative.get(key.as_str()).is_some() {
+        return not_at_origin(&key);
+    }
+    let now = Utc::now();
+    let detail = FileDetail {
+        id: 0,
+        bucket: s.mirror.name().to_string(),
+        key: key.clone(),
+        size: 0,
+        downloads: 0,
+        bytes_served: 0,
+        last_downloaded_at: None,
+        is_stale: true,
+        origin_file_id: 0,
+        sha256: None,
+        etag: None,
+        mirrored_at: now,
+        last_validated_at: None,
+        stale_reason: Some("not_mirrored".into()),
+        deleted_at: None,
+        origin_source: "http".into(),
+        origin_remote_id: key.clone(),
+        origin_file_name: String::new(),
+        origin_url: key.clone(),
+        origin_size: None,
+        origin_etag: None,
+        origin_updated_at: now,
+    };
+    miss(s, Arc::new(Row::new(detail)), method, headers, started, true).await
+}
+
+fn not_at_origin(key: &str) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        format!("no file with key {key:?} at the origin"),
+    )
 }
 
 async fn find_and_serve(
@@ -193,6 +287,13 @@ async fn find_and_serve(
 ) -> Response {
     match lookup(s, &k).await {
         Ok(Some(row)) => serve(s, row, method, headers, started).await,
+        Ok(None) if s.pull_through => match k {
+            Lookup::Key(key) => pull_through(s, key, method, headers, started).await,
+            Lookup::Id(id) => json_error(
+                StatusCode::NOT_FOUND,
+                format!("no mirrored file with id {id}"),
+            ),
+        },
         Ok(None) => {
             let what = match k {
                 Lookup::Id(id) => format!("id {id}"),
@@ -205,23 +306,6 @@ async fn find_and_serve(
         }
         Err(r) => r,
     }
-}
-
-/// A key from a URL path: no `.`/`..` segments, no empty segments, no control characters.
-fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > 1024 {
-        return Err("key must be 1 to 1024 bytes".into());
-    }
-    if key.chars().any(char::is_control) {
-        return Err("key contains control characters".into());
-    }
-    if key
-        .split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
-        return Err("key contains an empty, '.' or '..' path segment".into());
-    }
-    Ok(())
 }
 
 async fn serve(
@@ -249,7 +333,7 @@ async fn serve(
             return r;
         }
     }
-    miss(s, row, method, headers, started).await
+    miss(s, row, method, headers, started, false).await
 }
 
 /// Serves a fresh copy from the mirror; `None` when the object is not there after all (or the
@@ -368,7 +452,14 @@ async fn hit(
     } else {
         Box::pin(upstream::stream(up.into_body()))
     };
-    let body = Metered::new(s.clone(), file.id, true, status, started, stream);
+    let body = Metered::new(
+        s.clone(),
+        FileRef::Known(file.id),
+        true,
+        status,
+        started,
+        stream,
+    );
     let mut r = Response::new(Body::from_stream(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
@@ -404,6 +495,7 @@ async fn miss(
     method: &Method,
     headers: &HeaderMap,
     started: Instant,
+    pull_through: bool,
 ) -> Response {
     let file = &row.file;
     if *method == Method::HEAD {
@@ -423,21 +515,36 @@ async fn miss(
                 );
                 r
             }
+            Ok(None) if pull_through => {
+                s.negative.put(file.key.clone(), ());
+                not_at_origin(&file.key)
+            }
             Ok(None) => json_error(StatusCode::BAD_GATEWAY, "origin: file gone (HTTP 404)"),
             Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
         };
     }
-    let fill = match Fills::join(s, file) {
+    let job = FillJob {
+        row: file.clone(),
+        pull_through,
+    };
+    let fill = match Fills::join(s, job) {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!("miss {}: {e}", file.id);
+            tracing::error!("miss {}: {e}", file.key);
             record(s, file.id, false, 0, 500, started);
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
-    if let FillState::Failed { written: 0, error } = fill.started().await {
-        record(s, file.id, false, 0, 502, started);
-        return json_error(StatusCode::BAD_GATEWAY, error);
+    match fill.started().await {
+        FillState::Failed { written: 0, error } => {
+            // A pulled key without a catalog entry is not a known file: no event.
+            if !pull_through {
+                record(s, file.id, false, 0, 502, started);
+            }
+            return json_error(StatusCode::BAD_GATEWAY, error);
+        }
+        FillState::NotFound => return not_at_origin(&file.key),
+        _ => {}
     }
     let meta = fill.meta().cloned().unwrap_or_default();
     let (status, range) = match meta.size {
@@ -452,9 +559,15 @@ async fn miss(
         Some((a, b)) => (a, Some(b + 1)),
         None => (0, None),
     };
+    // A first copy has no row yet: the download is recorded once the copy is.
+    let file_ref = if file.id == 0 {
+        FileRef::Pending(fill.clone())
+    } else {
+        FileRef::Known(file.id)
+    };
     let body = Metered::new(
         s.clone(),
-        file.id,
+        file_ref,
         false,
         status,
         started,
@@ -625,19 +738,38 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()>
 }
 
 fn record(s: &Shared, file_id: i64, cache_hit: bool, bytes: u64, status: u16, started: Instant) {
+    record_at(
+        s,
+        file_id,
+        cache_hit,
+        bytes,
+        status,
+        started.elapsed(),
+        Utc::now(),
+    );
+}
+
+fn record_at(
+    s: &Shared,
+    file_id: i64,
+    cache_hit: bool,
+    bytes: u64,
+    status: u16,
+    elapsed: Duration,
+    at: DateTime<Utc>,
+) {
     let m = if cache_hit {
         &s.metrics.hit
     } else {
         &s.metrics.miss
     };
-    let elapsed = started.elapsed();
     if status < 500 {
         m.downloads.inc();
         m.bytes_served.inc_by(bytes);
     }
     m.duration.observe(elapsed.as_secs_f64());
     s.recorder.record(NewDownloadEvent {
-        occurred_at: Utc::now(),
+        occurred_at: at,
         file_id,
         cache_hit,
         bytes: bytes as i64,
@@ -655,12 +787,20 @@ pub const SMALL_HITS_AT_ONCE: usize = 64;
 
 type BodyStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// Which mirrored file a download belongs to.
+enum FileRef {
+    Known(i64),
+    /// A catalog entry's first copy, whose row the fill inserts; a download of a copy that was
+    /// not stored belongs to no file (id 0) but still counts in the totals.
+    Pending(Arc<Fill>),
+}
+
 /// A response body that counts what it sent and records the download when it ends — after
 /// the last byte, on a read error (recorded as 502), or when the client goes away.
 struct Metered<S> {
     inner: S,
     shared: Arc<Shared>,
-    file_id: i64,
+    file: Option<FileRef>,
     hit: bool,
     status: StatusCode,
     started: Instant,
@@ -671,7 +811,7 @@ struct Metered<S> {
 impl<S> Metered<S> {
     fn new(
         shared: Arc<Shared>,
-        file_id: i64,
+        file: FileRef,
         hit: bool,
         status: StatusCode,
         started: Instant,
@@ -680,7 +820,7 @@ impl<S> Metered<S> {
         Metered {
             inner,
             shared,
-            file_id,
+            file: Some(file),
             hit,
             status,
             started,
@@ -711,14 +851,19 @@ impl<S> Drop for Metered<S> {
         } else {
             self.status.as_u16()
         };
-        record(
-            &self.shared,
-            self.file_id,
-            self.hit,
-            self.sent,
-            status,
-            self.started,
-        );
+        let (shared, hit, sent, started) = (self.shared.clone(), self.hit, self.sent, self.started);
+        match self.file.take() {
+            Some(FileRef::Known(id)) => record(&shared, id, hit, sent, status, started),
+            Some(FileRef::Pending(fill)) => {
+                let elapsed = started.elapsed();
+                let at = Utc::now();
+                shared.clone().fills.track(async move {
+                    let id = fill.stored().await.unwrap_or(0);
+                    record_at(&shared, id, hit, sent, status, elapsed, at);
+                });
+            }
+            None => {}
+        }
     }
 }
 
@@ -745,17 +890,6 @@ mod tests {
         assert_eq!(range("items=0-1", 1000), Ok(None));
         assert_eq!(range("bytes=a-b", 1000), Ok(None));
         assert_eq!(parse_range(&HeaderMap::new(), 10), Ok(None));
-    }
-
-    #[test]
-    fn keys() {
-        assert!(check_key("mods/a b/ü.zip").is_ok());
-        assert!(check_key("mods/../etc/passwd").is_err());
-        assert!(check_key("./x").is_err());
-        assert!(check_key("a//b").is_err());
-        assert!(check_key("a\u{0}b").is_err());
-        assert!(check_key("a\nb").is_err());
-        assert!(check_key("").is_err());
     }
 
     #[test]

@@ -4,8 +4,13 @@
 //! The first client never waits for the upload: it reads the spool right behind the origin.
 //! A client that disconnects stops only its own reader; the fetch and the upload go on in
 //! their own task. The upload goes through the engine's `remirror::store`, so the row is
-//! updated only after S3 confirmed the object, and a failed or short body leaves no object.
-//! Memory stays flat in file size: bodies live on disk, never in memory.
+//! updated (or, for a catalog entry's first copy, inserted) only after S3 confirmed the object,
+//! and a failed or short body leaves no object. Memory stays flat in file size: bodies live on
+//! disk, never in memory.
+//!
+//! A pull-through fill (a key the catalog does not know) registers the catalog entry when the
+//! origin answers 200 from its own host; a 404 is remembered for `serve.negative_ttl`, so
+//! concurrent and later requests for the key cost the origin nothing.
 
 use std::collections::HashMap;
 use std::io;
@@ -39,6 +44,16 @@ pub enum FillState {
     Done(u64),
     /// The origin failed (before or after sending some bytes).
     Failed { written: u64, error: String },
+    /// A pull-through key the origin does not have (HTTP 404).
+    NotFound,
+}
+
+/// What a fill fetches and where the copy goes.
+#[derive(Clone)]
+pub struct FillJob {
+    pub row: Arc<FileDetail>,
+    /// A key the catalog does not know: register it on a 200, remember a 404.
+    pub pull_through: bool,
 }
 
 /// One origin fetch in flight.
@@ -46,6 +61,9 @@ pub struct Fill {
     spool: Arc<std::fs::File>,
     meta: OnceLock<OriginMeta>,
     state: watch::Sender<FillState>,
+    /// The mirrored row once the copy is recorded: `Some(Some(id))`, or `Some(None)` when the
+    /// copy was not stored. Downloads of a file without a row wait for it to record themselves.
+    stored: watch::Sender<Option<Option<i64>>>,
 }
 
 impl Fill {
@@ -65,6 +83,16 @@ impl Fill {
             },
         };
         state
+    }
+
+    /// Waits until the copy is recorded (or failed): the mirrored row's id, if any.
+    pub async fn stored(&self) -> Option<i64> {
+        let mut rx = self.stored.subscribe();
+        let id = match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.flatten(),
+            Err(_) => None,
+        };
+        id
     }
 
     /// The body from `start` up to `end` (exclusive; the whole body when `None`), read from
@@ -102,6 +130,10 @@ impl Fill {
                         c.over = true;
                         return Some((Err(io::Error::other(error)), c));
                     }
+                    FillState::NotFound => {
+                        c.over = true;
+                        return Some((Err(io::Error::other("origin: not found (HTTP 404)")), c));
+                    }
                 };
                 let limit = c.end.map_or(available, |e| e.min(available));
                 if c.pos < limit {
@@ -138,9 +170,9 @@ impl Fill {
     }
 }
 
-/// The fills in flight, by mirrored file id.
+/// The fills in flight, by object key.
 pub struct Fills {
-    inflight: Mutex<HashMap<i64, Arc<Fill>>>,
+    inflight: Mutex<HashMap<String, Arc<Fill>>>,
     spool_dir: PathBuf,
     tasks: TaskTracker,
 }
@@ -154,11 +186,11 @@ impl Fills {
         }
     }
 
-    /// The fill of `row` in flight, or a new one started for it.
-    pub fn join(shared: &Arc<Shared>, row: &Arc<FileDetail>) -> io::Result<Arc<Fill>> {
+    /// The fill of the job's key in flight, or a new one started for it.
+    pub fn join(shared: &Arc<Shared>, job: FillJob) -> io::Result<Arc<Fill>> {
         let fills = &shared.fills;
         let mut inflight = fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = inflight.get(&row.id) {
+        if let Some(f) = inflight.get(&job.row.key) {
             return Ok(f.clone());
         }
         let spool = tempfile::tempfile_in(&fills.spool_dir).map_err(|e| {
@@ -171,20 +203,25 @@ impl Fills {
             spool: Arc::new(spool),
             meta: OnceLock::new(),
             state: watch::Sender::new(FillState::Connecting),
+            stored: watch::Sender::new(None),
         });
-        inflight.insert(row.id, fill.clone());
+        inflight.insert(job.row.key.clone(), fill.clone());
         drop(inflight);
         shared.metrics.fills_in_flight.inc();
-        fills
-            .tasks
-            .spawn(run(shared.clone(), fill.clone(), row.clone()));
+        fills.tasks.spawn(run(shared.clone(), fill.clone(), job));
         Ok(fill)
     }
 
-    fn remove(&self, id: i64, fill: &Arc<Fill>) {
+    /// Runs `f` as a task the shutdown waits for (downloads that record their event once the
+    /// copy they came with is stored).
+    pub fn track<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.tasks.spawn(f);
+    }
+
+    fn remove(&self, key: &str, fill: &Arc<Fill>) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&id).is_some_and(|f| Arc::ptr_eq(f, fill)) {
-            inflight.remove(&id);
+        if inflight.get(key).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            inflight.remove(key);
         }
     }
 }
@@ -212,14 +249,22 @@ impl Drop for Finish {
             };
             true
         });
+        self.fill.stored.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(None);
+                return true;
+            }
+            false
+        });
         self.shared.rows.forget(&self.row);
-        self.shared.fills.remove(self.row.id, &self.fill);
+        self.shared.fills.remove(&self.row.key, &self.fill);
         self.shared.metrics.fills_in_flight.dec();
     }
 }
 
 /// Fetches the origin into the spool while the upload follows it; then records the new copy.
-async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
+async fn run(shared: Arc<Shared>, fill: Arc<Fill>, job: FillJob) {
+    let row = job.row.clone();
     let _finish = Finish {
         shared: shared.clone(),
         fill: fill.clone(),
@@ -228,7 +273,17 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
     let m = &shared.metrics;
     m.origin_fetches.inc();
     let body = match shared.origin.get(&row.origin_url).await {
+        Ok(Some(b)) if job.pull_through => match pulled_from_elsewhere(&shared, &b) {
+            Some(why) => Err(why),
+            None => Ok(b),
+        },
         Ok(Some(b)) => Ok(b),
+        Ok(None) if job.pull_through => {
+            shared.negative.put(row.key.clone(), ());
+            tracing::info!("pull-through {}: not at the origin (404)", row.key);
+            fill.state.send_replace(FillState::NotFound);
+            return;
+        }
         Ok(None) => Err("origin: file gone (HTTP 404)".to_string()),
         Err(e) => Err(e.to_string()),
     };
@@ -248,10 +303,17 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
     let upload = tokio::spawn({
         let (shared, fill, row, meta) = (shared.clone(), fill.clone(), row.clone(), meta.clone());
         async move {
+            // A pulled key's catalog entry is registered while the body streams, off the
+            // client's path; the copy's row needs it only at the end.
+            let origin_file_id = if job.pull_through {
+                register(&shared, &row.key, &meta).await?
+            } else {
+                row.origin_file_id
+            };
             let reader = tokio_util::io::StreamReader::new(fill.follow(0, None));
             let target = StoreTarget {
-                id: row.id,
-                origin_file_id: row.origin_file_id,
+                id: (row.id != 0).then_some(row.id),
+                origin_file_id,
                 key: row.key.clone(),
             };
             remirror::store(&shared.ctx.db, &shared.fill_mirror, &target, reader, meta).await
@@ -277,12 +339,9 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
         }
     }
     match upload.await {
-        Ok(Ok((bytes, _))) => {
-            tracing::info!(
-                "miss {} ({}): {bytes} bytes now in the mirror",
-                row.id,
-                row.key
-            );
+        Ok(Ok((bytes, _, id))) => {
+            fill.stored.send_replace(Some(Some(id)));
+            tracing::info!("miss {id} ({}): {bytes} bytes now in the mirror", row.key);
         }
         Ok(Err(e)) => {
             m.upload_errors.inc();
@@ -297,6 +356,52 @@ async fn run(shared: Arc<Shared>, fill: Arc<Fill>, row: Arc<FileDetail>) {
             tracing::warn!("miss {} ({}): upload task failed: {e}", row.id, row.key);
         }
     }
+}
+
+/// Why a pull-through answer must not be registered: it came from another host than
+/// `origin.base_url`'s (a redirect).
+fn pulled_from_elsewhere(
+    shared: &Shared,
+    body: &crate::engine::origin::OriginBody,
+) -> Option<String> {
+    let (Some(final_url), Some(base)) = (&body.final_url, &shared.base_url) else {
+        return None;
+    };
+    let same = final_url.scheme() == base.scheme()
+        && final_url.host_str() == base.host_str()
+        && final_url.port_or_known_default() == base.port_or_known_default();
+    (!same).then(|| {
+        format!(
+            "origin redirected to another host ({}): not mirrored",
+            final_url.host_str().unwrap_or("?")
+        )
+    })
+}
+
+/// Registers a pulled key in the catalog (source `http`, the key as remote id and URL) and
+/// returns the entry's id.
+async fn register(
+    shared: &Shared,
+    key: &str,
+    meta: &OriginMeta,
+) -> crate::engine::error::Result<i64> {
+    let db = &shared.ctx.db;
+    let entry = crate::engine::db::CatalogEntry {
+        source: "http".into(),
+        remote_id: key.to_string(),
+        url: key.to_string(),
+        file_name: crate::engine::keys::last_segment(key),
+        size: meta.size.map(|n| n as i64),
+        etag: meta.etag.clone(),
+        updated_at: meta.last_modified,
+        key: key.to_string(),
+    };
+    db.catalog_upsert(&[(1, entry)], chrono::Utc::now()).await?;
+    let row = db.catalog_by_key(key).await?.ok_or_else(|| {
+        crate::engine::error::Error::runtime(format!("catalog entry for {key:?} vanished"))
+    })?;
+    tracing::info!("pull-through {key}: registered as catalog entry {}", row.id);
+    Ok(row.id)
 }
 
 /// Copies the origin body into the spool, publishing progress; checks Content-Length.

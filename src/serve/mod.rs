@@ -51,6 +51,11 @@ pub(crate) struct Shared {
     recorder: events::Recorder,
     metrics: metrics::Metrics,
     limiter: Option<limit::Limiter>,
+    /// `GET /files/{key}` may fetch keys the catalog does not know from `base_url`.
+    pull_through: bool,
+    base_url: Option<url::Url>,
+    /// Keys the origin answered 404 for, remembered for `serve.negative_ttl`.
+    negative: download::TtlCache<String, ()>,
 }
 
 /// A running data plane.
@@ -110,6 +115,14 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
         metrics,
         limiter: (cfg.rate_limit > 0.0)
             .then(|| limit::Limiter::new(cfg.rate_limit, cfg.rate_burst)),
+        pull_through: cfg.pull_through_on(&ctx.config.origin),
+        base_url: ctx
+            .config
+            .origin
+            .base_url
+            .as_deref()
+            .and_then(|b| url::Url::parse(b).ok()),
+        negative: download::TtlCache::new(cfg.negative_ttl.0),
         ctx: ctx.clone(),
     });
     let cancel = CancellationToken::new();

@@ -32,7 +32,7 @@ fn order_by(sort: FileSort) -> &'static str {
 }
 
 /// A LIKE pattern matching `s` anywhere, with LIKE's wildcards in `s` taken literally.
-fn contains_pattern(s: &str) -> String {
+pub(super) fn contains_pattern(s: &str) -> String {
     let mut p = String::with_capacity(s.len() + 2);
     p.push('%');
     for c in s.to_lowercase().chars() {
@@ -136,16 +136,21 @@ impl Db {
             let mut ids = Vec::with_capacity(rows.len());
             for chunk in rows.chunks(1000) {
                 let mut qb = QueryBuilder::new(
-                    "INSERT INTO origin_files (source, remote_id, file_name, url, size, etag, updated_at) ",
+                    "INSERT INTO origin_files (source, remote_id, file_name, url, size, etag, updated_at, key) ",
                 );
                 qb.push_values(chunk, |mut b, r| {
+                    // A relative URL is its own key (as for catalog imports and pull-through).
+                    let key = (!crate::engine::keys::is_absolute(&r.url)).then(|| {
+                        crate::engine::keys::derive_key(&r.source, &r.remote_id, &r.url, None, None)
+                    });
                     b.push_bind(&r.source)
                         .push_bind(&r.remote_id)
                         .push_bind(&r.file_name)
                         .push_bind(&r.url)
                         .push_bind(r.size)
                         .push_bind(&r.etag)
-                        .push_bind(ts(r.updated_at));
+                        .push_bind(ts(r.updated_at))
+                        .push_bind(key);
                 });
                 qb.push(" RETURNING id");
                 let mut got: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *tx).await?;

@@ -140,10 +140,13 @@ pub struct PurgePlan {
     pub first_keys: Vec<String>,
 }
 
-/// The row update after an object was re-uploaded from the origin and S3 confirmed it.
+/// The row update after an object was (re-)uploaded from the origin and S3 confirmed it.
 #[derive(Debug, Clone)]
 pub struct Remirrored {
-    pub id: i64,
+    /// The mirrored row to update; `None` for a catalog entry's first copy, inserted now.
+    pub id: Option<i64>,
+    pub bucket: String,
+    pub key: String,
     pub origin_file_id: i64,
     pub size: i64,
     pub sha256: String,
@@ -289,22 +292,49 @@ impl Db {
         r.map_err(|e| self.err(e))
     }
 
-    /// Points the row at the new object and the origin row at what the origin served, in one
-    /// transaction. Called only after S3 confirmed the upload.
-    pub async fn record_remirror(&self, r: &Remirrored) -> Result<()> {
-        let res: Result<(), sqlx::Error> = on_pool!(self, |p| {
+    /// Points the row at the new object (inserting the row of a first copy) and the origin row
+    /// at what the origin served, in one transaction; returns the mirrored row's id. Called only
+    /// after S3 confirmed the upload.
+    pub async fn record_remirror(&self, r: &Remirrored) -> Result<i64> {
+        let res: Result<i64, sqlx::Error> = on_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            sqlx::query(
-                "UPDATE mirrored_files SET size = $1, sha256 = $2, etag = $3, mirrored_at = $4, \
-                 last_validated_at = $4, is_stale = FALSE, stale_reason = NULL, deleted_at = NULL WHERE id = $5",
-            )
-            .bind(r.size)
-            .bind(&r.sha256)
-            .bind(&r.etag)
-            .bind(ts(r.at))
-            .bind(r.id)
-            .execute(&mut *tx)
-            .await?;
+            let id = match r.id {
+                Some(id) => {
+                    sqlx::query(
+                        "UPDATE mirrored_files SET size = $1, sha256 = $2, etag = $3, mirrored_at = $4, \
+                         last_validated_at = $4, is_stale = FALSE, stale_reason = NULL, deleted_at = NULL WHERE id = $5",
+                    )
+                    .bind(r.size)
+                    .bind(&r.sha256)
+                    .bind(&r.etag)
+                    .bind(ts(r.at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    id
+                }
+                // Another process may have stored the same key first: the newer copy wins.
+                None => {
+                    sqlx::query_scalar(
+                        "INSERT INTO mirrored_files (origin_file_id, bucket, key, size, sha256, etag, \
+                         mirrored_at, last_validated_at, is_stale) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, FALSE) \
+                         ON CONFLICT (bucket, key) WHERE deleted_at IS NULL DO UPDATE SET \
+                         origin_file_id = excluded.origin_file_id, size = excluded.size, sha256 = excluded.sha256, \
+                         etag = excluded.etag, mirrored_at = excluded.mirrored_at, \
+                         last_validated_at = excluded.last_validated_at, is_stale = FALSE, stale_reason = NULL \
+                         RETURNING id",
+                    )
+                    .bind(r.origin_file_id)
+                    .bind(&r.bucket)
+                    .bind(&r.key)
+                    .bind(r.size)
+                    .bind(&r.sha256)
+                    .bind(&r.etag)
+                    .bind(ts(r.at))
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+            };
             sqlx::query(
                 "UPDATE origin_files SET size = $1, etag = $2, updated_at = $3 WHERE id = $4",
             )
@@ -314,7 +344,8 @@ impl Db {
             .bind(r.origin_file_id)
             .execute(&mut *tx)
             .await?;
-            tx.commit().await
+            tx.commit().await?;
+            Ok(id)
         });
         res.map_err(|e| self.err(e))
     }

@@ -3,6 +3,7 @@
 //! portable (`on_pool!` compiles the same code for both pools) and per backend where it is not.
 
 mod archive;
+mod catalog;
 mod drift;
 mod events;
 mod files;
@@ -23,6 +24,9 @@ use sqlx::sqlite::{
 use crate::engine::error::{Error, Result};
 
 pub use archive::{ArchiveRecord, EventRow, LiveMonth};
+pub use catalog::{
+    CatalogEntry, CatalogMerge, CatalogRow, CatalogStage, MergeOptions, MergeOutcome,
+};
 pub use lifecycle::{
     FileScope, LifecycleRow, PurgePlan, PurgeRow, PurgeSelector, Remirrored, StaleMark,
 };

@@ -2,6 +2,7 @@
 //! returning a typed report that the TUI and headless mode both render.
 
 pub mod archive;
+pub mod catalog;
 pub mod drift;
 pub mod files;
 pub mod history;

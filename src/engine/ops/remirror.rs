@@ -274,11 +274,11 @@ async fn remirror_one(
         }
     };
     let target = StoreTarget {
-        id: row.id,
+        id: Some(row.id),
         origin_file_id: row.origin_file_id,
         key: row.key.clone(),
     };
-    let (bytes, sha256) = match store(db, mirror, &target, body.body, body.meta).await {
+    let (bytes, sha256, _) = match store(db, mirror, &target, body.body, body.meta).await {
         Ok(stored) => stored,
         Err(e @ Error::Database { .. }) => return Err(e),
         Err(e) => {
@@ -293,8 +293,11 @@ async fn remirror_one(
 }
 
 /// Which mirrored file a body is stored for.
+#[derive(Debug, Clone)]
 pub struct StoreTarget {
-    pub id: i64,
+    /// The mirrored row; `None` for a catalog entry's first copy (its row is inserted once
+    /// S3 confirmed the object).
+    pub id: Option<i64>,
     pub origin_file_id: i64,
     pub key: String,
 }
@@ -302,7 +305,7 @@ pub struct StoreTarget {
 /// Streams an origin body into the mirror under the file's key, hashing it and checking its
 /// length against the origin's Content-Length, then — only once S3 confirmed the upload —
 /// records the new copy (size, sha256, etag, fresh, live) and what the origin said. Returns the
-/// bytes stored and their SHA-256. A failed or short body aborts the upload: the old object
+/// bytes stored, their SHA-256 and the mirrored row's id. A failed or short body aborts the upload: the old object
 /// stays and nothing partial appears. Used by `remirror` and by the data plane's misses.
 pub async fn store<R: AsyncRead + Unpin + Send>(
     db: &Db,
@@ -310,7 +313,7 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
     target: &StoreTarget,
     body: R,
     meta: OriginMeta,
-) -> Result<(u64, String)> {
+) -> Result<(u64, String, i64)> {
     let mut reader = VerifyingReader::new(body, meta.size);
     let put = mirror
         .put_stream_sized(
@@ -329,8 +332,11 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
         )));
     }
     let now = Utc::now();
-    db.record_remirror(&Remirrored {
+    let id = db
+        .record_remirror(&Remirrored {
         id: target.id,
+        bucket: mirror.name().to_string(),
+        key: target.key.clone(),
         origin_file_id: target.origin_file_id,
         size: bytes as i64,
         sha256: sha256.clone(),
@@ -341,7 +347,7 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
         at: now,
     })
     .await?;
-    Ok((bytes, sha256))
+    Ok((bytes, sha256, id))
 }
 
 /// Passes an origin body through, hashing and counting it, and fails the read (so the upload

@@ -1,0 +1,63 @@
+//! `catalog list` and `catalog show`: entries with the state of their mirrored copy, URLs
+//! printed without credentials or query strings.
+
+use serde::Serialize;
+
+use crate::engine::db::CatalogRow;
+use crate::engine::error::{Error, Result};
+use crate::engine::origin::redact_query;
+use crate::engine::Ctx;
+
+#[derive(Debug, Clone, Default)]
+pub struct CatalogListParams {
+    /// Only entries without a fresh mirrored copy.
+    pub unmirrored: bool,
+    /// Only keys (or URLs) containing this text.
+    pub filter: Option<String>,
+    pub limit: i64,
+    /// Entries with ids above this one (paging).
+    pub after_id: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogList {
+    /// Live entries in the catalog.
+    pub total: i64,
+    /// Of those, without a fresh mirrored copy.
+    pub unmirrored: i64,
+    pub entries: Vec<CatalogRow>,
+}
+
+/// A page of the catalog, URLs redacted.
+pub async fn list(ctx: &Ctx, p: &CatalogListParams) -> Result<CatalogList> {
+    if p.limit < 0 {
+        return Err(Error::Usage("--limit must not be negative".into()));
+    }
+    let (total, unmirrored) = ctx.db.catalog_counts().await?;
+    let entries = ctx
+        .db
+        .catalog_page(p.after_id, p.limit, p.unmirrored, p.filter.as_deref())
+        .await?
+        .into_iter()
+        .map(redacted)
+        .collect();
+    Ok(CatalogList {
+        total,
+        unmirrored,
+        entries,
+    })
+}
+
+/// One entry by id or `source/remote_id`; unknown ones are a usage error (exit 2).
+pub async fn show(ctx: &Ctx, id: &str) -> Result<CatalogRow> {
+    ctx.db
+        .catalog_get(id)
+        .await?
+        .map(redacted)
+        .ok_or_else(|| Error::NotFound(format!("no catalog entry with id or source/remote_id {id:?}")))
+}
+
+fn redacted(mut r: CatalogRow) -> CatalogRow {
+    r.url = redact_query(&r.url);
+    r
+}
