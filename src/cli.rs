@@ -218,6 +218,47 @@ pub enum Command {
         #[arg(long, default_value = "")]
         prefix: String,
     },
+    /// The catalog: what the mirror may serve (import, sync from the origin, list, show)
+    ///
+    /// A mirror serves the files its catalog lists: `catalog import` loads JSON Lines or CSV
+    /// (remote_id and url required; source, file_name, size, etag, updated_at and key
+    /// optional), `catalog sync` reads the origin's own listing or manifest. Catalog commands
+    /// always run headless.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+    /// Mirror catalog entries before anyone asks for them (pre-warming)
+    ///
+    /// Fetches entries without a fresh copy in the mirror bucket from the origin and stores
+    /// them as a miss would. Exit 1 when some failed.
+    #[command(group(clap::ArgGroup::new("selection").required(true).args(["unmirrored", "top", "ids"])))]
+    Prefetch {
+        /// Every catalog entry without a fresh copy
+        #[arg(long)]
+        unmirrored: bool,
+        /// The N most downloaded files of the --window that lack a fresh copy
+        #[arg(long, value_name = "N")]
+        top: Option<i64>,
+        /// With --top: the window, e.g. 24h, 7d, 30d
+        #[arg(long, short = 'w', default_value = "7d", requires = "top")]
+        window: String,
+        /// These catalog ids (space- or comma-separated; see `catalog list`)
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "ID")]
+        ids: Vec<i64>,
+        /// Files transferred at once
+        #[arg(long, short = 'j', default_value_t = crate::engine::ops::drift::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+        /// Fetch at most this much (by the catalog's sizes), e.g. 20GiB
+        #[arg(long, value_name = "SIZE")]
+        max_bytes: Option<String>,
+        /// Show what would be fetched, touching nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm fetching and writing the mirror (required headless)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Apply the database schema migrations
     Migrate,
     /// Run the data plane: the download proxy that fills the mirror and records every download
@@ -278,6 +319,81 @@ pub enum ArchiveAction {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CatalogFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogAction {
+    /// Upsert entries from a JSON Lines or CSV file (`-`: standard input)
+    ///
+    /// Entries are matched by (source, remote_id). A changed size or ETag marks the mirrored
+    /// copy stale (origin_changed). Malformed lines are skipped and named (exit 3), or with
+    /// --strict reject the whole import. A bad file (not UTF-8, a line over 1 MiB, empty, a
+    /// CSV without its header) changes nothing (exit 2).
+    ///
+    /// Example line: {"remote_id": "1234", "url": "pkgs/f1.bin", "size": 1048576, "etag": "abc"}
+    Import {
+        /// The file, or - for standard input
+        #[arg(value_name = "FILE|-")]
+        file: String,
+        /// The format (default: from the extension; standard input is JSON Lines)
+        #[arg(long, value_enum)]
+        format: Option<CatalogFormat>,
+        /// Soft-delete entries of the imported sources that the file does not list
+        #[arg(long)]
+        prune: bool,
+        /// Reject the whole import at the first malformed line
+        #[arg(long)]
+        strict: bool,
+        /// Report what would change, changing nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// With --prune: allow soft-deleting up to N entries (default policy.max_delete)
+        #[arg(long, value_name = "N")]
+        max_delete: Option<u64>,
+        /// With --prune: confirm (required)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Read the catalog from the origin: an S3 origin's listing, or origin.catalog_url
+    Sync {
+        /// Soft-delete entries the origin no longer lists
+        #[arg(long)]
+        prune: bool,
+        /// Report what would change, changing nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// With --prune: allow soft-deleting up to N entries (default policy.max_delete)
+        #[arg(long, value_name = "N")]
+        max_delete: Option<u64>,
+        /// With --prune: confirm (required)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Catalog entries with the state of their mirrored copy
+    List {
+        /// Only entries without a fresh mirrored copy
+        #[arg(long)]
+        unmirrored: bool,
+        /// Only keys containing this text (case-insensitive)
+        #[arg(long, short = 'f')]
+        filter: Option<String>,
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: i64,
+        /// Entries with ids above this one (paging)
+        #[arg(long, default_value_t = 0, value_name = "ID")]
+        after: i64,
+    },
+    /// One catalog entry by id or SOURCE/REMOTE_ID
+    Show {
+        #[arg(value_name = "ID|SOURCE/REMOTE_ID")]
+        id: String,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DemoAction {
     /// Serve the demo's S3 endpoint and origin in the foreground (prints export lines first)
@@ -310,6 +426,8 @@ impl Command {
             Command::Archive { .. } => "archive",
             Command::Drift { .. } => "drift",
             Command::Migrate => "migrate",
+            Command::Catalog { .. } => "catalog",
+            Command::Prefetch { .. } => "prefetch",
             Command::Serve { .. } => "serve",
             Command::Demo { .. } => "demo",
         }

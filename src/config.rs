@@ -579,7 +579,12 @@ pub fn validate(c: &Config) -> Result<(), String> {
             Ok(p) if matches!(p.scheme(), "http" | "https") => {}
             _ => match &c.origin.base_url {
                 Some(_) if url::Url::parse(u) == Err(url::ParseError::RelativeUrlWithoutBase) => {}
-                _ => return Err(format!("key `origin.catalog_url`: bad URL {:?}", crate::engine::origin::redact_query(u))),
+                _ => {
+                    return Err(format!(
+                        "key `origin.catalog_url`: bad URL {:?}",
+                        crate::engine::origin::redact_query(u)
+                    ))
+                }
             },
         }
     }
@@ -591,14 +596,20 @@ pub fn validate(c: &Config) -> Result<(), String> {
         }
     }
     if c.serve.pull_through == Some(true) && c.origin.base_url.is_none() {
-        return Err("key `serve.pull_through`: needs origin.base_url (where unknown keys are fetched from)".into());
+        return Err(
+            "key `serve.pull_through`: needs origin.base_url (where unknown keys are fetched from)"
+                .into(),
+        );
     }
     if let Some(admin) = &c.serve.admin_listen {
         let addr = admin.parse::<std::net::SocketAddr>().map_err(|_| {
             format!("key `serve.admin_listen`: bad address {admin:?} (expected IP:PORT, e.g. \"127.0.0.1:8081\")")
         })?;
         if Some(addr) == c.serve.listen.parse().ok() && addr.port() != 0 {
-            return Err("key `serve.admin_listen`: must not be the public download address serve.listen".into());
+            return Err(
+                "key `serve.admin_listen`: must not be the public download address serve.listen"
+                    .into(),
+            );
         }
         match &c.serve.admin_token {
             Some(t) if t.expose().len() >= 16 => {}

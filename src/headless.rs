@@ -9,6 +9,8 @@ use crate::engine::ops::files::{FileReport, FilesReport, LiveOrigin};
 use crate::engine::ops::history::HistoryReport;
 use crate::engine::ops::stats::StatsReport;
 
+pub mod catalog;
+
 /// Bytes as "1.23 GiB".
 pub fn bytes(n: i64) -> String {
     humansize::format_size(n.max(0) as u64, humansize::BINARY)

@@ -137,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         mirrorctl::serve::run(ctx, listen.as_deref()).await?;
         return Ok(0);
     }
+    if let Some(Command::Catalog { action }) = &cli.command {
+        return run_catalog(&cli, &ctx, action).await;
+    }
     if !cli.headless {
         return Ok(tui::run(ctx, cli.command.as_ref().map(|c| c.name())).await?);
     }
@@ -369,7 +372,48 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             }
             return Ok(report_exit(&r));
         }
-        Command::Migrate | Command::Demo { .. } | Command::Serve { .. } => {
+        Command::Prefetch {
+            unmirrored,
+            top,
+            window,
+            ids,
+            concurrency,
+            max_bytes,
+            dry_run,
+            yes,
+        } => {
+            use mirrorctl::engine::ops::prefetch;
+            let selection = match (unmirrored, top) {
+                (true, _) => prefetch::PrefetchSelection::Unmirrored,
+                (_, Some(n)) => prefetch::PrefetchSelection::Top {
+                    n: *n,
+                    window_days: window_days(window)?,
+                },
+                _ => prefetch::PrefetchSelection::Ids(ids.clone()),
+            };
+            let max_bytes = match max_bytes {
+                Some(s) => Some(
+                    config::parse_size(s).map_err(|e| Error::Usage(format!("--max-bytes: {e}")))?,
+                ),
+                None => None,
+            };
+            let params = prefetch::PrefetchParams {
+                selection,
+                concurrency: *concurrency,
+                max_bytes,
+                dry_run: *dry_run,
+                yes: *yes,
+            };
+            let r = prefetch::run(ctx, params, &cancellable_progress()).await;
+            headless::clear_progress_line();
+            let r = r?;
+            print(cli, &r, || headless::catalog::prefetch_table(&r))?;
+            return Ok(report_exit(&r));
+        }
+        Command::Migrate
+        | Command::Demo { .. }
+        | Command::Serve { .. }
+        | Command::Catalog { .. } => {
             unreachable!("handled before")
         }
     }
@@ -398,6 +442,96 @@ fn report_exit(r: &impl mirrorctl::engine::jobs::Report) -> u8 {
         3
     } else {
         0
+    }
+}
+
+/// A prefetch window in whole days: "7d", "24h", "30d".
+fn window_days(w: &str) -> anyhow::Result<i64> {
+    let d = config::parse_duration(w).map_err(|e| Error::Usage(format!("--window: {e}")))?;
+    let days = d.as_secs().div_ceil(86_400) as i64;
+    if days == 0 {
+        return Err(Error::Usage("--window must be at least 1d".into()).into());
+    }
+    Ok(days)
+}
+
+/// `catalog import|sync|list|show`, always headless; import and sync exit 3 when lines were
+/// skipped.
+async fn run_catalog(
+    cli: &Cli,
+    ctx: &Ctx,
+    action: &mirrorctl::cli::CatalogAction,
+) -> anyhow::Result<u8> {
+    use mirrorctl::cli::{CatalogAction, CatalogFormat};
+    use mirrorctl::engine::ops::catalog;
+    match action {
+        CatalogAction::Import {
+            file,
+            format,
+            prune,
+            strict,
+            dry_run,
+            max_delete,
+            yes,
+        } => {
+            let params = catalog::ImportParams {
+                input: catalog::ImportInput::Path(file.clone()),
+                format: format.map(|f| match f {
+                    CatalogFormat::Jsonl => catalog::Format::Jsonl,
+                    CatalogFormat::Csv => catalog::Format::Csv,
+                }),
+                prune: *prune,
+                strict: *strict,
+                dry_run: *dry_run,
+                max_delete: *max_delete,
+                yes: *yes,
+            };
+            let r = catalog::import(ctx, params, &cancellable_progress()).await;
+            headless::clear_progress_line();
+            let r = r?;
+            print(cli, &r, || headless::catalog::import_table(&r))?;
+            Ok(report_exit(&r))
+        }
+        CatalogAction::Sync {
+            prune,
+            dry_run,
+            max_delete,
+            yes,
+        } => {
+            let params = catalog::ImportParams {
+                prune: *prune,
+                dry_run: *dry_run,
+                max_delete: *max_delete,
+                yes: *yes,
+                ..Default::default()
+            };
+            let r = catalog::sync(ctx, params, &cancellable_progress()).await;
+            headless::clear_progress_line();
+            let r = r?;
+            print(cli, &r, || headless::catalog::import_table(&r))?;
+            Ok(report_exit(&r))
+        }
+        CatalogAction::List {
+            unmirrored,
+            filter,
+            limit,
+            after,
+        } => {
+            let p = catalog::CatalogListParams {
+                unmirrored: *unmirrored,
+                filter: filter.clone(),
+                limit: *limit,
+                after_id: *after,
+            };
+            let r = catalog::list(ctx, &p).await?;
+            print(cli, &r, || headless::catalog::list_table(&r))?;
+            Ok(0)
+        }
+        CatalogAction::Show { id } => {
+            let r = catalog::show(ctx, id).await?;
+            print(cli, &r, || headless::catalog::show_table(&r))?;
+            Ok(0)
+        }
     }
 }
 

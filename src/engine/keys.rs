@@ -87,14 +87,26 @@ mod tests {
     fn derived_keys() {
         let base = url::Url::parse("http://origin:8000/").ok();
         let b = base.as_ref();
-        assert_eq!(derive_key("http", "1", "pkgs/f1.bin", None, b), "pkgs/f1.bin");
-        assert_eq!(derive_key("http", "1", "/pkgs/f1.bin?t=1", None, None), "pkgs/f1.bin");
+        assert_eq!(
+            derive_key("http", "1", "pkgs/f1.bin", None, b),
+            "pkgs/f1.bin"
+        );
+        assert_eq!(
+            derive_key("http", "1", "/pkgs/f1.bin?t=1", None, None),
+            "pkgs/f1.bin"
+        );
         assert_eq!(
             derive_key("http", "1", "http://origin:8000/pkgs/a%20b.bin", None, b),
             "pkgs/a b.bin"
         );
         assert_eq!(
-            derive_key("gb", "77", "https://cdn.example/dl/9?token=s", Some("mod.zip"), b),
+            derive_key(
+                "gb",
+                "77",
+                "https://cdn.example/dl/9?token=s",
+                Some("mod.zip"),
+                b
+            ),
             "gb/77/mod.zip"
         );
         assert_eq!(

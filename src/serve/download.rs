@@ -143,7 +143,7 @@ async fn lookup(s: &Shared, k: &Lookup) -> Result<Option<Arc<Row>>, Response> {
             Ok(None) => s
                 .ctx
                 .db
-                .catalog_by_key(key)
+                .catalog_by_key(s.mirror.name(), key)
                 .await
                 .map(|c| c.map(|c| unmirrored(c, s.mirror.name()))),
             other => other,
@@ -237,7 +237,9 @@ async fn pull_through(
     if !allowed.is_empty() && !allowed.iter().any(|p| key.starts_with(p.as_str())) {
         return json_error(
             StatusCode::NOT_FOUND,
-            format!("no mirrored file with key {key:?} (and it is not under origin.allow_prefixes)"),
+            format!(
+                "no mirrored file with key {key:?} (and it is not under origin.allow_prefixes)"
+            ),
         );
     }
     if s.negative.get(key.as_str()).is_some() {
@@ -268,7 +270,15 @@ async fn pull_through(
         origin_etag: None,
         origin_updated_at: now,
     };
-    miss(s, Arc::new(Row::new(detail)), method, headers, started, true).await
+    miss(
+        s,
+        Arc::new(Row::new(detail)),
+        method,
+        headers,
+        started,
+        true,
+    )
+    .await
 }
 
 fn not_at_origin(key: &str) -> Response {

@@ -396,12 +396,9 @@ async fn register(
         updated_at: meta.last_modified,
         key: key.to_string(),
     };
-    db.catalog_upsert(&[(1, entry)], chrono::Utc::now()).await?;
-    let row = db.catalog_by_key(key).await?.ok_or_else(|| {
-        crate::engine::error::Error::runtime(format!("catalog entry for {key:?} vanished"))
-    })?;
-    tracing::info!("pull-through {key}: registered as catalog entry {}", row.id);
-    Ok(row.id)
+    let id = db.catalog_register(&entry, chrono::Utc::now()).await?;
+    tracing::info!("pull-through {key}: registered as catalog entry {id}");
+    Ok(id)
 }
 
 /// Copies the origin body into the spool, publishing progress; checks Content-Length.

@@ -4,6 +4,7 @@
 //! scheduled workers. It calls the engine for everything that touches the database, the
 //! buckets or the origin.
 
+mod admin;
 mod download;
 mod events;
 mod fill;
@@ -61,6 +62,7 @@ pub(crate) struct Shared {
 /// A running data plane.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     task: JoinHandle<Result<()>>,
 }
@@ -69,6 +71,11 @@ impl Server {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin API listens, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Starts a graceful shutdown: stop accepting, finish in-flight downloads and uploads
@@ -88,7 +95,29 @@ impl Server {
 /// Starts the data plane on `listener`: connects the mirror bucket and the origin first, so a
 /// misconfiguration fails here and not on the first request.
 pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
+    start_with_admin(ctx, listener, None).await
+}
+
+/// As `start`, with the admin API on `admin` (it needs `serve.admin_token`).
+pub async fn start_with_admin(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+) -> Result<Server> {
     let addr = listener.local_addr()?;
+    let admin =
+        match admin {
+            Some(l) => {
+                let token =
+                    ctx.config.serve.admin_token.as_ref().ok_or_else(|| {
+                        Error::Usage("the admin API needs serve.admin_token".into())
+                    })?;
+                let admin_addr = l.local_addr()?;
+                Some((l, admin_addr, admin::router(ctx.clone(), token.expose())))
+            }
+            None => None,
+        };
+    let admin_addr = admin.as_ref().map(|(_, a, _)| *a);
     let mirror = ctx.mirror().await?.clone();
     let origin = ctx.origin().await?.clone();
     let cfg = ctx.config.serve.clone();
@@ -128,6 +157,15 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
     let cancel = CancellationToken::new();
     let workers = workers::spawn(ctx.clone(), cancel.clone());
     let app = router(shared.clone());
+    let admin_task = admin.map(|(l, admin_addr, app)| {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(l, app).with_graceful_shutdown(cancel.cancelled_owned());
+            if let Err(e) = served.await {
+                tracing::error!("admin API {admin_addr}: {e}");
+            }
+        })
+    });
     let task = tokio::spawn({
         let cancel = cancel.clone();
         async move {
@@ -155,6 +193,9 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
             for w in workers {
                 let _ = w.await;
             }
+            if let Some(t) = admin_task {
+                let _ = t.await;
+            }
             // Write the events of everything served so far.
             stop_recorder.cancel();
             let _ = recorder_task.await;
@@ -162,7 +203,12 @@ pub async fn start(ctx: Arc<Ctx>, listener: TcpListener) -> Result<Server> {
             Ok(())
         }
     });
-    Ok(Server { addr, cancel, task })
+    Ok(Server {
+        addr,
+        admin_addr,
+        cancel,
+        task,
+    })
 }
 
 /// `mirrorctl serve`: listens until Ctrl-C or SIGTERM, then shuts down gracefully.
@@ -176,13 +222,30 @@ pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| Error::runtime(format!("cannot listen on {addr}: {e}")))?;
+    let admin =
+        match &ctx.config.serve.admin_listen {
+            Some(a) => {
+                let a: SocketAddr = a
+                    .parse()
+                    .map_err(|_| Error::Usage(format!("serve.admin_listen: bad address {a:?}")))?;
+                Some(TcpListener::bind(a).await.map_err(|e| {
+                    Error::runtime(format!("cannot listen on {a} (admin API): {e}"))
+                })?)
+            }
+            None => None,
+        };
     let mut ctx = ctx;
     ctx.operator = format!("serve:{}", ctx.operator);
-    let server = start(Arc::new(ctx), listener).await?;
+    let server = start_with_admin(Arc::new(ctx), listener, admin).await?;
     eprintln!(
         "mirrorctl serve: listening on http://{} (GET /download/{{id}}, /files/{{key}}, /metrics, /healthz, /readyz)",
         server.addr()
     );
+    if let Some(a) = server.admin_addr() {
+        eprintln!(
+            "mirrorctl serve: admin API on http://{a} (PUT /catalog/{{source}}/{{remote_id}}, POST /catalog; bearer token)"
+        );
+    }
     shutdown_signal().await;
     eprintln!("mirrorctl serve: shutting down (finishing downloads and uploads)…");
     server.shutdown();

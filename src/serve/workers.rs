@@ -1,5 +1,6 @@
 //! Scheduled workers of the serve process, each off unless `[serve]` sets its interval:
-//! validation of recently downloaded files, purge of unused files, archive of old months. They
+//! validation of recently downloaded files, purge of unused files, archive of old months,
+//! catalog sync from the origin (without prune). They
 //! call the same engine operations as the TUI and `--headless`, so they take the same lock
 //! (a busy lock skips the round) and write the same audit rows.
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{archive, purge, validate};
+use crate::engine::ops::{archive, catalog, purge, validate};
 use crate::engine::Ctx;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +20,7 @@ enum Worker {
     Validate,
     PurgeUnused,
     Archive,
+    CatalogSync,
 }
 
 impl Worker {
@@ -27,6 +29,7 @@ impl Worker {
             Worker::Validate => "validate",
             Worker::PurgeUnused => "purge-unused",
             Worker::Archive => "archive",
+            Worker::CatalogSync => "catalog-sync",
         }
     }
 
@@ -55,6 +58,10 @@ impl Worker {
                 let r = archive::run(ctx, p, progress).await?;
                 Ok(r.to_string())
             }
+            Worker::CatalogSync => {
+                let r = catalog::sync(ctx, catalog::ImportParams::default(), progress).await?;
+                Ok(r.to_string())
+            }
         }
     }
 }
@@ -67,6 +74,7 @@ pub fn spawn(ctx: Arc<Ctx>, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
         (Worker::Validate, s.validate_every),
         (Worker::PurgeUnused, s.purge_unused_every),
         (Worker::Archive, s.archive_every),
+        (Worker::CatalogSync, s.catalog_sync_every),
     ]
     .into_iter()
     .filter_map(|(w, every)| every.map(|e| (w, e.0)))

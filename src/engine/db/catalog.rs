@@ -78,6 +78,30 @@ pub enum MergeOutcome {
     OverPruneCap(CatalogMerge),
 }
 
+/// A transaction that will write: SQLite's must take the write lock at `BEGIN` (a deferred one
+/// that reads first fails with "database is locked" when another writer got there between).
+trait BeginWrite: sqlx::Connection {
+    fn begin_write(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Self::Database>, sqlx::Error>>;
+}
+
+impl BeginWrite for sqlx::PgConnection {
+    fn begin_write(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Postgres>, sqlx::Error>> {
+        sqlx::Connection::begin(self)
+    }
+}
+
+impl BeginWrite for sqlx::SqliteConnection {
+    fn begin_write(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Sqlite>, sqlx::Error>> {
+        sqlx::Connection::begin_with(self, "BEGIN IMMEDIATE")
+    }
+}
+
 enum StageConn {
     Postgres(PoolConnection<Postgres>),
     Sqlite(PoolConnection<Sqlite>),
@@ -118,10 +142,11 @@ const PRUNABLE: &str = "o.deleted_at IS NULL \
      AND o.source IN (SELECT DISTINCT source FROM catalog_stage) \
      AND NOT EXISTS (SELECT 1 FROM catalog_stage s WHERE s.source = o.source AND s.remote_id = o.remote_id)";
 
+/// An entry with the live copy under its key in the bucket bound next.
 const ROW_SQL: &str = "SELECT o.id, o.source, o.remote_id, o.file_name, o.url, o.size, o.etag, \
      o.key, o.updated_at, o.deleted_at, m.id AS mirrored_id, m.is_stale AS mirrored_stale \
      FROM origin_files o LEFT JOIN mirrored_files m \
-     ON m.origin_file_id = o.id AND m.deleted_at IS NULL";
+     ON m.key = o.key AND m.deleted_at IS NULL AND m.bucket = ";
 
 impl Db {
     /// Opens a stage for an import: a temporary table on a connection of its own.
@@ -163,30 +188,35 @@ impl Db {
         Ok(stage)
     }
 
-    /// Upserts entries given one by one (the admin API), merged like an import without prune.
-    pub async fn catalog_upsert(
-        &self,
-        entries: &[(u64, CatalogEntry)],
-        at: DateTime<Utc>,
-    ) -> Result<CatalogMerge> {
-        let mut stage = self.catalog_stage().await?;
-        stage.insert(entries).await?;
-        let opts = MergeOptions {
-            prune: false,
-            max_prune: 0,
-            dry_run: false,
-            at,
-        };
-        match stage.merge(&opts).await? {
-            MergeOutcome::Applied(m) | MergeOutcome::DryRun(m) | MergeOutcome::OverPruneCap(m) => {
-                Ok(m)
-            }
-        }
+    /// Registers one entry the origin just served (pull-through) and returns its id: inserted,
+    /// or updated when it exists (a new key has no mirrored copy to mark stale).
+    pub async fn catalog_register(&self, e: &CatalogEntry, at: DateTime<Utc>) -> Result<i64> {
+        let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
+                "INSERT INTO origin_files (source, remote_id, file_name, url, size, etag, updated_at, key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (source, remote_id) DO UPDATE SET \
+                 file_name = excluded.file_name, url = excluded.url, size = excluded.size, \
+                 etag = excluded.etag, updated_at = excluded.updated_at, key = excluded.key, \
+                 deleted_at = NULL RETURNING id",
+            )
+            .bind(&e.source)
+            .bind(&e.remote_id)
+            .bind(&e.file_name)
+            .bind(&e.url)
+            .bind(e.size)
+            .bind(&e.etag)
+            .bind(ts(e.updated_at.unwrap_or(at)))
+            .bind(&e.key)
+            .fetch_one(p)
+            .await
+        });
+        r.map_err(|e| self.err(e))
     }
 
     /// A page of the catalog by id; `unmirrored` keeps entries without a fresh live copy.
     pub async fn catalog_page(
         &self,
+        bucket: &str,
         after_id: i64,
         limit: i64,
         unmirrored: bool,
@@ -197,6 +227,7 @@ impl Db {
             .map(super::files::contains_pattern);
         let r = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(ROW_SQL);
+            qb.push_bind(bucket.to_string());
             qb.push(" WHERE o.deleted_at IS NULL AND o.id > ")
                 .push_bind(after_id);
             if unmirrored {
@@ -214,13 +245,15 @@ impl Db {
     }
 
     /// Live catalog entries, and how many of them have no fresh live copy.
-    pub async fn catalog_counts(&self) -> Result<(i64, i64)> {
+    pub async fn catalog_counts(&self, bucket: &str) -> Result<(i64, i64)> {
         let r: Result<(i64, i64), sqlx::Error> = on_pool!(self, |p| {
             sqlx::query_as(
                 "SELECT count(*), count(*) FILTER (WHERE m.id IS NULL OR m.is_stale) \
                  FROM origin_files o LEFT JOIN mirrored_files m \
-                 ON m.origin_file_id = o.id AND m.deleted_at IS NULL WHERE o.deleted_at IS NULL",
+                 ON m.key = o.key AND m.deleted_at IS NULL AND m.bucket = $1 \
+                 WHERE o.deleted_at IS NULL",
             )
+            .bind(bucket)
             .fetch_one(p)
             .await
         });
@@ -228,15 +261,17 @@ impl Db {
     }
 
     /// One catalog entry by id, or by `source/remote_id`.
-    pub async fn catalog_get(&self, id_or_name: &str) -> Result<Option<CatalogRow>> {
+    pub async fn catalog_get(&self, bucket: &str, id_or_name: &str) -> Result<Option<CatalogRow>> {
         let r = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(ROW_SQL);
+            qb.push_bind(bucket.to_string());
             match id_or_name.trim().parse::<i64>() {
                 Ok(id) => {
                     qb.push(" WHERE o.id = ").push_bind(id);
                 }
                 Err(_) => {
-                    let (source, remote_id) = id_or_name.split_once('/').unwrap_or(("http", id_or_name));
+                    let (source, remote_id) =
+                        id_or_name.split_once('/').unwrap_or(("http", id_or_name));
                     qb.push(" WHERE o.source = ")
                         .push_bind(source.to_string())
                         .push(" AND o.remote_id = ")
@@ -250,9 +285,10 @@ impl Db {
     }
 
     /// The live catalog entry whose copy lives under `key` (the lowest id if several do).
-    pub async fn catalog_by_key(&self, key: &str) -> Result<Option<CatalogRow>> {
+    pub async fn catalog_by_key(&self, bucket: &str, key: &str) -> Result<Option<CatalogRow>> {
         let r = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(ROW_SQL);
+            qb.push_bind(bucket.to_string());
             qb.push(" WHERE o.deleted_at IS NULL AND o.key = ")
                 .push_bind(key.to_string())
                 .push(" ORDER BY o.id LIMIT 1");
@@ -290,7 +326,12 @@ impl CatalogStage {
                     .bind(col(|e| e.url.clone()))
                     .bind(col(|e| e.file_name.clone()))
                     .bind(batch.iter().map(|(_, e)| e.size).collect::<Vec<_>>())
-                    .bind(batch.iter().map(|(_, e)| e.etag.clone()).collect::<Vec<_>>())
+                    .bind(
+                        batch
+                            .iter()
+                            .map(|(_, e)| e.etag.clone())
+                            .collect::<Vec<_>>(),
+                    )
                     .bind(
                         batch
                             .iter()
@@ -353,8 +394,7 @@ impl CatalogStage {
         let db = self.db.clone();
         let at = ts(o.at);
         let r: Result<MergeOutcome, sqlx::Error> = on_conn!(self, |c| {
-            use sqlx::Acquire;
-            let mut tx = c.begin().await?;
+            let mut tx = c.begin_write().await?;
             let staged: i64 = sqlx::query_scalar("SELECT count(*) FROM catalog_stage")
                 .fetch_one(&mut *tx)
                 .await?;

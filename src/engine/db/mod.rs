@@ -11,6 +11,7 @@ mod inventory;
 mod lifecycle;
 mod oplog;
 mod partitions;
+mod prefetch;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use lifecycle::{
 };
 pub use oplog::LockGuard;
 pub use partitions::{month_bounds, partition_name, Month};
+pub use prefetch::PrefetchRow;
 
 /// Runs the same block against whichever pool this `Db` holds.
 macro_rules! on_pool {

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod drift;
 pub mod files;
 pub mod history;
+pub mod prefetch;
 pub mod purge;
 pub mod remirror;
 pub mod stats;

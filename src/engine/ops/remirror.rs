@@ -254,42 +254,50 @@ async fn remirror_one(
     mirror: &S3Bucket,
     row: LifecycleRow,
 ) -> Result<RemirrorItem> {
-    let mut item = RemirrorItem {
-        id: row.id,
-        key: row.key.clone(),
-        status: RemirrorStatus::Failed,
-        bytes: 0,
-        sha256: None,
-        error: None,
-    };
-    let body = match origin.get(&row.origin_url).await {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            item.error = Some("gone at the origin (404)".into());
-            return Ok(item);
-        }
-        Err(e) => {
-            item.error = Some(e.to_string());
-            return Ok(item);
-        }
-    };
     let target = StoreTarget {
         id: Some(row.id),
         origin_file_id: row.origin_file_id,
         key: row.key.clone(),
     };
-    let (bytes, sha256, _) = match store(db, mirror, &target, body.body, body.meta).await {
-        Ok(stored) => stored,
-        Err(e @ Error::Database { .. }) => return Err(e),
-        Err(e) => {
-            item.error = Some(e.to_string());
-            return Ok(item);
-        }
+    let stored = fetch_and_store(db, origin, mirror, &row.origin_url, &target).await?;
+    let mut item = RemirrorItem {
+        id: row.id,
+        key: row.key,
+        status: RemirrorStatus::Failed,
+        bytes: 0,
+        sha256: None,
+        error: None,
     };
-    item.status = RemirrorStatus::Remirrored;
-    item.bytes = bytes;
-    item.sha256 = Some(sha256);
+    match stored {
+        Ok((bytes, sha256, _)) => {
+            item.status = RemirrorStatus::Remirrored;
+            item.bytes = bytes;
+            item.sha256 = Some(sha256);
+        }
+        Err(why) => item.error = Some(why),
+    }
     Ok(item)
+}
+
+/// GETs `url` from the origin and `store`s it: `Ok(Err(why))` when the origin or the upload
+/// failed for this file, `Err` only when the database failed (which fails the whole run).
+pub async fn fetch_and_store(
+    db: &Db,
+    origin: &Origin,
+    mirror: &S3Bucket,
+    url: &str,
+    target: &StoreTarget,
+) -> Result<std::result::Result<(u64, String, i64), String>> {
+    let body = match origin.get(url).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Err("gone at the origin (404)".into())),
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    match store(db, mirror, target, body.body, body.meta).await {
+        Ok(stored) => Ok(Ok(stored)),
+        Err(e @ Error::Database { .. }) => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }
 
 /// Which mirrored file a body is stored for.
@@ -334,19 +342,19 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
     let now = Utc::now();
     let id = db
         .record_remirror(&Remirrored {
-        id: target.id,
-        bucket: mirror.name().to_string(),
-        key: target.key.clone(),
-        origin_file_id: target.origin_file_id,
-        size: bytes as i64,
-        sha256: sha256.clone(),
-        etag: put.etag,
-        origin_size: Some(bytes as i64),
-        origin_etag: meta.etag,
-        origin_updated_at: meta.last_modified.unwrap_or(now),
-        at: now,
-    })
-    .await?;
+            id: target.id,
+            bucket: mirror.name().to_string(),
+            key: target.key.clone(),
+            origin_file_id: target.origin_file_id,
+            size: bytes as i64,
+            sha256: sha256.clone(),
+            etag: put.etag,
+            origin_size: Some(bytes as i64),
+            origin_etag: meta.etag,
+            origin_updated_at: meta.last_modified.unwrap_or(now),
+            at: now,
+        })
+        .await?;
     Ok((bytes, sha256, id))
 }
 

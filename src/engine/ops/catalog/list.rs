@@ -33,10 +33,17 @@ pub async fn list(ctx: &Ctx, p: &CatalogListParams) -> Result<CatalogList> {
     if p.limit < 0 {
         return Err(Error::Usage("--limit must not be negative".into()));
     }
-    let (total, unmirrored) = ctx.db.catalog_counts().await?;
+    let bucket = mirror_bucket(ctx)?;
+    let (total, unmirrored) = ctx.db.catalog_counts(&bucket).await?;
     let entries = ctx
         .db
-        .catalog_page(p.after_id, p.limit, p.unmirrored, p.filter.as_deref())
+        .catalog_page(
+            &bucket,
+            p.after_id,
+            p.limit,
+            p.unmirrored,
+            p.filter.as_deref(),
+        )
         .await?
         .into_iter()
         .map(redacted)
@@ -51,10 +58,24 @@ pub async fn list(ctx: &Ctx, p: &CatalogListParams) -> Result<CatalogList> {
 /// One entry by id or `source/remote_id`; unknown ones are a usage error (exit 2).
 pub async fn show(ctx: &Ctx, id: &str) -> Result<CatalogRow> {
     ctx.db
-        .catalog_get(id)
+        .catalog_get(&mirror_bucket(ctx)?, id)
         .await?
         .map(redacted)
-        .ok_or_else(|| Error::NotFound(format!("no catalog entry with id or source/remote_id {id:?}")))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "no catalog entry with id or source/remote_id {id:?}"
+            ))
+        })
+}
+
+/// The configured mirror bucket's name (no connection needed).
+fn mirror_bucket(ctx: &Ctx) -> Result<String> {
+    Ok(ctx
+        .config
+        .mirror_bucket()
+        .map_err(Error::Usage)?
+        .bucket
+        .clone())
 }
 
 fn redacted(mut r: CatalogRow) -> CatalogRow {

@@ -145,8 +145,12 @@ pub async fn import(ctx: &Ctx, p: ImportParams, progress: &Progress) -> Result<I
         )
     };
     check_guards(ctx, &p)?;
-    let label = if path == "-" { "standard input".to_string() } else { path.clone() };
-    let defaults = defaults(ctx, None)?;
+    let label = if path == "-" {
+        "standard input".to_string()
+    } else {
+        path.clone()
+    };
+    let defaults = defaults_for(ctx)?;
     audited(ctx, "catalog-import", &p, !p.dry_run, progress, || async {
         let rx = read_in_thread(input, format, defaults, label.clone());
         stage_and_merge(ctx, rx, &p, label, progress).await
@@ -192,16 +196,16 @@ fn check_guards(ctx: &Ctx, p: &ImportParams) -> Result<()> {
     Ok(())
 }
 
-/// What entries fall back to: `origin.base_url` (relative URLs and keys), the source.
-pub(crate) fn defaults(ctx: &Ctx, source: Option<&str>) -> Result<Defaults> {
+/// What entries fall back to: `origin.base_url` (relative URLs and keys).
+pub fn defaults_for(ctx: &Ctx) -> Result<Defaults> {
     let base_url = match &ctx.config.origin.base_url {
-        Some(b) => Some(
-            url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?,
-        ),
+        Some(b) => {
+            Some(url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?)
+        }
         None => None,
     };
     Ok(Defaults {
-        source: source.map(str::to_string),
+        source: None,
         base_url,
     })
 }
@@ -223,7 +227,9 @@ fn read_in_thread(
             }
         };
         loop {
-            let batch = reader.next_batch(BATCH).map_err(|e| format!("{label}: {e}"));
+            let batch = reader
+                .next_batch(BATCH)
+                .map_err(|e| format!("{label}: {e}"));
             let end = batch.as_ref().map_or(true, |b| b.end);
             if tx.blocking_send(batch).is_err() || end {
                 return;
@@ -249,7 +255,7 @@ pub(crate) async fn stage_and_merge(
     };
     let mut stage = ctx.db.catalog_stage().await?;
     let mut staged_entries = 0u64;
-    progress.update(0, None, "reading");
+    progress.update(0, None, "reading the catalog");
     while let Some(batch) = rx.recv().await {
         let batch = batch.map_err(Error::Usage)?;
         report.lines += batch.lines;
@@ -270,7 +276,7 @@ pub(crate) async fn stage_and_merge(
         }
         staged_entries += batch.entries.len() as u64;
         stage.insert(&batch.entries).await?;
-        progress.update(report.lines, None, "reading");
+        progress.update(report.lines, None, format!("read {} lines", report.lines));
         if progress.is_cancelled() {
             return Err(Error::Cancelled);
         }
@@ -281,7 +287,11 @@ pub(crate) async fn stage_and_merge(
     report.entries = stage.staged().await?;
     // Lines for an entry already staged by an earlier batch were replaced there.
     report.duplicates += staged_entries.saturating_sub(report.entries);
-    progress.update(report.lines, Some(report.lines), "merging");
+    progress.update(
+        report.lines,
+        Some(report.lines),
+        format!("merging {} entries", report.entries),
+    );
     let max_prune = p.max_delete.unwrap_or(ctx.config.policy.max_delete);
     let opts = MergeOptions {
         prune: p.prune,
@@ -319,8 +329,14 @@ pub async fn upsert_one(
     body.insert("source".into(), source.into());
     body.insert("remote_id".into(), remote_id.into());
     let line = serde_json::Value::Object(body).to_string() + "\n";
-    let defaults = defaults(ctx, None)?;
-    import_api(ctx, Box::new(std::io::Cursor::new(line.into_bytes())), defaults, true).await
+    let defaults = defaults_for(ctx)?;
+    import_api(
+        ctx,
+        Box::new(std::io::Cursor::new(line.into_bytes())),
+        defaults,
+        true,
+    )
+    .await
 }
 
 /// An entry made of a listed S3 object (an S3 origin's `catalog sync`).

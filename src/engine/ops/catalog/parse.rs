@@ -163,7 +163,9 @@ impl CatalogReader {
             batch.lines += 1;
             let Some(fields) = fields else { continue };
             self.seen_entry = true;
-            match fields.and_then(|f| entry(&f, &self.defaults).map_err(|(field, m)| (Some(field), m))) {
+            match fields
+                .and_then(|f| entry(&f, &self.defaults).map_err(|(field, m)| (Some(field), m)))
+            {
                 Ok(e) => {
                     let id = (e.source.clone(), e.remote_id.clone());
                     match index.get(&id) {
@@ -198,8 +200,13 @@ impl CatalogReader {
     #[allow(clippy::type_complexity)]
     fn next_record(
         &mut self,
-    ) -> Result<Option<(u64, Option<Result<Map<String, Value>, (Option<String>, String)>>)>, String>
-    {
+    ) -> Result<
+        Option<(
+            u64,
+            Option<Result<Map<String, Value>, (Option<String>, String)>>,
+        )>,
+        String,
+    > {
         match &mut self.inner {
             Inner::Jsonl { input, line, buf } => {
                 buf.clear();
@@ -211,7 +218,10 @@ impl CatalogReader {
                 }
                 *line += 1;
                 let text = std::str::from_utf8(buf).map_err(|e| {
-                    format!("line {line}: not UTF-8 (byte {} of the line)", e.valid_up_to() + 1)
+                    format!(
+                        "line {line}: not UTF-8 (byte {} of the line)",
+                        e.valid_up_to() + 1
+                    )
                 })?;
                 let text = text.trim().trim_start_matches('\u{feff}');
                 if text.is_empty() {
@@ -238,11 +248,7 @@ impl CatalogReader {
                     return Ok(Some((line, None)));
                 }
                 if record.len() != header.len() {
-                    let why = format!(
-                        "{} fields, the header has {}",
-                        record.len(),
-                        header.len()
-                    );
+                    let why = format!("{} fields, the header has {}", record.len(), header.len());
                     return Ok(Some((line, Some(Err((None, why))))));
                 }
                 let mut m = Map::new();
@@ -508,7 +514,9 @@ mod tests {
     #[test]
     fn fatal_files() {
         assert!(read_all("", Format::Jsonl).unwrap_err().contains("empty"));
-        assert!(read_all("\n\n", Format::Jsonl).unwrap_err().contains("empty"));
+        assert!(read_all("\n\n", Format::Jsonl)
+            .unwrap_err()
+            .contains("empty"));
         assert!(read_all("", Format::Csv).unwrap_err().contains("empty"));
         let bytes = b"{\"remote_id\":\"1\",\"url\":\"a\"}\n{\"x\":\"\xff\"}\n".to_vec();
         let mut r = CatalogReader::new(
@@ -518,7 +526,10 @@ mod tests {
         )
         .expect("opens");
         assert!(r.next_batch(10).unwrap_err().contains("line 2: not UTF-8"));
-        let long = format!("{{\"remote_id\":\"1\",\"url\":\"{}\"}}\n", "a".repeat(MAX_LINE));
+        let long = format!(
+            "{{\"remote_id\":\"1\",\"url\":\"{}\"}}\n",
+            "a".repeat(MAX_LINE)
+        );
         assert!(read_all(&long, Format::Jsonl)
             .unwrap_err()
             .contains("longer than 1 MiB"));

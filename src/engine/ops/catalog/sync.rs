@@ -28,16 +28,13 @@ pub async fn sync(ctx: &Ctx, mut p: ImportParams, progress: &Progress) -> Result
                         .into(),
                 )
             })?;
-            let body = http
-                .get(&url)
-                .await?
-                .ok_or_else(|| Error::Origin {
-                    url: crate::engine::origin::redact_query(&url),
-                    message: "catalog manifest not found (HTTP 404)".into(),
-                })?;
+            let body = http.get(&url).await?.ok_or_else(|| Error::Origin {
+                url: crate::engine::origin::redact_query(&url),
+                message: "catalog manifest not found (HTTP 404)".into(),
+            })?;
             let label = crate::engine::origin::redact_query(&url);
             let input = tokio_util::io::SyncIoBridge::new(body.body);
-            let defaults = super::defaults(ctx, None)?;
+            let defaults = super::defaults_for(ctx)?;
             let rx = super::read_in_thread(Box::new(input), Format::Jsonl, defaults, label.clone());
             (label, rx)
         }
