@@ -265,9 +265,14 @@ pub enum Command {
     ///
     /// GET /download/{file_id} and GET /files/{key} serve a fresh mirror copy (a hit) or stream
     /// the origin to the client while uploading to the mirror (a miss; concurrent misses of one
-    /// file share one origin fetch). Also GET /metrics (Prometheus), /healthz and /readyz.
-    /// Scheduled validate/purge/archive workers run when [serve] sets their intervals.
-    /// Stops on Ctrl-C or SIGTERM after in-flight downloads and uploads finish.
+    /// file share one origin fetch). A catalog entry not mirrored yet is a miss that stores its
+    /// first copy; with origin.base_url set (serve.pull_through), a key the catalog does not
+    /// know is fetched from base_url + key and registered, and an origin 404 is remembered for
+    /// serve.negative_ttl. Also GET /metrics (Prometheus), /healthz and /readyz.
+    /// serve.admin_listen adds the admin API (PUT /catalog/{source}/{remote_id}, POST /catalog,
+    /// bearer serve.admin_token) on its own address.
+    /// Scheduled validate/purge/archive/catalog-sync workers run when [serve] sets their
+    /// intervals. Stops on Ctrl-C or SIGTERM after in-flight downloads and uploads finish.
     Serve {
         /// Address to listen on (default: serve.listen, 127.0.0.1:8080)
         #[arg(long, value_name = "ADDR")]

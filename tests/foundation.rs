@@ -46,6 +46,10 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
         ("bad_duration.toml", "tui.refresh"),
         ("broken_toml.toml", "line 1"),
         ("half_credentials.toml", "buckets.mirror"),
+        ("admin_without_token.toml", "serve.admin_token"),
+        ("short_admin_token.toml", "serve.admin_token"),
+        ("pull_through_without_base.toml", "serve.pull_through"),
+        ("bad_allow_prefix.toml", "origin.allow_prefixes"),
     ];
     for (file, needle) in cases {
         let path = format!("{dir}/{file}");

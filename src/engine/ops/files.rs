@@ -109,6 +109,9 @@ pub async fn show(ctx: &Ctx, p: &FileParams) -> Result<FileReport> {
     } else {
         (None, None)
     };
+    // Catalog URLs may carry credentials or tokens: stored as given, never printed.
+    let mut file = file;
+    file.origin_url = crate::engine::origin::redact_query(&file.origin_url);
     Ok(FileReport {
         origin: OriginView {
             url: file.origin_url.clone(),
