@@ -151,9 +151,19 @@ const ROW_SQL: &str = "SELECT o.id, o.source, o.remote_id, o.file_name, o.url, o
 impl Db {
     /// Opens a stage for an import: a temporary table on a connection of its own.
     pub async fn catalog_stage(&self) -> Result<CatalogStage> {
+        // The connection is closed, not pooled, when the stage is dropped: an import that fails
+        // half-way leaves no temporary table behind on a pooled connection.
         let conn = match &self.pool {
-            Pool::Postgres(p) => StageConn::Postgres(p.acquire().await.map_err(|e| self.err(e))?),
-            Pool::Sqlite(p) => StageConn::Sqlite(p.acquire().await.map_err(|e| self.err(e))?),
+            Pool::Postgres(p) => {
+                let mut c = p.acquire().await.map_err(|e| self.err(e))?;
+                c.close_on_drop();
+                StageConn::Postgres(c)
+            }
+            Pool::Sqlite(p) => {
+                let mut c = p.acquire().await.map_err(|e| self.err(e))?;
+                c.close_on_drop();
+                StageConn::Sqlite(c)
+            }
         };
         let mut stage = CatalogStage {
             db: self.clone(),
