@@ -79,6 +79,10 @@ log "terminal UI end to end (tmux)"
 cargo build --quiet
 scripts/tui-e2e.sh
 
+# --- README's "Your own mirror", command by command: its own Garage, this PostgreSQL, SQLite ----
+log "README: your own mirror (scripts/first-mirror.sh)"
+scripts/first-mirror.sh
+
 # --- The suite ---------------------------------------------------------------------------------
 log "running the tests"
 if cargo nextest --version >/dev/null 2>&1; then
