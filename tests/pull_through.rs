@@ -609,7 +609,12 @@ async fn unknown_key_is_pulled_registered_and_mirrored() {
                 entry.url.as_str(),
                 entry.key.as_deref()
             ),
-            ("http", key, key, Some(key)),
+            (
+                "http",
+                key,
+                mirrorctl::engine::keys::key_to_url(key).as_str(),
+                Some(key)
+            ),
             "{backend}"
         );
         assert_eq!(entry.size, Some(data.len() as i64));

@@ -19,6 +19,47 @@ pub fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Characters a key keeps in a URL path: everything else (`%`, `?`, `#`, `:`, spaces, non-ASCII…)
+/// is percent-encoded, so a key is always a path under `origin.base_url`, never a query, a
+/// scheme or an encoded `..`.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b'@');
+
+/// The relative URL of a key under `origin.base_url`: each segment percent-encoded. Its
+/// `derive_key` is the key again.
+pub fn key_to_url(key: &str) -> String {
+    key.split('/')
+        .map(|seg| percent_encoding::utf8_percent_encode(seg, PATH_SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `origin.base_url` as a base to join relative URLs to: a path without a trailing `/` gets
+/// one, so `http://o/base` + `pkgs/f1.bin` is `http://o/base/pkgs/f1.bin`, not `/pkgs/f1.bin`.
+pub fn base_url(s: &str) -> Result<url::Url, url::ParseError> {
+    let mut u = url::Url::parse(s)?;
+    if !u.path().ends_with('/') {
+        let path = format!("{}/", u.path());
+        u.set_path(&path);
+    }
+    Ok(u)
+}
+
 /// Whether `location` is an absolute URL (`https://…`, `s3://…`) rather than a path.
 pub fn is_absolute(location: &str) -> bool {
     url::Url::parse(location).is_ok()
@@ -81,6 +122,32 @@ mod tests {
         assert!(check_key("a\u{0}b").is_err());
         assert!(check_key("a\nb").is_err());
         assert!(check_key("").is_err());
+    }
+
+    #[test]
+    fn keys_stay_paths_under_the_base() {
+        let base = base_url("http://o:1/base").expect("base");
+        assert_eq!(base.as_str(), "http://o:1/base/");
+        for (key, path) in [
+            (
+                "pkgs/%2e%2e/%2e%2e/private/secret.bin",
+                "/base/pkgs/%252e%252e/%252e%252e/private/secret.bin",
+            ),
+            (
+                "http:/127.0.0.2:9/x.bin",
+                "/base/http%3A/127.0.0.2%3A9/x.bin",
+            ),
+            ("pull/a%41.bin", "/base/pull/a%2541.bin"),
+            ("pull/q?v=1.bin", "/base/pull/q%3Fv=1.bin"),
+            ("mods/a b/ü.zip", "/base/mods/a%20b/%C3%BC.zip"),
+        ] {
+            let url = key_to_url(key);
+            let joined = base.join(&url).expect("joins");
+            assert_eq!(joined.host_str(), Some("o"), "{key}");
+            assert_eq!(joined.path(), path, "{key}");
+            assert_eq!(joined.query(), None, "{key}");
+            assert_eq!(derive_key("http", "1", &url, None, Some(&base)), key);
+        }
     }
 
     #[test]

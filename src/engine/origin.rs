@@ -97,7 +97,8 @@ impl HttpOrigin {
             .map_err(|e| Error::runtime(format!("origin HTTP client: {}", chain(&e))))?;
         let base = match &cfg.base_url {
             Some(b) => Some(
-                url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?,
+                crate::engine::keys::base_url(b)
+                    .map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?,
             ),
             None => None,
         };

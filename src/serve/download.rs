@@ -265,7 +265,8 @@ async fn pull_through(
         origin_source: "http".into(),
         origin_remote_id: key.clone(),
         origin_file_name: String::new(),
-        origin_url: key.clone(),
+        // Encoded, so the key stays a path under base_url (never a query, scheme or `..`).
+        origin_url: crate::engine::keys::key_to_url(&key),
         origin_size: None,
         origin_etag: None,
         origin_updated_at: now,
@@ -538,7 +539,8 @@ async fn miss(
         pull_through,
     };
     let fill = match Fills::join(s, job) {
-        Ok(f) => f,
+        Ok(Some(f)) => f,
+        Ok(None) => return not_at_origin(&file.key),
         Err(e) => {
             tracing::error!("miss {}: {e}", file.key);
             record(s, file.id, false, 0, 500, started);

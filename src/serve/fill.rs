@@ -187,11 +187,17 @@ impl Fills {
     }
 
     /// The fill of the job's key in flight, or a new one started for it.
-    pub fn join(shared: &Arc<Shared>, job: FillJob) -> io::Result<Arc<Fill>> {
+    /// `Ok(None)` for a pull-through key the origin just answered 404 for.
+    pub fn join(shared: &Arc<Shared>, job: FillJob) -> io::Result<Option<Arc<Fill>>> {
         let fills = &shared.fills;
         let mut inflight = fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = inflight.get(&job.row.key) {
-            return Ok(f.clone());
+            return Ok(Some(f.clone()));
+        }
+        // A fill that found nothing remembers the 404 before it leaves the map, so a request
+        // that missed both on its way here sees the 404 now, under the lock.
+        if job.pull_through && shared.negative.get(job.row.key.as_str()).is_some() {
+            return Ok(None);
         }
         let spool = tempfile::tempfile_in(&fills.spool_dir).map_err(|e| {
             io::Error::new(
@@ -209,7 +215,7 @@ impl Fills {
         drop(inflight);
         shared.metrics.fills_in_flight.inc();
         fills.tasks.spawn(run(shared.clone(), fill.clone(), job));
-        Ok(fill)
+        Ok(Some(fill))
     }
 
     /// Runs `f` as a task the shutdown waits for (downloads that record their event once the
@@ -389,7 +395,7 @@ async fn register(
     let entry = crate::engine::db::CatalogEntry {
         source: "http".into(),
         remote_id: key.to_string(),
-        url: key.to_string(),
+        url: crate::engine::keys::key_to_url(key),
         file_name: crate::engine::keys::last_segment(key),
         size: meta.size.map(|n| n as i64),
         etag: meta.etag.clone(),

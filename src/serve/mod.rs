@@ -150,7 +150,7 @@ pub async fn start_with_admin(
             .origin
             .base_url
             .as_deref()
-            .and_then(|b| url::Url::parse(b).ok()),
+            .and_then(|b| crate::engine::keys::base_url(b).ok()),
         negative: download::TtlCache::new(cfg.negative_ttl.0),
         ctx: ctx.clone(),
     });

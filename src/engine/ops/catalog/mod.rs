@@ -199,9 +199,10 @@ fn check_guards(ctx: &Ctx, p: &ImportParams) -> Result<()> {
 /// What entries fall back to: `origin.base_url` (relative URLs and keys).
 pub fn defaults_for(ctx: &Ctx) -> Result<Defaults> {
     let base_url = match &ctx.config.origin.base_url {
-        Some(b) => {
-            Some(url::Url::parse(b).map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?)
-        }
+        Some(b) => Some(
+            crate::engine::keys::base_url(b)
+                .map_err(|e| Error::Usage(format!("origin.base_url: {e}")))?,
+        ),
         None => None,
     };
     Ok(Defaults {
