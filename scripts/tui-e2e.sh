@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end test of the terminal UI: runs the real binary on a fresh embedded demo inside a
 # private tmux server (120x40), drives it with keys and asserts on what the screen shows:
-# dashboard, view switches with `:`, the files filter and file detail, help, a validation run
-# through its confirmation to the end, read-only refusal, and a clean exit that gives the
-# terminal back. Exits non-zero (and prints the screen) on the first failed expectation.
+# dashboard, view switches with `:`, the files filter and file detail, help, the catalog's
+# "mirror now" through its confirmation, a validation run through its confirmation to the end,
+# read-only refusal, `mirrorctl prefetch` opening on its confirmation, and a clean exit that
+# gives the terminal back. Exits non-zero (and prints the screen) on the first failed expectation.
 #
 #   scripts/tui-e2e.sh                      builds target/debug/mirrorctl first
 #   MIRRORCTL_BIN=path scripts/tui-e2e.sh   uses that binary
@@ -110,6 +111,8 @@ pass "files: filter, sort, detail"
 keys 6
 wait_for "History"
 keys Tab
+wait_for "not mirrored"
+keys Tab
 wait_for "Hit rate"
 keys 4
 wait_for "Compares the main bucket"
@@ -119,20 +122,41 @@ wait_for "sort by next column"
 keys NPage
 keys NPage
 keys NPage
+keys NPage
+wait_for ":prefetch [ID…|top N [WINDOW]]"
 wait_for ":purge stale | purge unused [DAYS]"
 keys Escape
 wait_gone "Esc close"
 pass "views by number and Tab; help from the keymap"
 
+# --- Catalog: mirror one entry now -----------------------------------------------------------
+# The demo's catalog has 40 entries never downloaded and 13 stale copies.
+keys 7
+wait_for "Catalog 2,140 entries, 53 not mirrored"
+keys G
+wait_for "53 of 53"
+keys m
+wait_for "Confirm prefetch" 20
+wait_for "mirrorctl --headless prefetch --ids 2140 --yes"
+wait_for "Affects:  1 files"
+keys y
+wait_for "prefetch  done" 60
+wait_for "prefetched 1 of 1 files"
+keys 7
+wait_for "Catalog 2,140 entries, 52 not mirrored"
+wait_for "52 of 52"
+pass "catalog: mirror now confirmed, ran, and the entry left the list"
+
 # --- Validation through its confirmation ------------------------------------------------------
 command validate
 wait_for "Confirm validate" 20
 wait_for "mirrorctl --headless validate --all"
-wait_for "Affects:  2,100 files"
+# The demo's 2,100 mirrored files and the one the catalog step just mirrored.
+wait_for "Affects:  2,101 files"
 keys y
 wait_for "Jobs ·"
 wait_for "validate  done" 120
-wait_for "checked 2100"
+wait_for "checked 2101"
 pass "validation confirmed, ran and finished"
 
 command history
@@ -154,9 +178,25 @@ wait_for " RO"
 command "purge stale"
 wait_for "refused: purge is not allowed in read-only mode"
 screen | grep -qF "Confirm purge" && fail "read-only mode opened a purge confirmation"
+keys 7
+wait_for "not mirrored"
+keys P
+wait_for "refused: prefetch is not allowed in read-only mode"
+screen | grep -qF "Confirm prefetch" && fail "read-only mode opened a prefetch confirmation"
 keys q
 wait_for "TUI-EXIT=0"
-pass "read-only refuses a purge"
+pass "read-only refuses a purge and a prefetch"
+
+# --- `mirrorctl --demo prefetch`: the Catalog view with the prefetch ready to confirm ----------
+T send-keys -t "$S" "clear; '$BIN' --demo prefetch; echo TUI-EXIT=\$?" Enter
+wait_for "Confirm prefetch" 20
+wait_for "mirrorctl --headless prefetch --unmirrored --yes"
+screen | grep -qF "Catalog 2,140 entries" || fail "prefetch did not open on the Catalog view"
+keys n
+wait_for "prefetch: cancelled, nothing was changed"
+keys q
+wait_for "TUI-EXIT=0"
+pass "prefetch opens the catalog with its confirmation; n changes nothing"
 
 # --- Opening on a view: `mirrorctl --demo history` --------------------------------------------
 T send-keys -t "$S" "clear; '$BIN' --demo history; echo TUI-EXIT=\$?" Enter

@@ -231,8 +231,10 @@ pub enum Command {
     /// Mirror catalog entries before anyone asks for them (pre-warming)
     ///
     /// Fetches entries without a fresh copy in the mirror bucket from the origin and stores
-    /// them as a miss would. Exit 1 when some failed.
-    #[command(group(clap::ArgGroup::new("selection").required(true).args(["unmirrored", "top", "ids"])))]
+    /// them as a miss would. Exit 1 when some failed. Headless it needs one of --unmirrored,
+    /// --top or --ids; without --headless it opens the Catalog view with the prefetch ready to
+    /// confirm (every unmirrored entry unless --top or --ids say otherwise).
+    #[command(group(clap::ArgGroup::new("selection").args(["unmirrored", "top", "ids"])))]
     Prefetch {
         /// Every catalog entry without a fresh copy
         #[arg(long)]

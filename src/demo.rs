@@ -28,7 +28,7 @@ pub const ACCESS_KEY: &str = "mirrorctl-demo";
 pub const SECRET_KEY: &str = "mirrorctl-demo-secret";
 pub const BUCKETS: [&str; 3] = ["mirror", "backup", "archive"];
 /// Bump when the generator changes so old demo directories are regenerated.
-const GENERATOR_VERSION: &str = "4";
+const GENERATOR_VERSION: &str = "5";
 
 /// Sizes of the generated dataset.
 const ORIGIN_FILES: usize = 2100;
@@ -37,6 +37,10 @@ const TARGET_EVENTS: f64 = 240_000.0;
 const DORMANT_FILES: usize = 30;
 const CHANGED_AT_ORIGIN: usize = 60;
 const MISSING_IN_MIRROR: usize = 12;
+/// Catalog entries new at the origin and never downloaded: no mirrored copy yet (what the
+/// TUI's Catalog view and `prefetch` are for). Generated last, from their own seed, so the
+/// rest of the dataset and its counts are as before.
+const CATALOG_ONLY: usize = 40;
 
 /// The demo directory: `MIRRORCTL_DEMO_DIR`, else `<data dir>/demo`. An empty variable counts
 /// as unset: it must never mean "the current directory" (a demo written there lands in
@@ -600,5 +604,39 @@ async fn generate(
         });
     }
     db.upsert_inventory(&inventory).await?;
+
+    progress("adding catalog entries not mirrored yet");
+    let mut rng = ChaCha8Rng::seed_from_u64(0x6361_7461_6c6f);
+    let mut catalog_only = Vec::with_capacity(CATALOG_ONLY);
+    while catalog_only.len() < CATALOG_ONLY {
+        mod_id += rng.random_range(1..40);
+        let in_mod = rng
+            .random_range(1..=3)
+            .min(CATALOG_ONLY - catalog_only.len());
+        for _ in 0..in_mod {
+            let n = files.len() + catalog_only.len();
+            let file_id = 90_000 + n as u32 * 7;
+            let name = names[rng.random_range(0..names.len())];
+            let size = (512.0 * (64.0f64).powf(rng.random::<f64>())) as usize;
+            let path = format!("mods/{mod_id}/{file_id}/{name}-v1.zip");
+            let p = origin_root.join(&path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&p, content(n as u64, size))?;
+            let meta = std::fs::metadata(&p)?;
+            catalog_only.push(NewOriginFile {
+                source: "http".into(),
+                remote_id: format!("{mod_id}-{file_id}"),
+                file_name: format!("{name}-v1.zip"),
+                url: path,
+                size: Some(size as i64),
+                etag: Some(origin_etag(&meta)),
+                // Uploaded in the last three days.
+                updated_at: now - TimeDelta::minutes(rng.random_range(5..3 * 24 * 60)),
+            });
+        }
+    }
+    db.insert_origin_files(&catalog_only).await?;
     Ok(())
 }

@@ -141,7 +141,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return run_catalog(&cli, &ctx, action).await;
     }
     if !cli.headless {
-        return Ok(tui::run(ctx, cli.command.as_ref().map(|c| c.name())).await?);
+        let start = cli.command.as_ref().map(tui_start);
+        return Ok(tui::run(ctx, start.as_deref()).await?);
     }
     let Some(cmd) = &cli.command else {
         return Err(
@@ -149,6 +150,23 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         );
     };
     run_headless(&cli, &ctx, cmd).await
+}
+
+/// What the TUI opens on: the command's name, and for prefetch its selection (the same words
+/// as the TUI's `:prefetch`), so `mirrorctl prefetch --ids 7` asks about entry 7, not all.
+fn tui_start(cmd: &Command) -> String {
+    match cmd {
+        Command::Prefetch {
+            top: Some(n),
+            window,
+            ..
+        } => format!("prefetch top {n} {window}"),
+        Command::Prefetch { ids, .. } if !ids.is_empty() => {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            format!("prefetch {}", ids.join(","))
+        }
+        other => other.name().to_string(),
+    }
 }
 
 /// Builds the context: the demo's, or the configured database and buckets.
@@ -389,6 +407,14 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
                     n: *n,
                     window_days: window_days(window)?,
                 },
+                // The TUI asks which; a script must say (clap's group no longer requires it).
+                _ if ids.is_empty() => {
+                    return Err(Error::Usage(
+                        "prefetch needs --unmirrored, --top N or --ids ID… (see `mirrorctl prefetch --help`)"
+                            .into(),
+                    )
+                    .into())
+                }
                 _ => prefetch::PrefetchSelection::Ids(ids.clone()),
             };
             let max_bytes = match max_bytes {

@@ -2,15 +2,18 @@
 //! an `Action`; `update` changes the state and queues `Effect`s (queries, jobs) that the event
 //! loop runs on tasks. Nothing here awaits or touches the terminal, so tests drive it directly.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
 
 use crate::config::ThemeName;
+use crate::engine::db::CatalogRow;
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{FileQuery, FileRow, FileSort, OperationRecord};
 use crate::engine::ops::archive::{PartitionEntry, PartitionState};
+use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::drift::DriftItem;
 use crate::engine::ops::files::{FileReport, PresignReport};
 use crate::engine::ops::stats::{StatsReport, Window};
@@ -22,6 +25,12 @@ use super::theme::Theme;
 /// Rows fetched per files query; more than any screen shows, so scrolling within a page
 /// needs no query.
 pub const FILES_PAGE: i64 = 200;
+/// The catalog is paged by id (keyset): a cursor is kept every `CATALOG_PAGE` rows, and a
+/// query fetches at least two of them.
+pub const CATALOG_PAGE: i64 = 200;
+/// The most rows one catalog query reads when the viewport jumps past the known cursors
+/// (to `G` on a million entries: 50 queries, not 5,000).
+pub const CATALOG_SKIP: i64 = 20_000;
 /// How long a notification stays.
 const NOTE_SECS: i64 = 6;
 const ERROR_NOTE_SECS: i64 = 12;
@@ -34,16 +43,18 @@ pub enum View {
     Drift,
     Archive,
     History,
+    Catalog,
 }
 
 impl View {
-    pub const ALL: [View; 6] = [
+    pub const ALL: [View; 7] = [
         View::Dashboard,
         View::Files,
         View::Jobs,
         View::Drift,
         View::Archive,
         View::History,
+        View::Catalog,
     ];
 
     pub fn title(self) -> &'static str {
@@ -54,6 +65,7 @@ impl View {
             View::Drift => "Drift",
             View::Archive => "Archive",
             View::History => "History",
+            View::Catalog => "Catalog",
         }
     }
 
@@ -69,6 +81,7 @@ impl View {
             View::Drift => Scope::Drift,
             View::Archive => Scope::Archive,
             View::History => Scope::History,
+            View::Catalog => Scope::Catalog,
         }
     }
 }
@@ -92,6 +105,13 @@ pub enum Action {
     FileLoaded(Result<Box<FileReport>, String>),
     HistoryLoaded(Result<Vec<OperationRecord>, String>),
     ArchiveLoaded(Result<Vec<PartitionEntry>, String>),
+    /// A page of the catalog's unmirrored entries: `limit` rows asked for from row `offset`.
+    CatalogLoaded {
+        generation: u64,
+        offset: i64,
+        limit: i64,
+        result: Result<CatalogList, String>,
+    },
     /// The keys of the latest drift check: what differs and why.
     DriftItems(Vec<DriftItem>),
     Presigned(Result<PresignReport, String>),
@@ -123,6 +143,13 @@ pub enum Effect {
     LoadFile(String),
     LoadHistory,
     LoadArchive,
+    /// Unmirrored catalog entries after `after_id`, the first of them being row `offset`.
+    LoadCatalog {
+        generation: u64,
+        offset: i64,
+        after_id: i64,
+        limit: i64,
+    },
     Presign(i64),
     Preview(OpRequest),
     StartJob {
@@ -194,6 +221,56 @@ impl FilesState {
             limit,
             offset,
         }
+    }
+}
+
+/// The Catalog view: entries without a fresh mirrored copy, a window of rows from the
+/// database around what is on screen. The engine pages by id, so a row number is reached from
+/// the nearest known cursor before it.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogState {
+    /// Live entries in the catalog, and of those without a fresh copy, once loaded.
+    pub total: Option<i64>,
+    pub unmirrored: Option<i64>,
+    /// Rows in the list: the unmirrored count, or where a short page ended.
+    pub len: Option<i64>,
+    /// The cached rows, starting at row `page_offset`.
+    pub page: Vec<CatalogRow>,
+    pub page_offset: i64,
+    pub selected: i64,
+    pub top: i64,
+    /// Row number → the id the row after it comes after, every `CATALOG_PAGE` rows.
+    pub cursors: BTreeMap<i64, i64>,
+    /// Bumped when the list changed under the cursors, so answers to older queries are dropped.
+    pub generation: u64,
+    /// Offset of the query in flight.
+    pub pending: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl CatalogState {
+    pub fn row(&self, i: i64) -> Option<&CatalogRow> {
+        if i < self.page_offset {
+            return None;
+        }
+        self.page.get((i - self.page_offset) as usize)
+    }
+
+    /// The cursor at or before row `start`: (its row, the id to page after).
+    fn cursor_before(&self, start: i64) -> (i64, i64) {
+        self.cursors
+            .range(..=start)
+            .next_back()
+            .map(|(r, id)| (*r, *id))
+            .unwrap_or((0, 0))
+    }
+
+    /// The list changed (a prefetch finished, the counts moved): every cursor but the first
+    /// may point at the wrong row. The rows on screen stay until the new ones arrive.
+    fn invalidate(&mut self) {
+        self.generation += 1;
+        self.cursors.clear();
+        self.pending = None;
     }
 }
 
@@ -288,6 +365,7 @@ pub struct App {
     pub jobs_selected: usize,
     pub history: HistoryState,
     pub archive: ArchiveState,
+    pub catalog: CatalogState,
     /// The keys of the latest drift check of this session.
     pub drift_items: Vec<DriftItem>,
     /// The first drift key shown (the list scrolls with ↑↓).
@@ -314,6 +392,7 @@ impl App {
             jobs_selected: 0,
             history: HistoryState::default(),
             archive: ArchiveState::default(),
+            catalog: CatalogState::default(),
             drift_items: Vec::new(),
             drift_top: 0,
             notifications: Vec::new(),
@@ -322,7 +401,12 @@ impl App {
             next_job: 1,
         };
         let start = opts.start.as_deref().unwrap_or("dashboard");
-        let then = match start {
+        // The command's name, then what `mirrorctl prefetch` passes on (`--ids`, `--top`).
+        let mut words = start.split_whitespace();
+        let name = words.next().unwrap_or("dashboard");
+        let rest: Vec<&str> = words.collect();
+        let mut start_error = None;
+        let then = match name {
             "files" | "file" | "presign" => {
                 app.view = View::Files;
                 None
@@ -342,11 +426,28 @@ impl App {
                 app.view = View::Archive;
                 None
             }
+            "catalog" => {
+                app.view = View::Catalog;
+                None
+            }
+            "prefetch" => {
+                app.view = View::Catalog;
+                match parse_prefetch(&rest) {
+                    Ok(op) => Some(op),
+                    Err(e) => {
+                        start_error = Some(e);
+                        None
+                    }
+                }
+            }
             _ => None,
         };
         app.load_view();
         if let Some(op) = then {
             app.request(op);
+        }
+        if let Some(e) = start_error {
+            app.notify(Level::Error, e);
         }
         app
     }
@@ -360,7 +461,12 @@ impl App {
             s.push(self.view.scope());
             if matches!(
                 self.view,
-                View::Files | View::Jobs | View::History | View::Archive | View::Drift
+                View::Files
+                    | View::Jobs
+                    | View::History
+                    | View::Archive
+                    | View::Drift
+                    | View::Catalog
             ) {
                 s.push(Scope::List);
             }
@@ -419,7 +525,125 @@ impl App {
                 self.archive.loading = true;
                 self.effects.push(Effect::LoadArchive);
             }
+            View::Catalog => self.load_catalog(true),
             View::Jobs | View::Drift => {}
+        }
+    }
+
+    /// Queries the catalog rows around the viewport when they are not cached (`reload`: even
+    /// when they are, for fresh rows and counts). From the nearest known cursor before them:
+    /// when that is far back, a bigger query that records the cursors on the way, then
+    /// another until the viewport is reached.
+    fn load_catalog(&mut self, reload: bool) {
+        let rows = self.files_visible_rows();
+        let c = &self.catalog;
+        let want_end = match c.len {
+            Some(n) => (c.top + rows).min(n),
+            None => c.top + rows,
+        };
+        let cached_end = c.page_offset + c.page.len() as i64;
+        let covered = c.top >= c.page_offset && want_end <= cached_end;
+        let empty = c.len.is_some() && want_end <= c.top;
+        if !reload && (covered || empty) {
+            return;
+        }
+        // Whole pages from a little above the viewport to past its end.
+        let start = ((c.top - CATALOG_PAGE / 2).max(0) / CATALOG_PAGE) * CATALOG_PAGE;
+        let span = (c.top + rows - start).max(2 * CATALOG_PAGE);
+        let span = (span + CATALOG_PAGE - 1) / CATALOG_PAGE * CATALOG_PAGE;
+        let (offset, after_id) = c.cursor_before(start);
+        let limit = if offset == start {
+            span
+        } else {
+            (start - offset + span).min(CATALOG_SKIP.max(span))
+        };
+        if !reload && c.pending == Some(offset) {
+            return;
+        }
+        self.catalog.pending = Some(offset);
+        self.effects.push(Effect::LoadCatalog {
+            generation: self.catalog.generation,
+            offset,
+            after_id,
+            limit,
+        });
+    }
+
+    fn move_catalog(&mut self, delta: i64) {
+        let rows = self.files_visible_rows();
+        let c = &mut self.catalog;
+        let last = c
+            .len
+            .unwrap_or(c.page_offset + c.page.len() as i64)
+            .saturating_sub(1)
+            .max(0);
+        c.selected = c.selected.saturating_add(delta).clamp(0, last);
+        if c.selected < c.top {
+            c.top = c.selected;
+        } else if c.selected >= c.top + rows {
+            c.top = c.selected - rows + 1;
+        }
+        // A shorter list (entries were mirrored) leaves no empty screen below its end.
+        c.top = c.top.min((last + 1 - rows).max(0));
+        self.load_catalog(false);
+    }
+
+    /// A page of the catalog arrived: keep its cursors and rows, then fetch more if the
+    /// viewport is still ahead of it.
+    fn catalog_loaded(&mut self, offset: i64, limit: i64, list: CatalogList) {
+        let c = &mut self.catalog;
+        let moved = c.unmirrored.is_some_and(|n| n != list.unmirrored)
+            || c.total.is_some_and(|n| n != list.total);
+        c.total = Some(list.total);
+        c.unmirrored = Some(list.unmirrored);
+        c.error = None;
+        if moved && offset > 0 {
+            // The rows before this page changed, so its row numbers may be off: count again
+            // from the first row, keeping the position on screen.
+            c.invalidate();
+            self.load_catalog(true);
+            return;
+        }
+        let n = list.entries.len() as i64;
+        if moved {
+            c.cursors.retain(|row, _| *row <= offset + n);
+        }
+        c.cursors.insert(0, 0);
+        for (i, e) in list.entries.iter().enumerate() {
+            let next = offset + i as i64 + 1;
+            if next % CATALOG_PAGE == 0 {
+                c.cursors.insert(next, e.id);
+            }
+        }
+        c.len = Some(if n < limit {
+            offset + n
+        } else {
+            list.unmirrored.max(offset + n)
+        });
+        c.page = list.entries;
+        c.page_offset = offset;
+        self.move_catalog(0);
+    }
+
+    /// "Mirror now": a prefetch of the selected entry.
+    fn mirror_selected(&mut self) {
+        match self.catalog.row(self.catalog.selected) {
+            Some(r) => {
+                let label = r.key.clone().unwrap_or_else(|| r.url.clone());
+                let op = OpRequest::PrefetchIds {
+                    ids: vec![r.id],
+                    label,
+                };
+                self.request(op);
+            }
+            None if self.catalog.len == Some(0) => self.notify(
+                Level::Info,
+                "every catalog entry has a fresh mirrored copy: nothing to mirror",
+            ),
+            None => self.notify(
+                Level::Error,
+                "mirror now: no entry selected (still loading)",
+            ),
         }
     }
 
@@ -533,6 +757,7 @@ impl App {
                         (self.archive.selected as i64 + delta).clamp(0, n - 1) as usize;
                 }
             }
+            View::Catalog => self.move_catalog(delta),
             _ => {}
         }
     }
@@ -720,6 +945,8 @@ impl App {
             Command::ArchiveRun => self.request(OpRequest::ArchiveRun),
             Command::ArchiveVerify => self.archive_action(None, false),
             Command::ArchiveRestore => self.archive_action(None, true),
+            Command::MirrorNow => self.mirror_selected(),
+            Command::PrefetchAll => self.request(OpRequest::PrefetchUnmirrored),
         }
     }
 
@@ -792,6 +1019,14 @@ impl App {
             },
             "jobs" => self.goto(View::Jobs),
             "history" => self.goto(View::History),
+            "catalog" => self.goto(View::Catalog),
+            "prefetch" => {
+                self.goto(View::Catalog);
+                match parse_prefetch(&rest) {
+                    Ok(op) => self.request(op),
+                    Err(e) => self.notify(Level::Error, e),
+                }
+            }
             "drift" => {
                 self.goto(View::Drift);
                 match arg {
@@ -957,7 +1192,7 @@ impl App {
             MouseEventKind::ScrollUp => self.move_selection(-3),
             MouseEventKind::Down(MouseButton::Left) => {
                 if m.row == 0 {
-                    if let Some(v) = tab_at(m.column) {
+                    if let Some(v) = tab_at(m.column, self.width) {
                         self.goto(v);
                     }
                     return;
@@ -972,6 +1207,12 @@ impl App {
                         let target = self.files.top + row;
                         if row < self.files_visible_rows() && self.files.row(target).is_some() {
                             self.files.selected = target;
+                        }
+                    }
+                    View::Catalog => {
+                        let target = self.catalog.top + row;
+                        if row < self.files_visible_rows() && self.catalog.row(target).is_some() {
+                            self.catalog.selected = target;
                         }
                     }
                     View::History => {
@@ -1026,6 +1267,45 @@ fn parse_sort(s: &str) -> Option<FileSort> {
     })
 }
 
+/// The words after `prefetch` (on the `:` line, or passed on by `mirrorctl prefetch`):
+/// nothing or `unmirrored` for every unmirrored entry, `top N [WINDOW]`, or catalog ids.
+pub fn parse_prefetch(words: &[&str]) -> Result<OpRequest, String> {
+    const USAGE: &str = "usage: prefetch [unmirrored] | prefetch ID… | prefetch top N [WINDOW]";
+    match words {
+        [] | ["unmirrored"] | ["--unmirrored"] | ["all"] => Ok(OpRequest::PrefetchUnmirrored),
+        ["top" | "--top", n, window @ ..] => {
+            let n = n
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("prefetch top: N must be a positive number; {USAGE}"))?;
+            let window_days = match window {
+                [] => 7,
+                [w] => {
+                    let d = crate::config::parse_duration(w)
+                        .map_err(|e| format!("prefetch top: window {w:?}: {e}"))?;
+                    (d.as_secs().div_ceil(86_400) as i64).max(1)
+                }
+                _ => return Err(USAGE.into()),
+            };
+            Ok(OpRequest::PrefetchTop { n, window_days })
+        }
+        ids => {
+            let ids = ids
+                .iter()
+                .flat_map(|w| w.split(','))
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse::<i64>().map_err(|_| USAGE.to_string()))
+                .collect::<Result<Vec<i64>, String>>()?;
+            let label = match ids.as_slice() {
+                [one] => format!("catalog entry {one}"),
+                many => format!("{} catalog entries", many.len()),
+            };
+            Ok(OpRequest::PrefetchIds { ids, label })
+        }
+    }
+}
+
 fn cycle<T: Copy + PartialEq>(all: &[T], cur: T, step: i64) -> T {
     let n = all.len() as i64;
     let i = all.iter().position(|x| *x == cur).unwrap_or(0) as i64;
@@ -1055,9 +1335,9 @@ fn page_len(rows: i64) -> i64 {
     FILES_PAGE.max(rows * 2)
 }
 
-/// The tab under column `x` of the tab bar (labels as the renderer lays them out).
-pub fn tab_at(x: u16) -> Option<View> {
-    let mut col = super::view::TABS_START;
+/// The tab under column `x` of a tab bar `width` wide (labels as the renderer lays them out).
+pub fn tab_at(x: u16, width: u16) -> Option<View> {
+    let mut col = super::view::tabs_start(width);
     for v in View::ALL {
         let w = super::view::tab_label(v).chars().count() as u16;
         if x >= col && x < col + w {
@@ -1076,8 +1356,10 @@ pub fn update(app: &mut App, action: Action) {
         Action::Resize(w, h) => {
             app.width = w;
             app.height = h;
-            if app.view == View::Files {
-                app.move_files(0);
+            match app.view {
+                View::Files => app.move_files(0),
+                View::Catalog => app.move_catalog(0),
+                _ => {}
             }
         }
         Action::Tick(now) => {
@@ -1160,6 +1442,26 @@ pub fn update(app: &mut App, action: Action) {
                 }
             }
         }
+        Action::CatalogLoaded {
+            generation,
+            offset,
+            limit,
+            result,
+        } => {
+            if generation != app.catalog.generation {
+                return;
+            }
+            if app.catalog.pending == Some(offset) {
+                app.catalog.pending = None;
+            }
+            match result {
+                Ok(list) => app.catalog_loaded(offset, limit, list),
+                Err(e) => {
+                    app.notify(Level::Error, format!("catalog: {e}"));
+                    app.catalog.error = Some(e);
+                }
+            }
+        }
         Action::HistoryLoaded(r) => {
             app.history.loading = false;
             match r {
@@ -1218,11 +1520,15 @@ pub fn update(app: &mut App, action: Action) {
                 };
                 let note = format!("job #{} {}: {}", j.id, j.op.kind(), msg);
                 j.state = JobState::Finished { ok, msg, at: now };
-                (ok, note)
+                (ok, note, j.op.kind())
             });
-            if let Some((ok, note)) = note {
+            if let Some((ok, note, kind)) = note {
                 app.notify(if ok { Level::Info } else { Level::Error }, note);
-                if app.view == View::Dashboard {
+                // Even a failed or cancelled prefetch may have mirrored some entries.
+                if kind == "prefetch" {
+                    app.catalog.invalidate();
+                }
+                if matches!(app.view, View::Dashboard | View::Catalog) {
                     app.load_view();
                 }
             }

@@ -9,7 +9,7 @@ use super::app::View;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
-    /// Any view with a list (files, jobs, history, archive partitions, drift keys).
+    /// Any view with a list (files, jobs, history, archive partitions, drift keys, catalog).
     List,
     Dashboard,
     Files,
@@ -18,6 +18,7 @@ pub enum Scope {
     Drift,
     Archive,
     History,
+    Catalog,
 }
 
 impl Scope {
@@ -32,6 +33,7 @@ impl Scope {
             Scope::Drift => "Drift",
             Scope::Archive => "Archive",
             Scope::History => "History",
+            Scope::Catalog => "Catalog",
         }
     }
 }
@@ -68,6 +70,8 @@ pub enum Command {
     ArchiveRun,
     ArchiveVerify,
     ArchiveRestore,
+    MirrorNow,
+    PrefetchAll,
 }
 
 /// One key: a code and the modifiers that must be held (Shift is implied by the character).
@@ -233,6 +237,13 @@ pub const BINDINGS: &[Binding] = &[
         &[k('6')],
         Command::Goto(View::History),
         "history",
+        false,
+    ),
+    b(
+        S::Global,
+        &[k('7')],
+        Command::Goto(View::Catalog),
+        "catalog",
         false,
     ),
     b(
@@ -418,6 +429,20 @@ pub const BINDINGS: &[Binding] = &[
         "close",
         false,
     ),
+    b(
+        S::Catalog,
+        &[k('m'), code(KeyCode::Enter)],
+        Command::MirrorNow,
+        "mirror now: prefetch the selected entry",
+        true,
+    ),
+    b(
+        S::Catalog,
+        &[k('P')],
+        Command::PrefetchAll,
+        "prefetch all: every entry without a fresh copy",
+        true,
+    ),
 ];
 
 /// The command bound to `e` in the first scope of `scopes` that binds it.
@@ -501,6 +526,18 @@ pub const COMMANDS: &[CommandSpec] = &[
         "the archive view; archive old partitions, verify or restore one",
     ),
     c("history", &[], "history", "the operations audit log"),
+    c(
+        "catalog",
+        &[],
+        "catalog",
+        "catalog entries without a fresh mirrored copy",
+    ),
+    c(
+        "prefetch",
+        &["top"],
+        "prefetch [ID…|top N [WINDOW]]",
+        "mirror catalog entries now: every unmirrored one, these ids, or the most downloaded",
+    ),
     c(
         "window",
         &["24h", "7d", "30d", "all"],

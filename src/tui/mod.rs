@@ -32,7 +32,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{files, history, stats};
+use crate::engine::ops::{catalog, files, history, stats};
 use crate::engine::Ctx;
 
 use app::{update, Action, App, DashboardData, Effect, Options};
@@ -270,6 +270,30 @@ fn execute(
                     .map(|r| r.partitions)
                     .map_err(|e| e.to_string());
                 let _ = tx.send(Action::ArchiveLoaded(r));
+            });
+        }
+        Effect::LoadCatalog {
+            generation,
+            offset,
+            after_id,
+            limit,
+        } => {
+            tokio::spawn(async move {
+                let params = catalog::CatalogListParams {
+                    unmirrored: true,
+                    filter: None,
+                    limit,
+                    after_id,
+                };
+                let result = catalog::list(&ctx, &params)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Action::CatalogLoaded {
+                    generation,
+                    offset,
+                    limit,
+                    result,
+                });
             });
         }
         Effect::LoadHistory => {

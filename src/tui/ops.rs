@@ -4,7 +4,7 @@
 
 use crate::engine::error::Result;
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{archive, drift, purge, remirror, validate};
+use crate::engine::ops::{archive, drift, prefetch, purge, remirror, validate};
 use crate::engine::Ctx;
 use crate::headless::bytes;
 
@@ -31,6 +31,14 @@ pub enum OpRequest {
     ArchiveVerify { partition: String },
     /// Load an archived month back into the database.
     ArchiveRestore { partition: String },
+    /// Mirror these catalog entries now ("mirror now" in the Catalog view); `label` names
+    /// them in the confirmation (the key of the one selected).
+    PrefetchIds { ids: Vec<i64>, label: String },
+    /// Mirror every catalog entry without a fresh copy.
+    PrefetchUnmirrored,
+    /// Mirror the `n` most downloaded files of the last `window_days` days that lack a
+    /// fresh copy.
+    PrefetchTop { n: i64, window_days: i64 },
 }
 
 impl OpRequest {
@@ -44,6 +52,9 @@ impl OpRequest {
             OpRequest::ArchiveRun
             | OpRequest::ArchiveVerify { .. }
             | OpRequest::ArchiveRestore { .. } => "archive",
+            OpRequest::PrefetchIds { .. }
+            | OpRequest::PrefetchUnmirrored
+            | OpRequest::PrefetchTop { .. } => "prefetch",
         }
     }
 
@@ -64,6 +75,13 @@ impl OpRequest {
             OpRequest::ArchiveRestore { partition } => {
                 format!("restore {partition} from its archive")
             }
+            OpRequest::PrefetchIds { label, .. } => format!("mirror {label} now from the origin"),
+            OpRequest::PrefetchUnmirrored => {
+                "prefetch every catalog entry without a fresh mirrored copy".into()
+            }
+            OpRequest::PrefetchTop { n, window_days } => format!(
+                "prefetch the {n} most downloaded files of the last {window_days} days that lack a fresh copy"
+            ),
         }
     }
 
@@ -100,6 +118,14 @@ impl OpRequest {
             OpRequest::ArchiveRun => "archive run --yes".into(),
             OpRequest::ArchiveVerify { partition } => format!("archive verify {partition}"),
             OpRequest::ArchiveRestore { partition } => format!("archive restore {partition}"),
+            OpRequest::PrefetchIds { ids, .. } => {
+                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                format!("prefetch --ids {} --yes", ids.join(","))
+            }
+            OpRequest::PrefetchUnmirrored => "prefetch --unmirrored --yes".into(),
+            OpRequest::PrefetchTop { n, window_days } => {
+                format!("prefetch --top {n} --window {window_days}d --yes")
+            }
         };
         format!("mirrorctl --headless {args}")
     }
@@ -222,6 +248,29 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 bytes: entry.and_then(|e| e.bytes).map(|b| b.max(0) as u64),
             })
         }
+        OpRequest::PrefetchIds { .. }
+        | OpRequest::PrefetchUnmirrored
+        | OpRequest::PrefetchTop { .. } => {
+            let r = prefetch::run(ctx, prefetch_params(op, true), &none).await?;
+            let mut lines = vec![
+                "Fetches each entry from the origin and stores it in the mirror bucket as a"
+                    .to_string(),
+                "download miss would; a stale copy is replaced.".into(),
+            ];
+            if r.already_mirrored > 0 {
+                lines.push(format!(
+                    "{} already have a fresh copy and are left alone.",
+                    r.already_mirrored
+                ));
+            }
+            lines.extend(r.items.iter().take(3).map(|i| format!("  {}", i.key)));
+            Ok(Preview {
+                lines,
+                count: Some(r.candidates),
+                // The catalog's sizes: entries of unknown size count as 0.
+                bytes: Some(r.bytes),
+            })
+        }
     }
 }
 
@@ -324,6 +373,12 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
                 r.partition, r.rows, r.object
             )))
         }
+        OpRequest::PrefetchIds { .. }
+        | OpRequest::PrefetchUnmirrored
+        | OpRequest::PrefetchTop { .. } => {
+            let r = prefetch::run(ctx, prefetch_params(op, false), progress).await?;
+            Ok(JobOutcome::from(r.to_string()))
+        }
     }
 }
 
@@ -359,6 +414,25 @@ fn drift_params(repair: bool, dry_run: bool) -> drift::DriftParams {
         repair,
         dry_run,
         ..Default::default()
+    }
+}
+
+fn prefetch_params(op: &OpRequest, dry_run: bool) -> prefetch::PrefetchParams {
+    let selection = match op {
+        OpRequest::PrefetchIds { ids, .. } => prefetch::PrefetchSelection::Ids(ids.clone()),
+        OpRequest::PrefetchTop { n, window_days } => prefetch::PrefetchSelection::Top {
+            n: *n,
+            window_days: *window_days,
+        },
+        _ => prefetch::PrefetchSelection::Unmirrored,
+    };
+    prefetch::PrefetchParams {
+        selection,
+        // As the headless command's default.
+        concurrency: drift::DEFAULT_CONCURRENCY,
+        max_bytes: None,
+        dry_run,
+        yes: !dry_run,
     }
 }
 

@@ -11,11 +11,13 @@ use ratatui::buffer::Buffer;
 use ratatui::Terminal;
 
 use crate::config::ThemeName;
+use crate::engine::db::CatalogRow;
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{
     DailyDownloads, FileDetail, FileRow, FileSort, OperationRecord, SeriesPoint,
 };
 use crate::engine::ops::archive::{PartitionEntry, PartitionState};
+use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::files::{FileReport, OriginView};
 use crate::engine::ops::stats::{StatsReport, Window};
 
@@ -209,6 +211,118 @@ fn operations() -> Vec<OperationRecord> {
         .collect()
 }
 
+/// Row `r` of the unmirrored catalog, with id `id`: the first ones stale copies, then new
+/// entries never mirrored.
+fn catalog_row_with_id(r: i64, id: i64) -> CatalogRow {
+    let names = ["textures", "maps", "ui", "models", "sounds"];
+    let (mod_id, file_id) = (25_000 + r * 13, 104_700 + r * 7);
+    let key = format!(
+        "mods/{mod_id}/{file_id}/{}-v1.zip",
+        names[r as usize % names.len()]
+    );
+    let stale = r < 4;
+    CatalogRow {
+        id,
+        source: "http".into(),
+        remote_id: format!("{mod_id}-{file_id}"),
+        file_name: key.rsplit('/').next().unwrap_or_default().to_string(),
+        url: key.clone(),
+        size: (r % 11 != 6).then_some(500 + r * 733),
+        etag: None,
+        key: Some(key),
+        updated_at: now() - TimeDelta::minutes(r * 37 + 5),
+        deleted_at: None,
+        mirrored_id: stale.then_some(id),
+        mirrored_stale: stale.then_some(true),
+    }
+}
+
+fn catalog_row(r: i64) -> CatalogRow {
+    catalog_row_with_id(r, if r < 4 { 17 + r * 290 } else { 2097 + r })
+}
+
+/// The unmirrored part of a demo-like catalog: 2,140 entries, 53 without a fresh copy.
+fn catalog_app(size: (u16, u16)) -> App {
+    let mut app = App::new(opts(Some("catalog"), false), now(), size);
+    let Some(Effect::LoadCatalog {
+        generation,
+        offset,
+        limit,
+        after_id,
+    }) = app.effects.pop()
+    else {
+        panic!(
+            "the catalog view did not ask for its rows: {:?}",
+            app.effects
+        );
+    };
+    assert_eq!((offset, after_id), (0, 0));
+    update(
+        &mut app,
+        Action::CatalogLoaded {
+            generation,
+            offset,
+            limit,
+            result: Ok(CatalogList {
+                total: 2140,
+                unmirrored: 53,
+                entries: (0..53).map(catalog_row).collect(),
+            }),
+        },
+    );
+    app.effects.clear();
+    app
+}
+
+/// Answers the catalog queries queued in `app` as a database of `n` unmirrored entries would
+/// (row `r` has id `3r + 1`), until it asks for no more; returns how many it asked.
+fn serve_catalog(app: &mut App, n: i64, unmirrored: i64) -> usize {
+    let mut queries = 0;
+    loop {
+        let loads: Vec<_> = std::mem::take(&mut app.effects)
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::LoadCatalog {
+                    generation,
+                    offset,
+                    after_id,
+                    limit,
+                } => Some((generation, offset, after_id, limit)),
+                _ => None,
+            })
+            .collect();
+        if loads.is_empty() {
+            return queries;
+        }
+        for (generation, offset, after_id, limit) in loads {
+            queries += 1;
+            assert!(queries < 200, "runaway catalog queries");
+            assert!(limit <= super::app::CATALOG_SKIP, "limit {limit}");
+            let first = if after_id == 0 {
+                0
+            } else {
+                (after_id - 1) / 3 + 1
+            };
+            let entries = (first..(first + limit).min(n))
+                .map(|r| catalog_row_with_id(r % 50, 3 * r + 1))
+                .collect();
+            update(
+                app,
+                Action::CatalogLoaded {
+                    generation,
+                    offset,
+                    limit,
+                    result: Ok(CatalogList {
+                        total: n + 5000,
+                        unmirrored,
+                        entries,
+                    }),
+                },
+            );
+        }
+    }
+}
+
 /// The screen as text, one line per row.
 fn screen(b: &Buffer) -> String {
     let mut out = String::new();
@@ -356,6 +470,82 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     typed(&mut command, "pu");
     scenes.push(("command_line", command));
 
+    let mut catalog = catalog_app(size);
+    for _ in 0..5 {
+        update(&mut catalog, code(KeyCode::Down));
+    }
+    scenes.push(("catalog", catalog.clone()));
+
+    let mut mirror_now = catalog.clone();
+    update(&mut mirror_now, key('m'));
+    let Some(Effect::Preview(op)) = mirror_now.effects.pop() else {
+        panic!("m asked for no preview");
+    };
+    update(
+        &mut mirror_now,
+        Action::PreviewLoaded {
+            op,
+            result: Ok(Preview {
+                lines: vec![
+                    "Fetches each entry from the origin and stores it in the mirror bucket as a"
+                        .into(),
+                    "download miss would; a stale copy is replaced.".into(),
+                    "  mods/25065/104735/textures-v1.zip".into(),
+                ],
+                count: Some(1),
+                bytes: Some(4165),
+            }),
+        },
+    );
+    scenes.push(("catalog_confirm_mirror_now", mirror_now));
+
+    let mut all = catalog.clone();
+    update(&mut all, key('P'));
+    let Some(Effect::Preview(op)) = all.effects.pop() else {
+        panic!("P asked for no preview");
+    };
+    update(
+        &mut all,
+        Action::PreviewLoaded {
+            op,
+            result: Ok(Preview {
+                lines: vec![
+                    "Fetches each entry from the origin and stores it in the mirror bucket as a"
+                        .into(),
+                    "download miss would; a stale copy is replaced.".into(),
+                    "  mods/25000/104700/textures-v1.zip".into(),
+                    "  mods/25013/104707/maps-v1.zip".into(),
+                    "  mods/25026/104714/ui-v1.zip".into(),
+                ],
+                count: Some(53),
+                bytes: Some(412_330),
+            }),
+        },
+    );
+    scenes.push(("catalog_confirm_prefetch_all", all));
+
+    let mut empty = App::new(opts(Some("catalog"), false), now(), size);
+    if let Some(Effect::LoadCatalog {
+        generation, limit, ..
+    }) = empty.effects.pop()
+    {
+        update(
+            &mut empty,
+            Action::CatalogLoaded {
+                generation,
+                offset: 0,
+                limit,
+                result: Ok(CatalogList {
+                    total: 2140,
+                    unmirrored: 0,
+                    entries: Vec::new(),
+                }),
+            },
+        );
+    }
+    empty.effects.clear();
+    scenes.push(("catalog_all_mirrored", empty));
+
     let mut error = dash;
     update(
         &mut error,
@@ -381,7 +571,7 @@ fn every_scene_fits_and_shows_its_view() {
         for (name, app) in scenes(size) {
             let text = draw(&app);
             assert!(
-                text.contains("mirrorctl"),
+                text.contains("1 Dashboard") && text.contains("7 Catalog"),
                 "{name} at {size:?} lost the tab bar"
             );
             assert!(
@@ -753,7 +943,7 @@ fn mouse_scrolls_and_clicks() {
     );
     assert_eq!(app.files.selected, 4);
     // The tab bar: " mirrorctl " then " 1 Dashboard " …
-    let tab_x = view::TABS_START + 2;
+    let tab_x = view::tabs_start(120) + 2;
     update(
         &mut app,
         Action::Mouse(MouseEvent {
@@ -1023,4 +1213,264 @@ fn drift_keys_scroll() {
     assert!(after.contains("51–"), "{after}");
     update(&mut app, code(KeyCode::End));
     assert_eq!(app.drift_top, 99, "clamped at the last key");
+}
+
+#[test]
+fn mirror_now_confirms_a_prefetch_of_the_selected_entry_and_refreshes_the_list() {
+    let mut app = catalog_app((120, 40));
+    assert_eq!(app.view, View::Catalog);
+    update(&mut app, code(KeyCode::Down));
+    update(&mut app, code(KeyCode::Down));
+    let row = app.catalog.row(2).cloned().expect("row 2 loaded");
+    update(&mut app, key('m'));
+    let want = OpRequest::PrefetchIds {
+        ids: vec![row.id],
+        label: row.key.clone().unwrap_or_default(),
+    };
+    assert!(
+        app.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Preview(op) if *op == want)),
+        "{:?}",
+        app.effects
+    );
+    // Enter on an entry is the same action.
+    app.effects.clear();
+    update(&mut app, code(KeyCode::Enter));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(op) if *op == want)));
+    app.effects.clear();
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op: want.clone(),
+            result: Ok(Preview {
+                lines: vec![],
+                count: Some(1),
+                bytes: Some(2699),
+            }),
+        },
+    );
+    assert!(matches!(&app.mode, Mode::Confirm { op, .. } if *op == want));
+    let text = draw(&app);
+    assert!(
+        text.contains(&format!(
+            "mirrorctl --headless prefetch --ids {} --yes",
+            row.id
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Affects:  1 files, 2.64 KiB"), "{text}");
+    assert!(text.contains("Confirm prefetch"), "{text}");
+    update(&mut app, key('y'));
+    assert_eq!(app.view, View::Jobs);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::StartJob { id: 1, op } if *op == want)));
+    app.effects.clear();
+    let generation = app.catalog.generation;
+    update(
+        &mut app,
+        Action::JobDone {
+            id: 1,
+            result: Ok("prefetched 1 of 1 files (2.64 KiB), 0 failed".into()),
+        },
+    );
+    // The list is counted again when next shown, from its first row.
+    assert_ne!(app.catalog.generation, generation);
+    update(&mut app, key('7'));
+    assert!(app.effects.iter().any(|e| matches!(
+        e,
+        Effect::LoadCatalog {
+            generation: g,
+            offset: 0,
+            after_id: 0,
+            ..
+        } if *g == app.catalog.generation
+    )));
+    // A job ending while the catalog is on screen reloads it at once.
+    let mut open = catalog_app((80, 24));
+    open.jobs.push(super::app::JobEntry {
+        id: 1,
+        op: OpRequest::PrefetchUnmirrored,
+        started_at: now(),
+        done: 0,
+        total: None,
+        msg: String::new(),
+        state: JobState::Running,
+    });
+    update(
+        &mut open,
+        Action::JobDone {
+            id: 1,
+            result: Ok("prefetched 53 of 53 files".into()),
+        },
+    );
+    assert!(open
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadCatalog { .. })));
+}
+
+#[test]
+fn prefetch_all_asks_first_and_read_only_refuses_both() {
+    let mut app = catalog_app((80, 24));
+    update(&mut app, key('P'));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::PrefetchUnmirrored))));
+    assert_eq!(
+        OpRequest::PrefetchUnmirrored.headless_command(),
+        "mirrorctl --headless prefetch --unmirrored --yes"
+    );
+    assert!(OpRequest::PrefetchUnmirrored.mutating());
+    let mut ro = App::new(opts(Some("catalog"), true), now(), (80, 24));
+    ro.effects.clear();
+    ro.catalog = app.catalog.clone();
+    for k in ['m', 'P'] {
+        update(&mut ro, key(k));
+        assert!(ro.effects.is_empty(), "{k} in read-only: {:?}", ro.effects);
+        let n = ro.notifications.last().map(|n| n.text.clone());
+        assert!(
+            n.as_deref()
+                .is_some_and(|n| n.contains("refused: prefetch is not allowed in read-only mode")),
+            "{n:?}"
+        );
+    }
+}
+
+#[test]
+fn prefetch_opens_the_catalog_with_its_selection_awaiting_confirmation() {
+    let preview = |start: &str| {
+        let app = App::new(opts(Some(start), false), now(), (80, 24));
+        assert_eq!(app.view, View::Catalog, "{start}");
+        assert!(app
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::LoadCatalog { .. })));
+        app.effects.iter().find_map(|e| match e {
+            Effect::Preview(op) => Some(op.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(preview("prefetch"), Some(OpRequest::PrefetchUnmirrored));
+    assert_eq!(
+        preview("prefetch 5,7"),
+        Some(OpRequest::PrefetchIds {
+            ids: vec![5, 7],
+            label: "2 catalog entries".into()
+        })
+    );
+    assert_eq!(
+        preview("prefetch top 50 24h"),
+        Some(OpRequest::PrefetchTop {
+            n: 50,
+            window_days: 1
+        })
+    );
+    assert_eq!(preview("catalog"), None);
+    assert_eq!(
+        OpRequest::PrefetchTop {
+            n: 50,
+            window_days: 7
+        }
+        .headless_command(),
+        "mirrorctl --headless prefetch --top 50 --window 7d --yes"
+    );
+    // The same words on the command line.
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key(':'));
+    typed(&mut app, "prefetch 12");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.view, View::Catalog);
+    assert!(app.effects.iter().any(|e| matches!(e,
+        Effect::Preview(OpRequest::PrefetchIds { ids, .. }) if ids == &[12])));
+    app.effects.clear();
+    update(&mut app, key(':'));
+    typed(&mut app, "prefetch top x");
+    update(&mut app, code(KeyCode::Enter));
+    assert!(!app.effects.iter().any(|e| matches!(e, Effect::Preview(_))));
+    assert!(app
+        .notifications
+        .iter()
+        .any(|n| n.level == Level::Error && n.text.contains("positive")));
+    // Tab reaches the catalog too, after History.
+    let mut app = app_at(Some("history"), (80, 24));
+    update(&mut app, code(KeyCode::Tab));
+    assert_eq!(app.view, View::Catalog);
+    update(&mut app, code(KeyCode::Tab));
+    assert_eq!(app.view, View::Dashboard);
+}
+
+#[test]
+fn catalog_pages_by_cursor_and_reaches_the_end_of_a_long_list() {
+    let n = 100_000;
+    let mut app = App::new(opts(Some("catalog"), false), now(), (120, 40));
+    assert_eq!(serve_catalog(&mut app, n, n), 1);
+    assert_eq!(app.catalog.len, Some(n));
+    let id_at = |app: &App, r: i64| app.catalog.row(r).map(|e| e.id);
+    assert_eq!(id_at(&app, 0), Some(1));
+    // Within the cached rows: no query.
+    for _ in 0..30 {
+        update(&mut app, code(KeyCode::Down));
+    }
+    assert!(app.effects.is_empty());
+    // The end: a few big queries that skip ahead, each from the cursor the last one found.
+    update(&mut app, key('G'));
+    let queries = serve_catalog(&mut app, n, n);
+    assert!((2..=10).contains(&queries), "{queries} queries");
+    assert_eq!(app.catalog.selected, n - 1);
+    assert_eq!(
+        id_at(&app, n - 1),
+        Some(3 * (n - 1) + 1),
+        "row numbers drifted"
+    );
+    // Back up a page at a time from known cursors: small queries, rows where they belong.
+    for _ in 0..20 {
+        update(&mut app, code(KeyCode::PageUp));
+        serve_catalog(&mut app, n, n);
+        let top = app.catalog.top;
+        assert_eq!(id_at(&app, top), Some(3 * top + 1));
+    }
+    update(&mut app, key('g'));
+    assert!(app.effects.iter().any(|e| matches!(
+        e,
+        Effect::LoadCatalog {
+            offset: 0,
+            after_id: 0,
+            ..
+        }
+    )));
+    serve_catalog(&mut app, n, n);
+    assert_eq!(id_at(&app, 0), Some(1));
+}
+
+#[test]
+fn catalog_counts_again_from_the_top_when_the_list_changed_under_it() {
+    let n = 50_000;
+    let mut app = App::new(opts(Some("catalog"), false), now(), (120, 40));
+    serve_catalog(&mut app, n, n);
+    for _ in 0..30 {
+        update(&mut app, code(KeyCode::PageDown));
+        serve_catalog(&mut app, n, n);
+    }
+    let (selected, generation) = (app.catalog.selected, app.catalog.generation);
+    assert!(app.catalog.page_offset > 0);
+    // A refresh whose counts moved: the page's row numbers cannot be trusted.
+    update(&mut app, Action::Refresh);
+    let queries = serve_catalog(&mut app, n, n - 1);
+    assert!(queries >= 2, "{queries}");
+    assert_ne!(app.catalog.generation, generation);
+    assert_eq!(
+        app.catalog.selected, selected,
+        "the position on screen stays"
+    );
+    assert_eq!(app.catalog.unmirrored, Some(n - 1));
+    // Unchanged counts: one query for the rows on screen.
+    update(&mut app, Action::Refresh);
+    assert_eq!(serve_catalog(&mut app, n, n - 1), 1);
 }

@@ -21,12 +21,28 @@ use super::ops;
 use super::theme::Theme;
 use super::widgets::{ago, bar, centered, duration, truncate_left, truncate_right};
 
-/// Column where the first tab starts: after " mirrorctl ".
-pub const TABS_START: u16 = 11;
+const BRAND: &str = " mirrorctl ";
+/// Room kept at the right of the tab bar for the read-only badge.
+const BADGE_ROOM: u16 = 4;
 
 pub fn tab_label(v: View) -> String {
     let n = View::ALL.iter().position(|x| *x == v).unwrap_or(0) + 1;
     format!(" {n} {} ", v.title())
+}
+
+/// Column where the first tab starts: after " mirrorctl " when the name, every tab and the
+/// read-only badge fit in `width`, else at 0 (the tabs matter more than the name).
+pub fn tabs_start(width: u16) -> u16 {
+    let tabs: usize = View::ALL
+        .iter()
+        .map(|v| tab_label(*v).chars().count())
+        .sum();
+    let brand = BRAND.len() as u16;
+    if width >= brand + tabs as u16 + BADGE_ROOM {
+        brand
+    } else {
+        0
+    }
 }
 
 pub fn render(app: &App, f: &mut Frame) {
@@ -48,6 +64,7 @@ pub fn render(app: &App, f: &mut Frame) {
         View::Drift => render_operation_view(app, f, body, View::Drift),
         View::Archive => render_operation_view(app, f, body, View::Archive),
         View::History => render_history(app, f, body),
+        View::Catalog => render_catalog(app, f, body),
     }
     render_status(app, f, status);
     match &app.mode {
@@ -70,7 +87,10 @@ fn block<'a>(t: &Theme, title: impl Into<Line<'a>>) -> Block<'a> {
 
 fn render_tabs(app: &App, f: &mut Frame, area: Rect) {
     let t = &app.theme;
-    let mut spans = vec![Span::styled(" mirrorctl ", t.title)];
+    let mut spans = Vec::new();
+    if tabs_start(area.width) > 0 {
+        spans.push(Span::styled(BRAND, t.title));
+    }
     for v in View::ALL {
         let style = if v == app.view {
             t.title.add_modifier(Modifier::REVERSED)
@@ -529,6 +549,136 @@ fn render_files(app: &App, f: &mut Frame, area: Rect) {
             Some(e) => Span::styled(format!("cannot load files: {e}"), t.bad),
             None if fs.filter.is_empty() => Span::styled("no mirrored files", t.dim),
             None => Span::styled("no keys contain the filter (Esc clears it)", t.dim),
+        };
+        f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), inner);
+    }
+}
+
+// ---- Catalog -------------------------------------------------------------------------------
+
+fn render_catalog(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let c = &app.catalog;
+    let mut title = vec![Span::styled(" Catalog ", t.title)];
+    match (c.total, c.unmirrored) {
+        (Some(total), Some(unmirrored)) => {
+            title.push(Span::styled(format!("{} entries, ", count(total)), t.text));
+            title.push(Span::styled(
+                format!("{} not mirrored ", count(unmirrored)),
+                if unmirrored > 0 { t.warn } else { t.good },
+            ));
+        }
+        _ => title.push(Span::styled("… ", t.text)),
+    }
+    if c.pending.is_some() {
+        title.push(Span::styled("· loading… ", t.dim));
+    }
+    let position = match c.len {
+        Some(0) => String::new(),
+        Some(n) => format!(" {} of {} ", count(c.selected + 1), count(n)),
+        None => String::new(),
+    };
+    let b = block(t, Line::from(title))
+        .title_bottom(Line::from(Span::styled(position, t.dim)).right_aligned());
+    let narrow = area.width < 100;
+    let date_fmt = if narrow {
+        "%m-%d %H:%M"
+    } else {
+        "%Y-%m-%d %H:%M"
+    };
+    // Wider: which mirrored file is stale; wider still, the source and remote id.
+    let (date_w, state_w) = if narrow { (11, 12) } else { (16, 18) };
+    let source_w = if area.width >= 120 { 18 } else { 0 };
+    let mut widths = vec![Constraint::Length(6), Constraint::Fill(1)];
+    let mut names = vec!["ID", "KEY"];
+    if source_w > 0 {
+        widths.push(Constraint::Length(source_w));
+        names.push("SOURCE/REMOTE ID");
+    }
+    widths.extend([
+        Constraint::Length(10),
+        Constraint::Length(date_w),
+        Constraint::Length(state_w),
+    ]);
+    names.extend([
+        "SIZE",
+        if narrow { "UPDATED" } else { "ORIGIN UPDATED" },
+        "STATE",
+    ]);
+    let gaps = widths.len() as u16 - 1;
+    let fixed: u16 = 6 + source_w + 10 + date_w + state_w + gaps;
+    let key_w = area.width.saturating_sub(2 + fixed).max(4) as usize;
+    let header = Row::new(names).style(t.header);
+    let visible = app.files_visible_rows();
+    let end = match c.len {
+        Some(n) => (c.top + visible).min(n),
+        None => c.top + visible.min(c.page.len() as i64),
+    };
+    let mut rows = Vec::with_capacity(visible as usize);
+    for i in c.top..end {
+        let style = if i == c.selected { t.selected } else { t.text };
+        let row = match c.row(i) {
+            Some(e) => {
+                let state = match (e.mirrored_id, e.mirrored_stale) {
+                    (Some(id), Some(true)) if !narrow => format!("stale (file {id})"),
+                    (Some(_), Some(true)) => "stale".into(),
+                    (Some(_), _) => "mirrored".into(),
+                    (None, _) => "not mirrored".into(),
+                };
+                let state_style = if e.mirrored_id.is_some() {
+                    t.warn
+                } else {
+                    t.dim
+                };
+                let mut cells = vec![
+                    Cell::from(Line::from(e.id.to_string()).right_aligned()),
+                    Cell::from(truncate_left(e.key.as_deref().unwrap_or(&e.url), key_w)),
+                ];
+                if source_w > 0 {
+                    cells.push(Cell::from(truncate_right(
+                        &format!("{}/{}", e.source, e.remote_id),
+                        source_w as usize,
+                    )));
+                }
+                cells.extend([
+                    Cell::from(
+                        Line::from(e.size.map(bytes).unwrap_or_else(|| "?".into())).right_aligned(),
+                    ),
+                    Cell::from(e.updated_at.format(date_fmt).to_string()),
+                    Cell::from(Span::styled(state, state_style)),
+                ]);
+                Row::new(cells)
+            }
+            None => Row::new(vec![Cell::from(""), Cell::from(Span::styled("…", t.dim))]),
+        };
+        rows.push(row.style(style));
+    }
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(b)
+            .column_spacing(1),
+        area,
+    );
+    let nothing = c.len == Some(0) || (c.len.is_none() && c.pending.is_none());
+    if nothing {
+        let inner = area.inner(ratatui::layout::Margin::new(2, 3));
+        let msg = match &c.error {
+            Some(e) => vec![Line::from(Span::styled(
+                format!("cannot load the catalog: {e}"),
+                t.bad,
+            ))],
+            None => vec![
+                Line::from(Span::styled(
+                    "Every catalog entry has a fresh mirrored copy.",
+                    t.good,
+                )),
+                Line::from(""),
+                Line::from(Span::styled(
+                    "New entries come from `mirrorctl catalog import` or `catalog sync`.",
+                    t.dim,
+                )),
+            ],
         };
         f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), inner);
     }
@@ -1178,6 +1328,7 @@ pub fn help_lines(t: &Theme) -> Vec<Line<'static>> {
         Scope::Drift,
         Scope::Archive,
         Scope::History,
+        Scope::Catalog,
     ];
     let mut lines = Vec::new();
     for s in scopes {
