@@ -112,6 +112,11 @@ pub trait Report: Serialize {
     fn failures(&self) -> u64 {
         0
     }
+
+    /// A preview that changed nothing (status `dry_run`).
+    fn is_dry_run(&self) -> bool {
+        false
+    }
 }
 
 /// Runs an operation with its audit row and, when it mutates, the mutation lock.
@@ -145,6 +150,8 @@ where
         Ok(r) => (
             if r.failures() > 0 {
                 "partial"
+            } else if r.is_dry_run() {
+                "dry_run"
             } else if r.found_problems() {
                 "found_problems"
             } else {

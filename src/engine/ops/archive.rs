@@ -142,7 +142,11 @@ pub struct ArchiveRunReport {
     pub partitions: Vec<RunEntry>,
 }
 
-impl Report for ArchiveRunReport {}
+impl Report for ArchiveRunReport {
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+}
 
 /// The one-line summary the TUI's job list and the data plane's workers show.
 impl std::fmt::Display for ArchiveRunReport {

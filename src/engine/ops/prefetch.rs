@@ -84,6 +84,10 @@ impl Report for PrefetchReport {
     fn failures(&self) -> u64 {
         self.failed
     }
+
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 impl std::fmt::Display for PrefetchReport {

@@ -78,6 +78,10 @@ impl Report for PurgeReport {
     fn failures(&self) -> u64 {
         self.failed
     }
+
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 /// Previews (`dry_run`) or runs a purge.

@@ -87,6 +87,10 @@ impl Report for RemirrorReport {
     fn failures(&self) -> u64 {
         self.failed
     }
+
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 /// Remirrors the named files or every stale file.

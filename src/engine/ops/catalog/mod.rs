@@ -100,6 +100,10 @@ impl Report for ImportReport {
     fn found_problems(&self) -> bool {
         self.skipped > 0
     }
+
+    fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 impl std::fmt::Display for ImportReport {
