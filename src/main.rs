@@ -122,13 +122,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     let (ctx, _demo) = open(&cli).await?;
     if let Some(Command::Migrate) = &cli.command {
         let r = ctx.db.migrate().await?;
-        print(&cli, &r, || {
-            format!(
-                "migrated {}: {} applied, {} total\n",
+        print(&cli, &r, || match r.applied {
+            // A new SQLite file is migrated as it is opened, before this runs.
+            0 => format!(
+                "{}: the schema is up to date ({} migrations)\n",
                 ctx.db.target(),
-                r.applied,
                 r.total
-            )
+            ),
+            n => format!(
+                "migrated {}: {n} applied, {} total\n",
+                ctx.db.target(),
+                r.total
+            ),
         })?;
         return Ok(0);
     }
