@@ -16,26 +16,27 @@ pub fn import_table(r: &ImportReport) -> String {
     for (k, v) in [
         ("lines", r.lines),
         ("entries", r.entries),
-        ("added", r.added),
-        ("changed", r.changed),
-        ("unchanged", r.unchanged),
-        ("marked stale", r.marked_stale),
-        ("pruned", r.pruned),
+        ("added", r.merge.added),
+        ("changed", r.merge.changed),
+        ("unchanged", r.merge.unchanged),
+        ("marked stale", r.merge.marked_stale),
+        ("pruned", r.merge.pruned),
         ("duplicates", r.duplicates),
         ("skipped", r.skipped),
     ] {
         let _ = writeln!(out, "{k:<13} {:>9}", count(v as i64));
     }
-    if r.pruned > 0 {
+    let m = &r.merge;
+    if m.pruned > 0 {
         let _ = writeln!(
             out,
             "\npruned (first {}): {}{}",
-            r.pruned_sample.len(),
-            r.pruned_sample.join(", "),
-            if r.pruned_mirrored > 0 {
+            m.pruned_sample.len(),
+            m.pruned_sample.join(", "),
+            if m.pruned_mirrored > 0 {
                 format!(
                     "\n{} pruned entries still have a copy in the mirror bucket",
-                    count(r.pruned_mirrored as i64)
+                    count(m.pruned_mirrored as i64)
                 )
             } else {
                 String::new()

@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::engine::db::{CatalogEntry, MergeOptions, MergeOutcome};
+use crate::engine::db::{CatalogEntry, CatalogMerge, MergeOptions, MergeOutcome};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
 use crate::engine::Ctx;
@@ -78,15 +78,9 @@ pub struct ImportReport {
     pub lines: u64,
     /// Distinct entries read.
     pub entries: u64,
-    pub added: u64,
-    pub changed: u64,
-    pub unchanged: u64,
-    /// Mirrored copies marked stale (`origin_changed`) because their entry's size or ETag changed.
-    pub marked_stale: u64,
-    pub pruned: u64,
-    /// Pruned entries whose mirrored copy is still in the bucket.
-    pub pruned_mirrored: u64,
-    pub pruned_sample: Vec<String>,
+    /// Added, changed, unchanged, marked stale (`origin_changed`) and pruned.
+    #[serde(flatten)]
+    pub merge: CatalogMerge,
     /// Lines replaced by a later line for the same `(source, remote_id)`.
     pub duplicates: u64,
     /// Malformed lines skipped.
@@ -112,11 +106,11 @@ impl std::fmt::Display for ImportReport {
             f,
             "{}{} added, {} changed, {} unchanged, {} marked stale, {} pruned, {} duplicates, {} skipped",
             if self.dry_run { "dry run: " } else { "" },
-            self.added,
-            self.changed,
-            self.unchanged,
-            self.marked_stale,
-            self.pruned,
+            self.merge.added,
+            self.merge.changed,
+            self.merge.unchanged,
+            self.merge.marked_stale,
+            self.merge.pruned,
             self.duplicates,
             self.skipped
         )
@@ -314,13 +308,7 @@ pub(crate) async fn stage_and_merge(
             )))
         }
     };
-    report.added = merge.added;
-    report.changed = merge.changed;
-    report.unchanged = merge.unchanged;
-    report.marked_stale = merge.marked_stale;
-    report.pruned = merge.pruned;
-    report.pruned_mirrored = merge.pruned_mirrored;
-    report.pruned_sample = merge.pruned_sample;
+    report.merge = merge;
     Ok(report)
 }
 
