@@ -493,7 +493,7 @@ async fn catalog_entry_without_a_copy_is_a_miss_then_a_hit() {
         .await
         .expect("import");
         assert_eq!(
-            (report.added, report.skipped),
+            (report.merge.added, report.skipped),
             (1, 0),
             "{backend}: {report:?}"
         );
@@ -869,7 +869,7 @@ async fn allow_prefixes_and_pull_through_off() {
     )
     .await
     .expect("upsert");
-    assert_eq!(report.added, 1);
+    assert_eq!(report.merge.added, 1);
     let (st, _, body) = env.get(&files_url(&run.base, "other/listed.bin")).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(body, content(33, 4000));

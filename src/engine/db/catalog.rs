@@ -478,7 +478,8 @@ impl CatalogStage {
                 ))
                 .fetch_all(&mut *tx)
                 .await?;
-                if merge.pruned > o.max_prune {
+                // A dry run previews a prune of any size; only a real one is refused.
+                if !o.dry_run && merge.pruned > o.max_prune {
                     tx.rollback().await?;
                     return Ok(MergeOutcome::OverPruneCap(merge));
                 }
