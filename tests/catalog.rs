@@ -1038,3 +1038,130 @@ async fn an_import_writes_an_audit_row() {
         );
     }
 }
+
+/// `catalog sync` reads an S3 origin's listing (source `s3`, the key as remote id, URL and
+/// mirror key) and an HTTP origin's JSON Lines manifest at `origin.catalog_url`; a prune of
+/// what the origin no longer lists has the same guard as an import's.
+#[tokio::test]
+async fn catalog_sync_reads_the_origin() {
+    for db in TestDb::all().await {
+        let env = Env::new(db, "").await;
+        let (origin_cfg, origin) = env._s3.new_bucket("origin").await;
+        for (key, body) in [("pkgs/a.bin", "aaaa"), ("pkgs/b.bin", "bbbbbb")] {
+            origin
+                .put_bytes(key, bytes::Bytes::from(body), None)
+                .await
+                .expect("put");
+        }
+        let base = format!(
+            "[database]\nurl = {:?}\n\n{}",
+            env.db.url,
+            env._s3.bucket_toml("mirror", &env.bucket)
+        );
+        common::write_config_file(
+            env.dir.path(),
+            &format!(
+                "{base}{}[origin]\nkind = \"s3\"\n",
+                env._s3.bucket_toml("origin", &origin_cfg.bucket)
+            ),
+        );
+        let r = env
+            .run(&["catalog", "sync", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(
+            (r["added"].as_u64(), r["entries"].as_u64()),
+            (Some(2), Some(2)),
+            "{r}"
+        );
+        let list = env.list(&[]).await;
+        let mut got: Vec<(String, String, String, i64)> = list["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                (
+                    e["source"].as_str().unwrap_or("").to_string(),
+                    e["remote_id"].as_str().unwrap_or("").to_string(),
+                    e["key"].as_str().unwrap_or("").to_string(),
+                    e["size"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("s3".into(), "pkgs/a.bin".into(), "pkgs/a.bin".into(), 4),
+                ("s3".into(), "pkgs/b.bin".into(), "pkgs/b.bin".into(), 6),
+            ]
+        );
+        // Unchanged on a second sync; the object gone at the origin is pruned only with --yes.
+        let r = env
+            .run(&["catalog", "sync", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(r["unchanged"].as_u64(), Some(2), "{r}");
+        origin.delete("pkgs/b.bin").await.expect("delete");
+        let before = env.snapshot().await;
+        env.run(&["catalog", "sync", "--prune"])
+            .await
+            .usage_error(&["--yes"]);
+        assert_eq!(env.snapshot().await, before);
+        let r = env
+            .run(&["catalog", "sync", "--prune", "--yes", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(r["pruned"].as_u64(), Some(1), "{r}");
+        assert_eq!(env.list(&[]).await["total"].as_i64(), Some(1));
+
+        // An HTTP origin's manifest, relative to origin.base_url.
+        let manifest = "{\"remote_id\":\"m1\",\"url\":\"files/m1.bin\",\"size\":3}\n\
+                        {\"remote_id\":\"m2\",\"url\":\"files/m2.bin\"}\n";
+        let app = axum::Router::new().route(
+            "/catalog.jsonl",
+            axum::routing::get(move || async move { manifest }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        common::write_config_file(
+            env.dir.path(),
+            &format!(
+                "{base}[origin]\nbase_url = \"http://{addr}/\"\ncatalog_url = \"catalog.jsonl\"\nretries = 0\n"
+            ),
+        );
+        let r = env
+            .run(&["catalog", "sync", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(r["added"].as_u64(), Some(2), "{r}");
+        let m1 = env
+            .run(&["catalog", "show", "http/m1", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(m1["key"], "files/m1.bin", "{m1}");
+        // A manifest that is not there: a runtime failure naming the origin, nothing changed.
+        common::write_config_file(
+            env.dir.path(),
+            &format!(
+                "{base}[origin]\nbase_url = \"http://{addr}/\"\ncatalog_url = \"nope.jsonl\"\nretries = 0\n"
+            ),
+        );
+        let before = env.snapshot().await;
+        let r = env.run(&["catalog", "sync"]).await;
+        r.expect_code(1);
+        assert!(r.stderr.contains("nope.jsonl"), "{}", r.stderr);
+        assert_eq!(env.snapshot().await, before);
+        server.abort();
+    }
+}
