@@ -1165,3 +1165,162 @@ async fn catalog_sync_reads_the_origin() {
         server.abort();
     }
 }
+
+/// An HTTP origin on loopback serving `files` at `/files/NAME` (404 for anything else).
+async fn serve_files(
+    files: Vec<(&'static str, Vec<u8>)>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let files = std::sync::Arc::new(files);
+    let app = axum::Router::new().route(
+        "/files/{name}",
+        axum::routing::get(
+            move |axum::extract::Path(name): axum::extract::Path<String>| {
+                let files = files.clone();
+                async move {
+                    match files.iter().find(|(n, _)| *n == name) {
+                        Some((_, body)) => (axum::http::StatusCode::OK, body.clone()),
+                        None => (axum::http::StatusCode::NOT_FOUND, Vec::new()),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, task)
+}
+
+/// `prefetch` stores catalog entries without a fresh copy through the miss path: a dry run
+/// changes nothing, a run needs --yes, stores each copy with its SHA-256 and inserts its row,
+/// counts an origin 404 as failed (exit 1), keeps to --max-bytes, and refuses unknown ids.
+#[tokio::test]
+async fn prefetch_stores_the_unmirrored_entries() {
+    use sha2::Digest;
+    let bodies: Vec<(&'static str, Vec<u8>)> = vec![
+        ("a.bin", vec![b'a'; 1000]),
+        ("b.bin", vec![b'b'; 2000]),
+        ("c.bin", vec![b'c'; 3000]),
+    ];
+    let (addr, server) = serve_files(bodies.clone()).await;
+    for db in TestDb::all().await {
+        let extra = format!("[origin]\nbase_url = \"http://{addr}/\"\nretries = 0\n");
+        let env = Env::new(db, &extra).await;
+        let lines = "{\"remote_id\":\"a\",\"url\":\"files/a.bin\",\"size\":1000}\n\
+                     {\"remote_id\":\"b\",\"url\":\"files/b.bin\",\"size\":2000}\n\
+                     {\"remote_id\":\"c\",\"url\":\"files/c.bin\",\"size\":3000}\n\
+                     {\"remote_id\":\"gone\",\"url\":\"files/gone.bin\",\"size\":10}\n";
+        let file = env.file("c.jsonl", lines);
+        env.import(&file, &[]).await.ok();
+
+        let before = env.snapshot().await;
+        let plan = env
+            .run(&["prefetch", "--unmirrored", "--dry-run", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(plan["candidates"].as_u64(), Some(4), "{plan}");
+        assert_eq!(plan["bytes"].as_u64(), Some(6010), "{plan}");
+        env.run(&["prefetch", "--unmirrored"])
+            .await
+            .usage_error(&["--yes"]);
+        let budget = env
+            .run(&[
+                "prefetch",
+                "--unmirrored",
+                "--max-bytes",
+                "3000",
+                "--dry-run",
+                "-o",
+                "json",
+            ])
+            .await
+            .ok()
+            .json();
+        assert_eq!(
+            (
+                budget["candidates"].as_u64(),
+                budget["over_budget"].as_u64()
+            ),
+            (Some(2), Some(2)),
+            "{budget}"
+        );
+        env.run(&["prefetch", "--ids", "999", "--yes"])
+            .await
+            .usage_error(&["999"]);
+        assert_eq!(
+            env.snapshot().await,
+            before,
+            "previews and refusals change nothing"
+        );
+
+        let r = env
+            .run(&["prefetch", "--unmirrored", "--yes", "-o", "json"])
+            .await;
+        r.expect_code(1);
+        let r = r.json();
+        assert_eq!(
+            (r["stored"].as_u64(), r["failed"].as_u64()),
+            (Some(3), Some(1)),
+            "{r}"
+        );
+        let rows = env
+            .rows(
+                "SELECT key, sha256, CAST(is_stale AS TEXT) FROM mirrored_files \
+                 WHERE deleted_at IS NULL ORDER BY key",
+                &[],
+            )
+            .await;
+        let want: Vec<Vec<Option<String>>> = bodies
+            .iter()
+            .map(|(name, body)| {
+                vec![
+                    Some(format!("files/{name}")),
+                    Some(hex::encode(sha2::Sha256::digest(body))),
+                    Some(
+                        if env.backend == "sqlite" {
+                            "0"
+                        } else {
+                            "false"
+                        }
+                        .to_string(),
+                    ),
+                ]
+            })
+            .collect();
+        assert_eq!(rows, want);
+        // Only the entry the origin does not have is left, and a second run fetches only it.
+        let left = env.list(&["--unmirrored"]).await;
+        assert_eq!(left["unmirrored"].as_i64(), Some(1), "{left}");
+        let again = env
+            .run(&["prefetch", "--unmirrored", "--yes", "-o", "json"])
+            .await;
+        again.expect_code(1);
+        assert_eq!(again.json()["candidates"].as_u64(), Some(1));
+        // A named entry that is already fresh is counted, not fetched again.
+        let a = env
+            .run(&["catalog", "show", "http/a", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        let id = a["id"].as_i64().expect("id").to_string();
+        let named = env
+            .run(&["prefetch", "--ids", &id, "--yes", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(
+            (
+                named["candidates"].as_u64(),
+                named["already_mirrored"].as_u64()
+            ),
+            (Some(0), Some(1)),
+            "{named}"
+        );
+    }
+    server.abort();
+}
