@@ -168,27 +168,32 @@ pub async fn run(ctx: &Ctx, p: PrefetchParams, progress: &Progress) -> Result<Pr
     .await
 }
 
-/// Every live entry without a fresh copy, a page at a time.
+/// Every live entry without a fresh copy, read a page ahead by a task of its own, so the
+/// transfers never wait for the next page's queries.
 fn unmirrored_rows(db: Db, bucket: String) -> BoxStream<'static, Result<PrefetchRow>> {
-    stream::try_unfold(Some(0i64), move |after| {
-        let (db, bucket) = (db.clone(), bucket.clone());
-        async move {
-            let Some(after) = after else {
-                return Ok::<_, Error>(None);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<PrefetchRow>>(PAGE as usize);
+    tokio::spawn(async move {
+        let mut after = 0i64;
+        loop {
+            let (rows, next) = match db.prefetch_page(&bucket, after, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
             };
-            let page = db.prefetch_page(&bucket, after, PAGE).await?;
-            let next = match page.last() {
-                Some(last) if page.len() as i64 == PAGE => Some(last.catalog_id),
-                _ => None,
-            };
-            if page.is_empty() {
-                return Ok(None);
+            for row in rows {
+                if tx.send(Ok(row)).await.is_err() {
+                    return;
+                }
             }
-            Ok(Some((stream::iter(page.into_iter().map(Ok)), next)))
+            match next {
+                Some(id) => after = id,
+                None => return,
+            }
         }
-    })
-    .try_flatten()
-    .boxed()
+    });
+    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) }).boxed()
 }
 
 async fn prefetch_all(
