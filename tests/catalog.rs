@@ -1301,6 +1301,100 @@ async fn prefetch_stores_the_unmirrored_entries() {
             .await;
         again.expect_code(1);
         assert_eq!(again.json()["candidates"].as_u64(), Some(1));
+        // --top N ranks by successful downloads in the window and takes the N most
+        // downloaded, fetching those without a fresh copy: c (5), a (3), then b (1) left out.
+        let ids: Vec<(String, i64)> = env
+            .rows(
+                "SELECT key, CAST(id AS TEXT) FROM mirrored_files ORDER BY key",
+                &[],
+            )
+            .await
+            .into_iter()
+            .map(|r| {
+                let id = r[1].as_deref().and_then(|v| v.parse().ok()).expect("id");
+                (r[0].clone().expect("key"), id)
+            })
+            .collect();
+        let mut events = Vec::new();
+        for (key, n) in [("files/a.bin", 3), ("files/b.bin", 1), ("files/c.bin", 5)] {
+            let id = ids.iter().find(|(k, _)| k == key).expect("mirrored").1;
+            for _ in 0..n {
+                events.push(mirrorctl::engine::model::NewDownloadEvent {
+                    occurred_at: Utc::now(),
+                    file_id: id,
+                    cache_hit: true,
+                    bytes: 10,
+                    duration_ms: 1,
+                    status: 200,
+                });
+            }
+        }
+        env.db.db.record_downloads(&events).await.expect("events");
+        let top = env
+            .run(&[
+                "prefetch",
+                "--top",
+                "2",
+                "--window",
+                "7d",
+                "--dry-run",
+                "-o",
+                "json",
+            ])
+            .await
+            .ok()
+            .json();
+        assert_eq!(
+            (top["candidates"].as_u64(), top["already_mirrored"].as_u64()),
+            (Some(0), Some(2)),
+            "all fresh: {top}"
+        );
+        let stale = match env.db.db.backend() {
+            Backend::Sqlite => "UPDATE mirrored_files SET is_stale = 1",
+            Backend::Postgres => "UPDATE mirrored_files SET is_stale = TRUE",
+        };
+        env.rows(&format!("{stale} RETURNING key"), &[]).await;
+        let top = env
+            .run(&[
+                "prefetch",
+                "--top",
+                "2",
+                "--window",
+                "7d",
+                "--dry-run",
+                "-o",
+                "json",
+            ])
+            .await
+            .ok()
+            .json();
+        let keys: Vec<&str> = top["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["key"].as_str())
+            .collect();
+        assert_eq!(keys, ["files/c.bin", "files/a.bin"], "{top}");
+        let r = env
+            .run(&["prefetch", "--top", "2", "--yes", "-o", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(r["stored"].as_u64(), Some(2), "{r}");
+        let fresh = env
+            .rows(
+                "SELECT key FROM mirrored_files WHERE deleted_at IS NULL AND NOT is_stale ORDER BY key",
+                &[],
+            )
+            .await;
+        assert_eq!(
+            fresh,
+            vec![
+                vec![Some("files/a.bin".to_string())],
+                vec![Some("files/c.bin".to_string())]
+            ]
+        );
+
         // A named entry that is already fresh is counted, not fetched again.
         let a = env
             .run(&["catalog", "show", "http/a", "-o", "json"])
