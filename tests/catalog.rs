@@ -1330,12 +1330,12 @@ async fn prefetch_stores_the_unmirrored_entries() {
             }
         }
         env.db.db.record_downloads(&events).await.expect("events");
-        let top = env
-            .run(&[
+        let top_plan = || async {
+            env.run(&[
                 "prefetch",
                 "--top",
                 "2",
-                "--window",
+                "-w",
                 "7d",
                 "--dry-run",
                 "-o",
@@ -1343,7 +1343,9 @@ async fn prefetch_stores_the_unmirrored_entries() {
             ])
             .await
             .ok()
-            .json();
+            .json()
+        };
+        let top = top_plan().await;
         assert_eq!(
             (top["candidates"].as_u64(), top["already_mirrored"].as_u64()),
             (Some(0), Some(2)),
@@ -1354,20 +1356,7 @@ async fn prefetch_stores_the_unmirrored_entries() {
             Backend::Postgres => "UPDATE mirrored_files SET is_stale = TRUE",
         };
         env.rows(&format!("{stale} RETURNING key"), &[]).await;
-        let top = env
-            .run(&[
-                "prefetch",
-                "--top",
-                "2",
-                "--window",
-                "7d",
-                "--dry-run",
-                "-o",
-                "json",
-            ])
-            .await
-            .ok()
-            .json();
+        let top = top_plan().await;
         let keys: Vec<&str> = top["items"]
             .as_array()
             .expect("items")
