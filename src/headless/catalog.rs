@@ -15,7 +15,7 @@ pub fn import_table(r: &ImportReport) -> String {
     let _ = writeln!(out, "{:<13} {}", "input", r.input);
     for (k, v) in [
         ("lines", r.lines),
-        ("entries", r.entries),
+        ("entries", r.merge.entries),
         ("added", r.merge.added),
         ("changed", r.merge.changed),
         ("unchanged", r.merge.unchanged),

@@ -195,7 +195,7 @@ pub async fn by_key(
 }
 
 /// The detail of a catalog entry that has no mirrored row yet (id 0: its row is inserted when
-/// the first copy is stored).
+/// the first copy is stored; origin file id 0: a pulled key, registered by the fill).
 fn unmirrored(c: CatalogRow, bucket: &str) -> FileDetail {
     FileDetail {
         id: 0,
@@ -245,32 +245,23 @@ async fn pull_through(
     if s.negative.get(key.as_str()).is_some() {
         return not_at_origin(&key);
     }
-    let now = Utc::now();
-    let detail = FileDetail {
+    // A catalog entry not registered yet (id 0): the fill registers it on a 200.
+    let entry = CatalogRow {
         id: 0,
-        bucket: s.mirror.name().to_string(),
-        key: key.clone(),
-        size: 0,
-        downloads: 0,
-        bytes_served: 0,
-        last_downloaded_at: None,
-        is_stale: true,
-        origin_file_id: 0,
-        sha256: None,
-        etag: None,
-        mirrored_at: now,
-        last_validated_at: None,
-        stale_reason: Some("not_mirrored".into()),
-        deleted_at: None,
-        origin_source: "http".into(),
-        origin_remote_id: key.clone(),
-        origin_file_name: String::new(),
+        source: "http".into(),
+        remote_id: key.clone(),
+        file_name: String::new(),
         // Encoded, so the key stays a path under base_url (never a query, scheme or `..`).
-        origin_url: crate::engine::keys::key_to_url(&key),
-        origin_size: None,
-        origin_etag: None,
-        origin_updated_at: now,
+        url: crate::engine::keys::key_to_url(&key),
+        size: None,
+        etag: None,
+        key: Some(key),
+        updated_at: Utc::now(),
+        deleted_at: None,
+        mirrored_id: None,
+        mirrored_stale: None,
     };
+    let detail = unmirrored(entry, s.mirror.name());
     miss(
         s,
         Arc::new(Row::new(detail)),

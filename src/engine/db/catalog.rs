@@ -47,6 +47,8 @@ pub struct CatalogRow {
 /// What a merge did (or, in a dry run or a refusal, would do).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CatalogMerge {
+    /// Distinct entries staged.
+    pub entries: u64,
     pub added: u64,
     pub changed: u64,
     pub unchanged: u64,
@@ -385,17 +387,6 @@ impl CatalogStage {
         r.map_err(|e| db.err(e))
     }
 
-    /// Entries staged so far (distinct `(source, remote_id)`).
-    pub async fn staged(&mut self) -> Result<u64> {
-        let db = self.db.clone();
-        let r: Result<i64, sqlx::Error> = on_conn!(self, |c| {
-            sqlx::query_scalar("SELECT count(*) FROM catalog_stage")
-                .fetch_one(&mut **c)
-                .await
-        });
-        r.map(|n| n as u64).map_err(|e| db.err(e))
-    }
-
     /// Merges the stage into the catalog in one transaction: counts, marks the mirrored copies
     /// of changed entries stale (`origin_changed`: a new size that differs from the copy's, or
     /// a new ETag), updates changed entries, inserts new ones, and prunes when asked. Rolls
@@ -456,6 +447,7 @@ impl CatalogStage {
                 .await?;
             }
             let mut merge = CatalogMerge {
+                entries: staged as u64,
                 added: added as u64,
                 changed: changed as u64,
                 unchanged: (staged - added - changed).max(0) as u64,

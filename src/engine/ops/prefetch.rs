@@ -11,7 +11,7 @@ use chrono::{TimeDelta, Utc};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use super::remirror::{fetch_and_store, StoreTarget, MAX_CONCURRENCY, MAX_ITEMS};
+use super::remirror::{fetch_and_store, transfers, StoreTarget, MAX_CONCURRENCY, MAX_ITEMS};
 use crate::engine::db::{Db, PrefetchRow};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
@@ -264,18 +264,13 @@ async fn prefetch_all(
             );
         }
     } else {
-        let cancel = progress.token();
-        let done = selected
-            // Stop taking new files once cancelled; transfers under way finish.
-            .take_until(cancel.cancelled_owned())
-            .map_ok({
-                let (db, origin, mirror) = (db.clone(), origin.clone(), mirror.clone());
-                move |row| {
-                    let (db, origin, mirror) = (db.clone(), origin.clone(), mirror.clone());
-                    async move { prefetch_one(&db, &origin, &mirror, row).await }
-                }
-            })
-            .try_buffer_unordered(p.concurrency);
+        let done = transfers(
+            selected,
+            (db, origin, mirror),
+            p.concurrency,
+            progress,
+            |db, origin, mirror, row| async move { prefetch_one(&db, &origin, &mirror, row).await },
+        );
         futures::pin_mut!(done);
         let mut n = 0;
         while let Some(item) = done.try_next().await? {

@@ -211,19 +211,13 @@ async fn remirror_all(
         }
         return Ok(report);
     }
-    let cancel = progress.token();
-    let done = rows
-        // Stop taking new files once cancelled; transfers under way finish.
-        .take_until(cancel.cancelled_owned())
-        .map_ok({
-            // Owned handles keep the futures `Send + 'static` (the TUI spawns operations).
-            let (db, origin, mirror) = (db.clone(), origin.clone(), mirror.clone());
-            move |row| {
-                let (db, origin, mirror) = (db.clone(), origin.clone(), mirror.clone());
-                async move { remirror_one(&db, &origin, &mirror, row).await }
-            }
-        })
-        .try_buffer_unordered(p.concurrency);
+    let done = transfers(
+        rows,
+        (db, origin, mirror),
+        p.concurrency,
+        progress,
+        |db, origin, mirror, row| async move { remirror_one(&db, &origin, &mirror, row).await },
+    );
     futures::pin_mut!(done);
     let mut n = 0;
     while let Some(item) = done.try_next().await? {
@@ -240,6 +234,27 @@ async fn remirror_all(
     }
     progress.check()?;
     Ok(report)
+}
+
+/// `one(db, origin, mirror, row)` for each row, `concurrency` at a time, in completion order;
+/// once `progress` is cancelled no new row is taken and the transfers under way finish. Shared
+/// by remirror and prefetch.
+pub(crate) fn transfers<R, I, F, Fut>(
+    rows: impl futures::Stream<Item = Result<R>>,
+    (db, origin, mirror): (&Db, &Origin, &S3Bucket),
+    concurrency: usize,
+    progress: &Progress,
+    one: F,
+) -> impl futures::Stream<Item = Result<I>>
+where
+    F: Fn(Db, Origin, S3Bucket, R) -> Fut,
+    Fut: std::future::Future<Output = Result<I>>,
+{
+    // Owned handles keep the futures `Send + 'static` (the TUI spawns operations).
+    let (db, origin, mirror) = (db.clone(), origin.clone(), mirror.clone());
+    rows.take_until(progress.token().cancelled_owned())
+        .map_ok(move |row| one(db.clone(), origin.clone(), mirror.clone(), row))
+        .try_buffer_unordered(concurrency)
 }
 
 fn push_item(report: &mut RemirrorReport, item: RemirrorItem) {

@@ -76,9 +76,7 @@ pub struct ImportReport {
     /// The file, `-`, the API, or the origin a sync read.
     pub input: String,
     pub lines: u64,
-    /// Distinct entries read.
-    pub entries: u64,
-    /// Added, changed, unchanged, marked stale (`origin_changed`) and pruned.
+    /// Entries (distinct), added, changed, unchanged, marked stale (`origin_changed`) and pruned.
     #[serde(flatten)]
     pub merge: CatalogMerge,
     /// Lines replaced by a later line for the same `(source, remote_id)`.
@@ -203,10 +201,7 @@ pub fn defaults_for(ctx: &Ctx) -> Result<Defaults> {
         ),
         None => None,
     };
-    Ok(Defaults {
-        source: None,
-        base_url,
-    })
+    Ok(Defaults { base_url })
 }
 
 /// Parses `input` on a blocking thread, sending batches (two in flight at most).
@@ -283,14 +278,7 @@ pub(crate) async fn stage_and_merge(
             break;
         }
     }
-    report.entries = stage.staged().await?;
-    // Lines for an entry already staged by an earlier batch were replaced there.
-    report.duplicates += staged_entries.saturating_sub(report.entries);
-    progress.update(
-        report.lines,
-        Some(report.lines),
-        format!("merging {} entries", report.entries),
-    );
+    progress.update(report.lines, Some(report.lines), "merging");
     let max_prune = p.max_delete.unwrap_or(ctx.config.policy.max_delete);
     let opts = MergeOptions {
         prune: p.prune,
@@ -308,6 +296,8 @@ pub(crate) async fn stage_and_merge(
             )))
         }
     };
+    // Lines for an entry already staged by an earlier batch were replaced there.
+    report.duplicates += staged_entries.saturating_sub(merge.entries);
     report.merge = merge;
     Ok(report)
 }

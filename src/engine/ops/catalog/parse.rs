@@ -68,10 +68,9 @@ pub struct Batch {
     pub end: bool,
 }
 
-/// What every entry of a file falls back to.
+/// What every entry of a file falls back to: `origin.base_url`, for the keys of URLs under it.
 #[derive(Debug, Clone, Default)]
 pub struct Defaults {
-    pub source: Option<String>,
     pub base_url: Option<url::Url>,
 }
 
@@ -313,7 +312,7 @@ pub fn entry(m: &Map<String, Value>, d: &Defaults) -> Result<CatalogEntry, Field
     check_url(&url).map_err(|m| bad("url", m))?;
     let source = match text("source")? {
         Some(s) => s,
-        None => d.source.clone().unwrap_or_else(|| "http".into()),
+        None => "http".into(),
     };
     if source.len() > 64
         || !source
