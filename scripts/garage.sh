@@ -41,3 +41,83 @@ TOML
   "${g[@]}" key allow --create-bucket mirrorctl >/dev/null
   GARAGE_ENDPOINT="http://127.0.0.1:$s3_port"
 }
+
+# A Garage cluster of NODES processes on loopback (default 3), every object stored on every node
+# (`replication_factor = 3`, one zone per node), as several mirror replicas share one in
+# production:
+#
+#   start_garage_cluster "$WORK/cluster" 3 1G
+#     # sets GARAGE_CLUSTER_PIDS (array), GARAGE_CLUSTER_ENDPOINTS (every node's S3 endpoint,
+#     # space-separated), GARAGE_CLUSTER_ENDPOINT (node 1), GARAGE_CLUSTER_KEY, GARAGE_CLUSTER_SECRET
+#   stop_garage_cluster
+#
+# Node i has its own rpc and S3 ports and $DIR/node<i>/{meta,data}; all share one rpc_secret.
+# Node 1 connects to the others and assigns and applies the layout; the function returns once
+# every node answers S3 requests signed with the key (a node that has not yet seen the layout
+# answers 503). With fewer than 3 nodes the replication factor is the number of nodes.
+GARAGE_CLUSTER_PIDS=()
+start_garage_cluster() {
+  local dir=$1 nodes=${2:-3} capacity=${3:-1G}
+  local bin; bin=$(garage_bin)
+  [ -x "$bin" ] || { echo "garage is not installed: cargo install garage --version 2.5.0 --locked" >&2; return 1; }
+  local factor=$(( nodes < 3 ? nodes : 3 ))
+  local secret; secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  local i s3_port rpc_port ids=() endpoints=()
+  GARAGE_CLUSTER_PIDS=()
+  for i in $(seq 1 "$nodes"); do
+    s3_port=$(free_port); rpc_port=$(free_port)
+    mkdir -p "$dir/node$i"
+    cat > "$dir/node$i/garage.toml" <<TOML
+metadata_dir = "$dir/node$i/meta"
+data_dir = "$dir/node$i/data"
+db_engine = "${GARAGE_DB_ENGINE:-sqlite}"
+replication_factor = $factor
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$secret"
+
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$s3_port"
+TOML
+    RUST_LOG=warn "$bin" -c "$dir/node$i/garage.toml" server >"$dir/node$i/garage.log" 2>&1 &
+    GARAGE_CLUSTER_PIDS+=($!)
+    endpoints+=("http://127.0.0.1:$s3_port")
+  done
+  for i in $(seq 1 "$nodes"); do
+    local g=("$bin" -c "$dir/node$i/garage.toml") id=""
+    for _ in $(seq 1 100); do id=$("${g[@]}" node id -q 2>/dev/null) && break; sleep 0.1; done
+    [ -n "$id" ] || { echo "garage node $i did not start ($dir/node$i/garage.log)" >&2; return 1; }
+    ids+=("$id")
+  done
+  local g1=("$bin" -c "$dir/node1/garage.toml")
+  for i in $(seq 2 "$nodes"); do "${g1[@]}" node connect "${ids[$((i - 1))]}" >/dev/null; done
+  for i in $(seq 1 "$nodes"); do
+    "${g1[@]}" layout assign -z "dc$i" -c "$capacity" "${ids[$((i - 1))]%@*}" >/dev/null
+  done
+  "${g1[@]}" layout apply --version 1 >/dev/null
+  GARAGE_CLUSTER_KEY="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
+  GARAGE_CLUSTER_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  "${g1[@]}" key import --yes -n mirrorctl "$GARAGE_CLUSTER_KEY" "$GARAGE_CLUSTER_SECRET" >/dev/null
+  "${g1[@]}" key allow --create-bucket mirrorctl >/dev/null
+  GARAGE_CLUSTER_ENDPOINTS="${endpoints[*]}"
+  GARAGE_CLUSTER_ENDPOINT=${endpoints[0]}
+  # Ready when every node lists buckets with the key: it has the layout and finds the key.
+  local e ok
+  for e in "${endpoints[@]}"; do
+    ok=""
+    for _ in $(seq 1 100); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' --aws-sigv4 aws:amz:us-east-1:s3 -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' \
+        --user "$GARAGE_CLUSTER_KEY:$GARAGE_CLUSTER_SECRET" "$e/")" = 200 ] && { ok=1; break; }
+      sleep 0.1
+    done
+    [ -n "$ok" ] || { echo "garage cluster: $e does not answer S3 requests ($dir/node*/garage.log)" >&2; return 1; }
+  done
+}
+
+stop_garage_cluster() {
+  local p
+  for p in "${GARAGE_CLUSTER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${GARAGE_CLUSTER_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  GARAGE_CLUSTER_PIDS=()
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs and starts what the tests need (PostgreSQL from the distribution,
-# a single-node Garage S3 server, Python readers for interop tests), runs the whole suite, and
-# stops what it started. Works on a fresh Debian machine; reuses what is already installed.
+# a single-node Garage S3 server and a 3-node Garage cluster, Python readers for interop tests),
+# runs the whole suite, and stops what it started. Works on a fresh Debian machine; reuses what
+# is already installed.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -E 'test(drift)'  # extra arguments go to cargo nextest
@@ -16,6 +17,7 @@ log() { printf '== %s\n' "$*" >&2; }
 
 cleanup() {
   [ -n "$GARAGE_PID" ] && kill "$GARAGE_PID" 2>/dev/null || true
+  declare -F stop_garage_cluster >/dev/null && stop_garage_cluster
   [ -n "$STARTED_PG" ] && pg_ctlcluster "$STARTED_PG" main stop 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -59,6 +61,13 @@ log "Garage on $GARAGE_ENDPOINT"
 export MIRRORCTL_TEST_GARAGE_ENDPOINT="$GARAGE_ENDPOINT"
 export MIRRORCTL_TEST_GARAGE_KEY="$GARAGE_KEY"
 export MIRRORCTL_TEST_GARAGE_SECRET="$GARAGE_SECRET"
+# ...and a 3-node cluster (every object on every node) for the tests of several serve replicas.
+start_garage_cluster "$WORK/garage-cluster" 3 1G
+log "Garage cluster on $GARAGE_CLUSTER_ENDPOINTS"
+export MIRRORCTL_TEST_GARAGE_CLUSTER_ENDPOINT="$GARAGE_CLUSTER_ENDPOINT"
+export MIRRORCTL_TEST_GARAGE_CLUSTER_ENDPOINTS="$GARAGE_CLUSTER_ENDPOINTS"
+export MIRRORCTL_TEST_GARAGE_CLUSTER_KEY="$GARAGE_CLUSTER_KEY"
+export MIRRORCTL_TEST_GARAGE_CLUSTER_SECRET="$GARAGE_CLUSTER_SECRET"
 export MIRRORCTL_REQUIRE_SERVERS=1
 
 # --- Python readers for the archive interop test ----------------------------------------------
