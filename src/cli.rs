@@ -261,6 +261,12 @@ pub enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// The `serve` replicas on this database: status, version, heartbeat, load
+    ///
+    /// Each replica writes a heartbeat every 2 s: it is up while its last one is at most 6 s
+    /// old, gone when older without a clean shutdown (crashed, killed, cut off from the
+    /// database), stopped after a clean one. Exit 3 when a replica is gone.
+    Fleet,
     /// Apply the database schema migrations
     Migrate,
     /// Run the data plane: the download proxy that fills the mirror and records every download
@@ -432,6 +438,7 @@ impl Command {
             Command::Purge { .. } => "purge",
             Command::Archive { .. } => "archive",
             Command::Drift { .. } => "drift",
+            Command::Fleet => "fleet",
             Command::Migrate => "migrate",
             Command::Catalog { .. } => "catalog",
             Command::Prefetch { .. } => "prefetch",

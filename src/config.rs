@@ -404,12 +404,49 @@ pub struct ServeConfig {
     /// Run `catalog sync` this often; off when unset.
     #[serde(default)]
     pub catalog_sync_every: Option<HumanDuration>,
+    /// A connection that has not sent a request's headers within this time is closed.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// A kept-alive connection with no request for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Client connections open at once; beyond it new ones wait to be accepted.
+    #[serde(default = "default_serve_max_connections")]
+    pub max_connections: usize,
+    /// Misses fetching from the origin at once; beyond it a miss gets 503 with `Retry-After`.
+    #[serde(default = "default_max_fills")]
+    pub max_fills: usize,
+    /// Addresses (or CIDR ranges) of the proxies whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// How other replicas reach this one's admin listener for a fill in flight (default:
+    /// `http://<admin_listen>` when that is a specific address).
+    #[serde(default)]
+    pub peer_url: Option<String>,
 }
 
 impl ServeConfig {
     /// Whether `GET /files/{key}` may fetch a key the catalog does not know.
     pub fn pull_through_on(&self, origin: &OriginConfig) -> bool {
         origin.base_url.is_some() && self.pull_through.unwrap_or(true)
+    }
+
+    /// `trusted_proxies` parsed: each an address (`10.0.0.5`, `::1`) or a CIDR range
+    /// (`10.0.0.0/8`).
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                p.trim()
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| p.trim().parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "key `serve.trusted_proxies`: bad entry {p:?} (expected an address or a CIDR range, e.g. \"10.0.0.0/8\")"
+                        )
+                    })
+            })
+            .collect()
     }
 }
 
@@ -432,6 +469,18 @@ fn default_shutdown_timeout() -> HumanDuration {
 fn default_negative_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
 }
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_serve_max_connections() -> usize {
+    10_000
+}
+fn default_max_fills() -> usize {
+    64
+}
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -450,6 +499,12 @@ impl Default for ServeConfig {
             admin_listen: None,
             admin_token: None,
             catalog_sync_every: None,
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_serve_max_connections(),
+            max_fills: default_max_fills(),
+            trusted_proxies: Vec::new(),
+            peer_url: None,
         }
     }
 }
@@ -647,6 +702,18 @@ pub fn validate(c: &Config) -> Result<(), String> {
     }
     if c.serve.rate_limit > 0.0 && c.serve.rate_burst == 0 {
         return Err("key `serve.rate_burst`: must be at least 1".into());
+    }
+    c.serve.trusted_proxy_nets()?;
+    if c.serve.max_connections == 0 {
+        return Err("key `serve.max_connections`: must be at least 1".into());
+    }
+    for (name, d) in [
+        ("header_timeout", c.serve.header_timeout),
+        ("idle_timeout", c.serve.idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            return Err(format!("key `serve.{name}`: must be more than 0s"));
+        }
     }
     Ok(())
 }

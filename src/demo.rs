@@ -201,6 +201,7 @@ pub async fn start_s3(root: &Path, port: u16) -> Result<(SocketAddr, JoinHandle<
             let Ok((socket, _)) = listener.accept().await else {
                 continue;
             };
+            let _ = socket.set_nodelay(true);
             let conn = http
                 .serve_connection(TokioIo::new(socket), service.clone())
                 .into_owned();

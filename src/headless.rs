@@ -10,6 +10,7 @@ use crate::engine::ops::history::HistoryReport;
 use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
+pub mod fleet;
 
 /// Bytes as "1.23 GiB".
 pub fn bytes(n: i64) -> String {
@@ -99,6 +100,7 @@ pub fn stats_table(r: &StatsReport) -> String {
         ("stale files", count(r.stale_files)),
         ("errors", count(r.errors)),
         ("error rate", percent(r.error_rate)),
+        ("revalidations", count(r.revalidations)),
     ];
     let mut out = String::new();
     for (k, v) in rows {
@@ -182,6 +184,11 @@ pub fn stats_prometheus(r: &StatsReport) -> String {
         "mirrorctl_errors",
         "Failed downloads in the window.",
         r.errors as f64,
+    );
+    metric(
+        "mirrorctl_revalidations",
+        "Conditional requests answered 304 in the window (not downloads).",
+        r.revalidations as f64,
     );
     out
 }

@@ -441,6 +441,11 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             print(cli, &r, || headless::catalog::prefetch_table(&r))?;
             return Ok(report_exit(&r));
         }
+        Command::Fleet => {
+            let r = mirrorctl::engine::ops::fleet::list(ctx, chrono::Utc::now()).await?;
+            print(cli, &r, || headless::fleet::fleet_table(&r))?;
+            return Ok(report_exit(&r));
+        }
         Command::Migrate
         | Command::Demo { .. }
         | Command::Serve { .. }

@@ -41,6 +41,13 @@ pub struct FileDetail {
     pub origin_size: Option<i64>,
     pub origin_etag: Option<String>,
     pub origin_updated_at: DateTime<Utc>,
+    /// Bumped by every state change (stale mark, purge, new copy), not by counters: a copy is
+    /// recorded only over the version it started from.
+    #[serde(skip)]
+    pub version: i64,
+    /// The strong ETag clients are sent for this content, hit or miss (unquoted).
+    #[serde(skip)]
+    pub content_etag: Option<String>,
 }
 
 /// What the origin says a file is.
@@ -98,6 +105,8 @@ pub struct DownloadTotals {
     pub errors: i64,
     pub bytes_hit: i64,
     pub bytes_miss: i64,
+    /// Conditional requests answered 304: revalidations, not downloads.
+    pub revalidations: i64,
 }
 
 /// Live storage totals, from the trigger-kept counters.

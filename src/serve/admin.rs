@@ -39,6 +39,11 @@ pub fn router(ctx: Arc<Ctx>, token: &str) -> Router {
 
 /// Whether the request carries the configured bearer token.
 fn authorized(a: &Admin, headers: &HeaderMap) -> bool {
+    bearer_ok(&a.token, headers)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`.
+pub fn bearer_ok(token: &[u8], headers: &HeaderMap) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -48,15 +53,15 @@ fn authorized(a: &Admin, headers: &HeaderMap) -> bool {
     };
     let given = given.trim().as_bytes();
     // Constant time in the token's content: every byte is compared whatever differs first.
-    given.len() == a.token.len()
+    given.len() == token.len()
         && given
             .iter()
-            .zip(&a.token)
+            .zip(token)
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
 }
 
-fn unauthorized() -> Response {
+pub fn unauthorized() -> Response {
     let mut r = json_error(
         StatusCode::UNAUTHORIZED,
         "missing or wrong bearer token (Authorization: Bearer <serve.admin_token>)",

@@ -1,13 +1,20 @@
 //! `GET /download/{file_id}` and `GET /files/{key}`: a fresh mirror copy is streamed from the
 //! mirror bucket (a hit); a stale, purged or missing one is streamed from the origin while it
-//! is uploaded (a miss, see `fill`). Range (206/416), HEAD, ETag/If-None-Match (304),
-//! Content-Length, Content-Type and Content-Disposition on both paths. Every GET of a known
-//! file becomes a download event when its body ends (bytes actually sent, duration, status).
+//! is uploaded (a miss, see `fill`). A fresh copy the mirror fails to serve (timeout, 5xx, a
+//! refused URL even after re-signing) is streamed from the origin without a new upload, since
+//! the object is fine; a circuit breaker keeps a browning-out bucket from being hammered.
+//!
+//! HTTP (RFC 9110) on every path: one strong ETag per content (the row's `content_etag`, which
+//! a miss sends too), If-None-Match (304, counted as a revalidation, not a download), Range
+//! (206 only when the body really is that range; several ranges get the whole body, 200),
+//! If-Range (a range only while the validator still matches), HEAD (never a download),
+//! Content-Length, Content-Type and Content-Disposition. Every GET of a known file becomes a
+//! download event when its body ends (bytes actually sent, duration, status). Error bodies
+//! never carry origin URLs.
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,17 +26,18 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 
-use super::fill::{Fill, FillJob, FillState, Fills};
+use super::fill::{Fill, FillJob, FillState, Fills, Joined};
 use super::upstream;
 use super::{json_error, Shared};
 use crate::engine::db::CatalogRow;
 use crate::engine::model::{FileDetail, NewDownloadEvent};
 
-/// How long a file row is reused: a change made by another process (a validation marking the
-/// file stale, a purge) is seen within this time. A fill forgets its row at once.
-pub const ROW_TTL: Duration = Duration::from_secs(10);
-/// Rows kept in the lookup cache before it is emptied.
-const MAX_CACHED_ROWS: usize = 100_000;
+/// How long a file row is reused where changes are announced (PostgreSQL): every change made
+/// by any process is announced and forgets the row at once, so this only bounds how long a
+/// row lives; a lost announcement connection forgets every row.
+pub const ROW_TTL_NOTIFIED: Duration = Duration::from_secs(60);
+/// Where they are not (SQLite): a change made by another process is seen within this time.
+pub const ROW_TTL_POLLED: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Hash, PartialEq, Eq)]
 pub enum Lookup {
@@ -37,71 +45,37 @@ pub enum Lookup {
     Key(String),
 }
 
-/// Values kept for a while: a map with a time-to-live per entry, emptied when it reaches
-/// `MAX_CACHED_ROWS` entries (both caches below hold one entry per file at most).
-pub struct TtlCache<K, V> {
-    ttl: Duration,
-    entries: Mutex<HashMap<K, (Instant, V)>>,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> TtlCache<K, V> {
-    pub fn new(ttl: Duration) -> Self {
-        TtlCache {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub fn get<Q>(&self, k: &Q) -> Option<V>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: std::hash::Hash + Eq + ?Sized,
-    {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(k)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, v)| v.clone())
-    }
-
-    pub fn put(&self, k: K, v: V) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= MAX_CACHED_ROWS {
-            entries.clear();
-        }
-        entries.insert(k, (Instant::now(), v));
-    }
-
-    pub fn remove(&self, k: &K) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.remove(k);
-    }
-}
+pub use super::cache::TtlCache;
 
 /// A file row with the header values every answer about it carries, made once per lookup.
 pub struct Row {
     pub file: Arc<FileDetail>,
     disposition: Option<HeaderValue>,
-    /// The row's ETag, quoted.
-    etag: Option<HeaderValue>,
+    /// The ETag clients are sent for the copy (its content ETag; the object's for a copy
+    /// stored before content ETags were recorded), unquoted and as a header value.
+    etag: Option<(String, HeaderValue)>,
 }
 
 impl Row {
     fn new(file: FileDetail) -> Row {
+        let etag = file.content_etag.as_deref().or(file.etag.as_deref());
         Row {
             disposition: HeaderValue::from_str(&content_disposition(
                 &file.origin_file_name,
                 &file.key,
             ))
             .ok(),
-            etag: file.etag.as_deref().and_then(etag_value),
+            etag: etag.and_then(|e| {
+                let e = e.trim_matches('"');
+                etag_value(e).map(|v| (e.to_string(), v))
+            }),
             file: Arc::new(file),
         }
     }
 }
 
 /// File rows (or their absence) by id and key for a short time, so a hit costs no database
-/// round trip. A file marked stale by a validation is noticed within `ROW_TTL`; a fill forgets
+/// round trip. A change is noticed when announced, or within `ROW_TTL_POLLED`; a fill forgets
 /// its row at once.
 pub type RowCache = TtlCache<Lookup, Option<Arc<Row>>>;
 
@@ -220,6 +194,8 @@ fn unmirrored(c: CatalogRow, bucket: &str) -> FileDetail {
         origin_size: c.size,
         origin_etag: c.etag,
         origin_updated_at: c.updated_at,
+        version: 0,
+        content_etag: None,
     }
 }
 
@@ -331,46 +307,65 @@ async fn serve(
     }
     let fresh = file.deleted_at.is_none() && !file.is_stale;
     if fresh {
-        if let Some(r) = hit(s, &row, method, headers, started).await {
-            return r;
+        if !s.breaker.allow() {
+            return bypass(s, &row, method, started).await;
+        }
+        match hit(s, &row, method, headers, started).await {
+            Hit::Served(r) => {
+                s.breaker.success();
+                return r;
+            }
+            Hit::Missing => s.breaker.success(),
+            Hit::Failed => {
+                s.breaker.failure();
+                return bypass(s, &row, method, started).await;
+            }
         }
     }
     miss(s, row, method, headers, started, false).await
 }
 
-/// Serves a fresh copy from the mirror; `None` when the object is not there after all (or the
-/// bucket fails), so the caller falls back to the origin.
+/// What the mirror did with a hit.
+enum Hit {
+    Served(Response),
+    /// The object is not there after all: fetch and store it again (a miss).
+    Missing,
+    /// The bucket failed (already counted and logged): serve from the origin, store nothing.
+    Failed,
+}
+
+/// Serves a fresh copy from the mirror.
 async fn hit(
     s: &Arc<Shared>,
     row: &Row,
     method: &Method,
     headers: &HeaderMap,
     started: Instant,
-) -> Option<Response> {
+) -> Hit {
     let file = &row.file;
     let size = file.size.max(0) as u64;
-    if let (Some(etag), Some(value)) = (&file.etag, &row.etag) {
+    if let Some((etag, value)) = &row.etag {
         if none_match(headers, etag) {
-            if *method == Method::GET {
-                record(s, file.id, true, 0, 304, started);
-            }
-            let mut r = empty(StatusCode::NOT_MODIFIED);
-            r.headers_mut().insert(header::ETAG, value.clone());
-            return Some(r);
+            return Hit::Served(not_modified(s, file.id, true, method, value, started));
         }
     }
-    let range = match parse_range(headers, size) {
-        Ok(r) => r,
-        Err(()) => return Some(unsatisfiable(size)),
+    // A date in If-Range cannot be checked before the mirror answers: the whole body, then.
+    let served_etag = row.etag.as_ref().map(|(e, _)| e.as_str());
+    let range = if if_range_holds(headers, served_etag, None) {
+        match parse_range(headers, size) {
+            Ok(r) => r,
+            Err(()) => return Hit::Served(unsatisfiable(size)),
+        }
+    } else {
+        None
     };
     if *method == Method::HEAD {
         let meta = match s.mirror.head(&file.key).await {
             Ok(Some(m)) => m,
-            Ok(None) => return None,
+            Ok(None) => return Hit::Missing,
             Err(e) => {
-                s.metrics.mirror_errors.inc();
-                tracing::warn!("file {} ({}): mirror HEAD failed: {e}", file.id, file.key);
-                return None;
+                mirror_read_failed(s, file, format!("HEAD: {e}"));
+                return Hit::Failed;
             }
         };
         let mut r = empty(StatusCode::OK);
@@ -378,60 +373,67 @@ async fn hit(
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
         let etag = row
             .etag
-            .clone()
+            .as_ref()
+            .map(|(_, v)| v.clone())
             .or_else(|| meta.etag.as_deref().and_then(etag_value));
         let content_type = meta.content_type.as_deref().and_then(value);
         common_headers(h, row, content_type, etag, "HIT");
         if let Some(lm) = meta.last_modified {
             insert(h, header::LAST_MODIFIED, &http_date(lm));
         }
-        return Some(r);
+        return Hit::Served(r);
     }
-    let url = match signed_url(s, &file.key).await {
-        Ok(u) => u,
-        Err(e) => {
-            s.metrics.mirror_errors.inc();
-            tracing::warn!(
-                "file {} ({}): cannot sign a mirror GET: {e}",
-                file.id,
-                file.key
-            );
-            return None;
-        }
-    };
     // A small body is read whole below, so its permit is held for one short round trip.
     let _permit = if size <= WHOLE_UP_TO {
         s.small_hits.acquire().await.ok()
     } else {
         None
     };
-    let mut up = match s.upstream.get(url, range).await {
-        Ok(r) => r,
-        Err(e) => return mirror_read_failed(s, file, e),
-    };
-    match up.status().as_u16() {
-        200 | 206 => {}
-        404 => {
-            tracing::info!(
-                "file {} ({}): fresh in the database but missing in the mirror: fetching from the origin",
-                file.id,
-                file.key
-            );
-            return None;
-        }
-        status => {
-            // An expired or refused URL is signed afresh next time.
-            s.urls.remove(&file.key);
-            s.metrics.mirror_errors.inc();
-            tracing::warn!(
-                "file {} ({}): mirror answered HTTP {status}, fetching from the origin",
-                file.id,
-                file.key
-            );
-            return None;
+    // A refused URL (403: expired, or signed with rotated keys) is signed afresh once.
+    let mut up = None;
+    for attempt in 0..2 {
+        let url = match signed_url(s, &file.key).await {
+            Ok(u) => u,
+            Err(e) => {
+                mirror_read_failed(s, file, format!("cannot sign a GET: {e}"));
+                return Hit::Failed;
+            }
+        };
+        let r = match s.upstream.get(url, range).await {
+            Ok(r) => r,
+            Err(e) => {
+                mirror_read_failed(s, file, e);
+                return Hit::Failed;
+            }
+        };
+        match r.status().as_u16() {
+            200 | 206 => {
+                up = Some(r);
+                break;
+            }
+            404 => {
+                tracing::info!(
+                    "file {} ({}): fresh in the database but missing in the mirror: fetching from the origin",
+                    file.id,
+                    file.key
+                );
+                return Hit::Missing;
+            }
+            403 if attempt == 0 => s.urls.remove(&file.key),
+            status => {
+                s.urls.remove(&file.key);
+                mirror_read_failed(s, file, format!("HTTP {status}"));
+                return Hit::Failed;
+            }
         }
     }
-    let status = if range.is_some() {
+    let Some(mut up) = up else {
+        mirror_read_failed(s, file, "HTTP 403 after signing afresh");
+        return Hit::Failed;
+    };
+    // 206 only when the mirror sent that range: a 200 is the whole body, answered as such.
+    let partial = up.status() == StatusCode::PARTIAL_CONTENT && range.is_some();
+    let status = if partial {
         StatusCode::PARTIAL_CONTENT
     } else {
         StatusCode::OK
@@ -439,8 +441,16 @@ async fn hit(
     let pass = |name: header::HeaderName| up.headers().get(name).cloned();
     let content_type = pass(header::CONTENT_TYPE);
     let last_modified = pass(header::LAST_MODIFIED);
-    let content_range = range.and(pass(header::CONTENT_RANGE));
-    let etag = row.etag.clone().or_else(|| pass(header::ETAG));
+    let content_range = if partial {
+        pass(header::CONTENT_RANGE)
+    } else {
+        None
+    };
+    let etag = row
+        .etag
+        .as_ref()
+        .map(|(_, v)| v.clone())
+        .or_else(|| pass(header::ETAG));
     let length = hyper::body::Body::size_hint(up.body()).exact();
     let stream: BodyStream = if length.is_some_and(|n| n <= WHOLE_UP_TO) {
         // A small body is read whole before answering: one write to the client instead of
@@ -449,7 +459,10 @@ async fn hit(
         // (no copy into one buffer); written back to back, they still leave in one `writev`.
         match upstream::read_all(up.body_mut()).await {
             Ok(chunks) => Box::pin(futures::stream::iter(chunks.into_iter().map(Ok))),
-            Err(e) => return mirror_read_failed(s, file, e),
+            Err(e) => {
+                mirror_read_failed(s, file, e);
+                return Hit::Failed;
+            }
         }
     } else {
         Box::pin(upstream::stream(up.into_body()))
@@ -475,19 +488,110 @@ async fn hit(
     if let Some(lm) = last_modified {
         h.insert(header::LAST_MODIFIED, lm);
     }
-    Some(r)
+    Hit::Served(r)
 }
 
-/// A mirror read that failed before the client saw a byte: counted, logged, and the request
-/// falls back to the origin (`None`).
-fn mirror_read_failed(s: &Shared, row: &FileDetail, e: impl std::fmt::Display) -> Option<Response> {
+/// A mirror read that failed before the client saw a byte: counted and logged.
+fn mirror_read_failed(s: &Shared, row: &FileDetail, e: impl std::fmt::Display) {
     s.metrics.mirror_errors.inc();
     tracing::warn!(
-        "file {} ({}): mirror read failed, fetching from the origin: {e}",
+        "file {} ({}): mirror read failed, serving from the origin: {e}",
         row.id,
         row.key
     );
-    None
+}
+
+/// A fresh copy the mirror cannot serve now, streamed from the origin without a new upload
+/// (the object is fine). The whole body, 200, whatever Range asked; a miss in the stats.
+async fn bypass(s: &Arc<Shared>, row: &Row, method: &Method, started: Instant) -> Response {
+    let file = &row.file;
+    s.metrics.mirror_fallbacks.inc();
+    if *method == Method::HEAD {
+        return match s.origin.head(&file.origin_url).await {
+            Ok(Some(meta)) => origin_head(row, &meta, "BYPASS"),
+            Ok(None) => json_error(StatusCode::BAD_GATEWAY, "origin: file gone (HTTP 404)"),
+            Err(e) => {
+                tracing::warn!("file {} ({}): origin HEAD failed: {e}", file.id, file.key);
+                json_error(StatusCode::BAD_GATEWAY, super::fill::client_message(&e))
+            }
+        };
+    }
+    let body = match s.origin.get(&file.origin_url).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            record(s, file.id, false, 0, 502, started);
+            return json_error(StatusCode::BAD_GATEWAY, "origin: file gone (HTTP 404)");
+        }
+        Err(e) => {
+            tracing::warn!("file {} ({}): origin GET failed: {e}", file.id, file.key);
+            record(s, file.id, false, 0, 502, started);
+            return json_error(StatusCode::BAD_GATEWAY, super::fill::client_message(&e));
+        }
+    };
+    let meta = body.meta.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(body.body, 256 * 1024);
+    let body = Metered::new(
+        s.clone(),
+        FileRef::Known(file.id),
+        false,
+        StatusCode::OK,
+        started,
+        stream,
+    );
+    let mut r = Response::new(Body::from_stream(body));
+    let h = r.headers_mut();
+    if let Some(n) = meta.size {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    common_headers(
+        h,
+        row,
+        meta.content_type.as_deref().and_then(value),
+        strong_etag(meta.etag.as_deref()),
+        "BYPASS",
+    );
+    if let Some(lm) = meta.last_modified {
+        insert(h, header::LAST_MODIFIED, &http_date(lm));
+    }
+    r
+}
+
+/// The origin's answer to a HEAD, as this server's.
+fn origin_head(
+    row: &Row,
+    meta: &crate::engine::origin::OriginMeta,
+    cache: &'static str,
+) -> Response {
+    let mut r = empty(StatusCode::OK);
+    let h = r.headers_mut();
+    if let Some(n) = meta.size {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    common_headers(
+        h,
+        row,
+        meta.content_type.as_deref().and_then(value),
+        strong_etag(meta.etag.as_deref()),
+        cache,
+    );
+    r
+}
+
+/// 304 Not Modified: a revalidation, recorded (for a GET) apart from downloads.
+fn not_modified(
+    s: &Shared,
+    file_id: i64,
+    hit: bool,
+    method: &Method,
+    etag: &HeaderValue,
+    started: Instant,
+) -> Response {
+    if *method == Method::GET {
+        record(s, file_id, hit, 0, 304, started);
+    }
+    let mut r = empty(StatusCode::NOT_MODIFIED);
+    r.headers_mut().insert(header::ETAG, etag.clone());
+    r
 }
 
 /// Streams from the origin through the file's fill (started now or joined).
@@ -502,27 +606,16 @@ async fn miss(
     let file = &row.file;
     if *method == Method::HEAD {
         return match s.origin.head(&file.origin_url).await {
-            Ok(Some(meta)) => {
-                let mut r = empty(StatusCode::OK);
-                let h = r.headers_mut();
-                if let Some(n) = meta.size {
-                    h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-                }
-                common_headers(
-                    h,
-                    &row,
-                    meta.content_type.as_deref().and_then(value),
-                    meta.etag.as_deref().and_then(etag_value),
-                    "MISS",
-                );
-                r
-            }
+            Ok(Some(meta)) => origin_head(&row, &meta, "MISS"),
             Ok(None) if pull_through => {
                 s.negative.put(file.key.clone(), ());
                 not_at_origin(&file.key)
             }
             Ok(None) => json_error(StatusCode::BAD_GATEWAY, "origin: file gone (HTTP 404)"),
-            Err(e) => json_error(StatusCode::BAD_GATEWAY, e.to_string()),
+            Err(e) => {
+                tracing::warn!("HEAD {}: origin failed: {e}", file.key);
+                json_error(StatusCode::BAD_GATEWAY, super::fill::client_message(&e))
+            }
         };
     }
     let job = FillJob {
@@ -530,12 +623,28 @@ async fn miss(
         pull_through,
     };
     let fill = match Fills::join(s, job) {
-        Ok(Some(f)) => f,
-        Ok(None) => return not_at_origin(&file.key),
+        Ok(Joined::Fill(f)) => f,
+        Ok(Joined::NotAtOrigin) => return not_at_origin(&file.key),
+        Ok(Joined::Busy) => {
+            s.metrics.fills_rejected.inc();
+            if !pull_through {
+                record(s, file.id, false, 0, 503, started);
+            }
+            let mut r = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many files are being fetched from the origin at once: retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return r;
+        }
         Err(e) => {
             tracing::error!("miss {}: {e}", file.key);
             record(s, file.id, false, 0, 500, started);
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot spool the download (see the server log)",
+            );
         }
     };
     match fill.started().await {
@@ -550,7 +659,22 @@ async fn miss(
         _ => {}
     }
     let meta = fill.meta().cloned().unwrap_or_default();
+    let etag = strong_etag(meta.etag.as_deref());
+    if let (Some(e), Some(v)) = (meta.etag.as_deref(), &etag) {
+        if none_match(headers, e) {
+            let id = if file.id == 0 {
+                fill.stored().await.unwrap_or(0)
+            } else {
+                file.id
+            };
+            return not_modified(s, id, false, method, v, started);
+        }
+    }
+    let validator = etag.as_ref().and(meta.etag.as_deref());
     let (status, range) = match meta.size {
+        Some(_) if !if_range_holds(headers, validator, meta.last_modified) => {
+            (StatusCode::OK, None)
+        }
         Some(size) => match parse_range(headers, size) {
             Ok(Some(r)) => (StatusCode::PARTIAL_CONTENT, Some(r)),
             Ok(None) => (StatusCode::OK, None),
@@ -593,7 +717,7 @@ async fn miss(
         h,
         &row,
         meta.content_type.as_deref().and_then(value),
-        meta.etag.as_deref().and_then(etag_value),
+        etag,
         "MISS",
     );
     if let Some(lm) = meta.last_modified {
@@ -631,6 +755,39 @@ fn value(v: &str) -> Option<HeaderValue> {
 /// An ETag as a header value: quoted, whether or not it came quoted.
 fn etag_value(etag: &str) -> Option<HeaderValue> {
     value(&format!("\"{}\"", etag.trim_matches('"')))
+}
+
+/// The origin's ETag when it is a strong one (what the copy's content ETag will be); a weak
+/// one is not passed on, since a later hit could not send the same.
+fn strong_etag(origin_etag: Option<&str>) -> Option<HeaderValue> {
+    origin_etag
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.starts_with("W/"))
+        .and_then(etag_value)
+}
+
+/// Whether a Range may be honoured: there is no If-Range, or it names the current
+/// representation (a strong ETag match, or exactly its Last-Modified date). Otherwise the
+/// client's partial copy is of another version and gets the whole body.
+fn if_range_holds(
+    headers: &HeaderMap,
+    etag: Option<&str>,
+    last_modified: Option<DateTime<Utc>>,
+) -> bool {
+    let Some(v) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let v = v.trim();
+    if v.starts_with('"') {
+        return etag.is_some_and(|e| v.trim_matches('"') == e.trim_matches('"'));
+    }
+    if v.starts_with("W/") {
+        return false;
+    }
+    match (DateTime::parse_from_rfc2822(v), last_modified) {
+        (Ok(d), Some(lm)) => d.with_timezone(&Utc) == lm,
+        _ => false,
+    }
 }
 
 fn common_headers(
@@ -766,11 +923,15 @@ fn record_at(
     } else {
         &s.metrics.miss
     };
-    if status < 500 {
-        m.downloads.inc();
-        m.bytes_served.inc_by(bytes);
+    if status == 304 {
+        s.metrics.revalidations.inc();
+    } else {
+        if status < 500 {
+            m.downloads.inc();
+            m.bytes_served.inc_by(bytes);
+        }
+        m.duration.observe(elapsed.as_secs_f64());
     }
-    m.duration.observe(elapsed.as_secs_f64());
     s.recorder.record(NewDownloadEvent {
         occurred_at: at,
         file_id,

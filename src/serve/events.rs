@@ -1,7 +1,16 @@
 //! Download events, written in batches so the database is never on a request's path: handlers
 //! hand events to a bounded channel; one task writes them (events, hourly rollup, per-file
 //! counters, in one transaction per batch) at least every `serve.event_flush`.
+//!
+//! Nothing is lost silently: an event that finds the queue full is counted
+//! (`mirrorctl_download_events_dropped`) and logged (at most every 10 s, with the count). While
+//! the database fails, the writer keeps collecting (up to `MAX_PENDING` events) and retries
+//! with a growing pause (0.5 s doubling to 30 s) instead of spinning. On shutdown the server
+//! stops the writer only after the last download ended, and the writer keeps retrying for
+//! `SHUTDOWN_RETRY` before it gives up on what it holds (logged with the count).
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,11 +28,24 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 20_000;
 /// Events kept for a retry while the database is failing.
 const MAX_PENDING: usize = 200_000;
+/// Pauses between retries while the database fails.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// On shutdown, how long a failing database is retried before the held events are given up.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(10);
+/// Drops are logged at most this often.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<NewDownloadEvent>,
     metrics: Metrics,
+    /// Events the writer holds (taken from the queue, not written yet).
+    held: Arc<AtomicI64>,
+    /// Drops not logged yet, and when the last log line was (ms since `epoch`).
+    unlogged_drops: Arc<AtomicU64>,
+    last_drop_log: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl Recorder {
@@ -35,14 +57,48 @@ impl Recorder {
         stop: CancellationToken,
     ) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(writer(db, rx, flush, metrics.clone(), stop));
-        (Recorder { tx, metrics }, task)
+        let held = Arc::new(AtomicI64::new(0));
+        let task = tokio::spawn(writer(db, rx, flush, metrics.clone(), held.clone(), stop));
+        let r = Recorder {
+            tx,
+            metrics,
+            held,
+            unlogged_drops: Arc::new(AtomicU64::new(0)),
+            last_drop_log: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        };
+        (r, task)
     }
 
     /// Queues one event; never waits.
     pub fn record(&self, e: NewDownloadEvent) {
         if self.tx.try_send(e).is_err() {
             self.metrics.events_dropped.inc();
+            self.dropped();
+        }
+    }
+
+    /// Events queued or held by the writer, not written yet.
+    pub fn queue_depth(&self) -> i64 {
+        let queued = (self.tx.max_capacity() - self.tx.capacity()) as i64;
+        queued + self.held.load(Ordering::Relaxed)
+    }
+
+    fn dropped(&self) {
+        self.unlogged_drops.fetch_add(1, Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_drop_log.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= DROP_LOG_EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_drop_log
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let n = self.unlogged_drops.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                "{n} download events dropped: the event queue ({QUEUE}) is full (the database is too slow or away)"
+            );
         }
     }
 }
@@ -52,28 +108,42 @@ async fn writer(
     mut rx: mpsc::Receiver<NewDownloadEvent>,
     flush: Duration,
     metrics: Metrics,
+    held: Arc<AtomicI64>,
     stop: CancellationToken,
 ) {
     let mut pending: Vec<NewDownloadEvent> = Vec::new();
+    let mut backoff: Option<Duration> = None;
+    let mut stopping = false;
+    let mut give_up_at: Option<Instant> = None;
     loop {
-        let deadline = Instant::now() + flush;
-        // Collect until the flush interval passed or a batch is full.
-        let stopping = loop {
-            if pending.len() >= BATCH {
-                break false;
+        if !stopping {
+            let deadline = Instant::now() + backoff.unwrap_or(flush);
+            // Collect until the flush interval (or the retry pause) passed or a batch is full.
+            stopping = loop {
+                if backoff.is_none() && pending.len() >= BATCH {
+                    break false;
+                }
+                let room = MAX_PENDING.saturating_sub(pending.len()).min(BATCH);
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break true,
+                    _ = tokio::time::sleep_until(deadline) => break false,
+                    n = rx.recv_many(&mut pending, room), if room > 0 => {
+                        held.store(pending.len() as i64, Ordering::Relaxed);
+                        if n == 0 { break true }
+                    }
+                }
+            };
+            if stopping {
+                rx.close();
+                while let Ok(e) = rx.try_recv() {
+                    pending.push(e);
+                }
+                held.store(pending.len() as i64, Ordering::Relaxed);
+                give_up_at = Some(Instant::now() + SHUTDOWN_RETRY);
             }
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break true,
-                _ = tokio::time::sleep_until(deadline) => break false,
-                n = rx.recv_many(&mut pending, BATCH) => if n == 0 { break true },
-            }
-        };
-        if stopping {
-            rx.close();
-            while let Ok(e) = rx.try_recv() {
-                pending.push(e);
-            }
+        } else if let Some(pause) = backoff {
+            tokio::time::sleep(pause).await;
         }
         while !pending.is_empty() {
             let n = pending.len().min(BATCH);
@@ -81,29 +151,32 @@ async fn writer(
                 Ok(()) => {
                     metrics.events_written.inc_by(n as u64);
                     pending.drain(..n);
+                    held.store(pending.len() as i64, Ordering::Relaxed);
+                    backoff = None;
                 }
                 Err(e) => {
+                    let pause = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
                     tracing::warn!(
-                        "download events not written yet ({} queued): {e}",
+                        "download events not written yet ({} held, retrying in {pause:?}): {e}",
                         pending.len()
                     );
-                    if pending.len() > MAX_PENDING {
-                        let over = pending.len() - MAX_PENDING;
-                        pending.drain(..over);
-                        metrics.events_dropped.inc_by(over as u64);
-                    }
+                    backoff = Some(pause);
                     break;
                 }
             }
         }
         if stopping {
-            if !pending.is_empty() {
-                tracing::warn!(
-                    "shutdown: {} download events could not be written",
-                    pending.len()
-                );
+            let over = give_up_at.is_some_and(|t| Instant::now() >= t);
+            if pending.is_empty() || over {
+                if !pending.is_empty() {
+                    metrics.events_dropped.inc_by(pending.len() as u64);
+                    tracing::error!(
+                        "shutdown: {} download events could not be written (database unavailable)",
+                        pending.len()
+                    );
+                }
+                return;
             }
-            return;
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the data plane (`GET /metrics`, OpenMetrics text). Counters live in
-//! memory; the storage and stale gauges are read from the database's counters at scrape time.
+//! memory; the storage and stale gauges are read from the database's counters at scrape time,
+//! by the one replica of a fleet that holds the metrics lease (so a sum over replicas is right).
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -22,6 +24,12 @@ struct CacheLabel {
 
 const HIT: CacheLabel = CacheLabel { cache: "hit" };
 const MISS: CacheLabel = CacheLabel { cache: "miss" };
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    instance: String,
+    version: String,
+}
 
 /// The metrics of one cache outcome, looked up in their families once (a lookup takes a lock).
 #[derive(Clone)]
@@ -45,9 +53,22 @@ pub struct Metrics {
     pub events_written: Counter,
     pub events_dropped: Counter,
     pub fills_in_flight: Gauge,
+    pub revalidations: Counter,
+    pub mirror_fallbacks: Counter,
+    pub mirror_circuit_open: Gauge,
+    pub fills_rejected: Counter,
+    pub fills_from_peer: Counter,
+    pub uploads: Counter,
+    pub connections_open: Gauge,
+    pub connections_timed_out: Counter,
     stale_files: Gauge,
     storage_bytes: Gauge,
     storage_objects: Gauge,
+    /// The three DB-wide gauges above, encoded only while `metrics_lease` is held.
+    db_registry: Arc<Registry>,
+    instance_info: Family<InstanceLabel, Gauge>,
+    /// Whether this replica exports the DB-wide gauges (the fleet heartbeat keeps it).
+    pub metrics_lease: MetricsLease,
 }
 
 impl Metrics {
@@ -78,9 +99,20 @@ impl Metrics {
             events_written: Counter::default(),
             events_dropped: Counter::default(),
             fills_in_flight: Gauge::default(),
+            revalidations: Counter::default(),
+            mirror_fallbacks: Counter::default(),
+            mirror_circuit_open: Gauge::default(),
+            fills_rejected: Counter::default(),
+            fills_from_peer: Counter::default(),
+            uploads: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_timed_out: Counter::default(),
             stale_files: Gauge::default(),
             storage_bytes: Gauge::default(),
             storage_objects: Gauge::default(),
+            db_registry: Arc::new(Registry::default()),
+            instance_info: Family::default(),
+            metrics_lease: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -139,22 +171,69 @@ impl Metrics {
             m.fills_in_flight.clone(),
         );
         r.register(
+            "mirrorctl_revalidations",
+            "Conditional GETs answered 304 Not Modified (not downloads: not in mirrorctl_downloads)",
+            m.revalidations.clone(),
+        );
+        r.register(
+            "mirrorctl_mirror_fallbacks",
+            "Hits whose mirror read failed, served straight from the origin without a new upload",
+            m.mirror_fallbacks.clone(),
+        );
+        r.register(
+            "mirrorctl_mirror_circuit_open",
+            "1 while the mirror bucket's circuit breaker is open (hits go to the origin)",
+            m.mirror_circuit_open.clone(),
+        );
+        r.register(
+            "mirrorctl_fills_rejected",
+            "Misses answered 503 because serve.max_fills fills were running",
+            m.fills_rejected.clone(),
+        );
+        r.register(
+            "mirrorctl_fills_from_peer",
+            "Misses streamed from another replica's fill in flight instead of the origin",
+            m.fills_from_peer.clone(),
+        );
+        r.register(
+            "mirrorctl_uploads",
+            "Copies stored in the mirror bucket by fills",
+            m.uploads.clone(),
+        );
+        r.register(
+            "mirrorctl_connections_open",
+            "Client connections open now",
+            m.connections_open.clone(),
+        );
+        r.register(
+            "mirrorctl_connections_timed_out",
+            "Client connections closed because headers did not arrive in serve.header_timeout",
+            m.connections_timed_out.clone(),
+        );
+        r.register(
+            "mirrorctl_instance_info",
+            "This replica: its instance id (as in the fleet table) and version",
+            m.instance_info.clone(),
+        );
+        let mut db = Registry::default();
+        db.register(
             "mirrorctl_stale_files",
             "Live mirrored files marked stale",
             m.stale_files.clone(),
         );
-        r.register(
+        db.register(
             "mirrorctl_storage_bytes",
             "Bytes of the live mirrored files",
             m.storage_bytes.clone(),
         );
-        r.register(
+        db.register(
             "mirrorctl_storage_objects",
             "Live mirrored files",
             m.storage_objects.clone(),
         );
         Metrics {
             registry: Arc::new(r),
+            db_registry: Arc::new(db),
             ..m
         }
     }
@@ -166,20 +245,52 @@ impl Default for Metrics {
     }
 }
 
+// The lease flag's states; 0, the default, is "no fleet heartbeat runs in this process".
+const HELD: u8 = 1;
+const NOT_HELD: u8 = 2;
+
+/// Whether this replica holds the metrics lease and so exports the DB-wide gauges. A process
+/// without a fleet heartbeat (`fleet::spawn` never called) is alone as far as it knows, and
+/// exports them; once the heartbeat runs, the lease in the database decides.
+#[derive(Clone, Default)]
+pub struct MetricsLease(Arc<AtomicU8>);
+
+impl MetricsLease {
+    pub fn held(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != NOT_HELD
+    }
+
+    pub(super) fn set(&self, held: bool) {
+        self.0
+            .store(if held { HELD } else { NOT_HELD }, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for MetricsLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MetricsLease({})", self.held())
+    }
+}
+
 pub async fn handler(State(s): State<Arc<Shared>>) -> Response {
     let m = &s.metrics;
-    match s.ctx.db.storage_totals().await {
-        Ok(t) => {
-            m.stale_files.set(t.stale);
-            m.storage_bytes.set(t.bytes);
-            m.storage_objects.set(t.objects);
+    // Only the lease holder asks the database: the other replicas would report the same
+    // figures, which a sum over replicas would count once per replica.
+    let db_wide = m.metrics_lease.held();
+    if db_wide {
+        match s.ctx.db.storage_totals().await {
+            Ok(t) => {
+                m.stale_files.set(t.stale);
+                m.storage_bytes.set(t.bytes);
+                m.storage_objects.set(t.objects);
+            }
+            Err(e) => tracing::warn!("metrics: storage totals unavailable: {e}"),
         }
-        Err(e) => tracing::warn!("metrics: storage totals unavailable: {e}"),
     }
-    let mut text = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &m.registry) {
-        return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    }
+    let text = match render(m, &s.instance, db_wide) {
+        Ok(t) => t,
+        Err(e) => return super::json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     (
         [(
             header::CONTENT_TYPE,
@@ -188,4 +299,73 @@ pub async fn handler(State(s): State<Arc<Shared>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The OpenMetrics text: this replica's metrics, and the DB-wide gauges when `db_wide`.
+fn render(m: &Metrics, instance: &str, db_wide: bool) -> Result<String, std::fmt::Error> {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    m.instance_info
+        .get_or_create(&InstanceLabel {
+            instance: instance.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .set(1);
+    let mut text = String::new();
+    encode_registry(&mut text, &m.registry)?;
+    if db_wide {
+        encode_registry(&mut text, &m.db_registry)?;
+    }
+    encode_eof(&mut text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_wide_gauges_come_only_from_the_lease_holder() {
+        let m = Metrics::new();
+        m.storage_bytes.set(1000);
+        m.hit.downloads.inc();
+        let lease = &m.metrics_lease;
+        let db_gauges = [
+            "mirrorctl_storage_bytes 1000",
+            "mirrorctl_storage_objects 0",
+            "mirrorctl_stale_files 0",
+        ];
+        let text = |db_wide| render(&m, "host-1-abc123", db_wide).unwrap_or_default();
+
+        // No fleet heartbeat in this process: alone, so it exports them.
+        assert!(lease.held());
+        lease.set(false);
+        assert!(!lease.held());
+        let t = text(lease.held());
+        for g in db_gauges {
+            assert!(!t.contains(g), "{g:?} exported without the lease:\n{t}");
+        }
+        assert!(
+            t.contains("mirrorctl_downloads_total{cache=\"hit\"} 1"),
+            "{t}"
+        );
+        let info = format!(
+            "mirrorctl_instance_info{{instance=\"host-1-abc123\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(t.contains(&info), "no {info:?} in\n{t}");
+        assert!(
+            t.ends_with("# EOF\n") && t.matches("# EOF").count() == 1,
+            "{t}"
+        );
+
+        lease.set(true);
+        let t = text(lease.held());
+        for g in db_gauges {
+            assert!(t.contains(g), "{g:?} missing from the lease holder:\n{t}");
+        }
+        assert!(
+            t.ends_with("# EOF\n") && t.matches("# EOF").count() == 1,
+            "{t}"
+        );
+    }
 }

@@ -5,11 +5,17 @@
 //! buckets or the origin.
 
 mod admin;
+mod breaker;
+mod cache;
+mod changes;
 mod download;
 mod events;
 mod fill;
+pub mod fleet;
 mod limit;
+mod listener;
 mod metrics;
+mod peer;
 mod upstream;
 mod workers;
 
@@ -57,6 +63,16 @@ pub(crate) struct Shared {
     base_url: Option<url::Url>,
     /// Keys the origin answered 404 for, remembered for `serve.negative_ttl`.
     negative: download::TtlCache<String, ()>,
+    /// Hits go to the origin while the mirror keeps failing.
+    breaker: breaker::Breaker,
+    /// This replica, as it appears in fill leases and the fleet table.
+    instance: String,
+    /// How other replicas reach this one's peer endpoint (none without an admin listener).
+    peer_url: Option<String>,
+    /// The admin bearer token: the peer endpoint needs it, and this replica sends it.
+    peer_token: Option<String>,
+    /// The client for other replicas' peer endpoints.
+    peers: reqwest::Client,
 }
 
 /// A running data plane.
@@ -105,19 +121,26 @@ pub async fn start_with_admin(
     admin: Option<TcpListener>,
 ) -> Result<Server> {
     let addr = listener.local_addr()?;
-    let admin =
-        match admin {
-            Some(l) => {
-                let token =
-                    ctx.config.serve.admin_token.as_ref().ok_or_else(|| {
-                        Error::Usage("the admin API needs serve.admin_token".into())
-                    })?;
-                let admin_addr = l.local_addr()?;
-                Some((l, admin_addr, admin::router(ctx.clone(), token.expose())))
-            }
-            None => None,
-        };
-    let admin_addr = admin.as_ref().map(|(_, a, _)| *a);
+    let token = match (&admin, &ctx.config.serve.admin_token) {
+        (Some(_), None) => {
+            return Err(Error::Usage("the admin API needs serve.admin_token".into()));
+        }
+        (_, t) => t.as_ref().map(|t| t.expose().to_string()),
+    };
+    let admin = match admin {
+        Some(l) => {
+            let a = l.local_addr()?;
+            Some((l, a))
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|(_, a)| *a);
+    let peer_url = ctx
+        .config
+        .serve
+        .peer_url
+        .clone()
+        .or_else(|| admin_addr.and_then(default_peer_url));
     let mirror = ctx.mirror().await?.clone();
     let origin = ctx.origin().await?.clone();
     let cfg = ctx.config.serve.clone();
@@ -131,19 +154,36 @@ pub async fn start_with_admin(
     );
     let spool_dir = cfg.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
     let uploads = TaskTracker::new();
+    // Where changes are announced, cached rows live until announced changed.
+    let announced = match ctx.db.listen_changes().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("change notifications unavailable, rows are cached for 1s: {e}");
+            None
+        }
+    };
+    let row_ttl = if announced.is_some() {
+        download::ROW_TTL_NOTIFIED
+    } else {
+        download::ROW_TTL_POLLED
+    };
+    let peers = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| Error::runtime(format!("peer HTTP client: {e}")))?;
+    let breaker = breaker::Breaker::new(metrics.mirror_circuit_open.clone());
     let shared = Arc::new(Shared {
         fill_mirror: mirror.clone().with_part_concurrency(1),
         mirror,
         origin,
-        rows: download::RowCache::new(download::ROW_TTL),
+        rows: download::RowCache::new(row_ttl),
         urls: download::SignedUrls::new(download::URL_REUSE),
         upstream: upstream::Upstream::new(download::SMALL_HITS_AT_ONCE)?,
         small_hits: tokio::sync::Semaphore::new(download::SMALL_HITS_AT_ONCE),
-        fills: fill::Fills::new(spool_dir, uploads.clone()),
+        fills: fill::Fills::new(spool_dir, uploads.clone(), cfg.max_fills),
         recorder,
         metrics,
-        limiter: (cfg.rate_limit > 0.0)
-            .then(|| limit::Limiter::new(cfg.rate_limit, cfg.rate_burst)),
+        limiter: limit::Limiter::from_config(&cfg)?,
         pull_through: cfg.pull_through_on(&ctx.config.origin),
         base_url: ctx
             .config
@@ -152,11 +192,28 @@ pub async fn start_with_admin(
             .as_deref()
             .and_then(|b| crate::engine::keys::base_url(b).ok()),
         negative: download::TtlCache::new(cfg.negative_ttl.0),
+        breaker,
+        instance: instance_id(),
+        peer_url,
+        peer_token: token.clone(),
+        peers,
         ctx: ctx.clone(),
     });
     let cancel = CancellationToken::new();
-    let workers = workers::spawn(ctx.clone(), cancel.clone());
+    let mut workers = workers::spawn(ctx.clone(), cancel.clone());
+    workers.push(tokio::spawn(partitions_ahead(ctx.clone(), cancel.clone())));
+    if let Some(announced) = announced {
+        workers.push(tokio::spawn(changes::follow(
+            shared.clone(),
+            announced,
+            cancel.clone(),
+        )));
+    }
     let app = router(shared.clone());
+    let admin = admin.map(|(l, a)| {
+        let token = token.as_deref().unwrap_or_default();
+        (l, a, admin_router(shared.clone(), token))
+    });
     let admin_task = admin.map(|(l, admin_addr, app)| {
         let cancel = cancel.clone();
         tokio::spawn(async move {
@@ -170,11 +227,13 @@ pub async fn start_with_admin(
         let cancel = cancel.clone();
         async move {
             let grace = cfg.shutdown_timeout.0;
-            let served = axum::serve(
+            let served = listener::serve(
                 listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+                app,
+                listener::Limits::from_config(&cfg),
+                shared.metrics.clone(),
+                cancel.clone(),
+            );
             let cut_off = async {
                 cancel.cancelled().await;
                 tokio::time::sleep(grace).await;
@@ -273,6 +332,64 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// A unique name for this process: host, pid and a random suffix.
+fn instance_id() -> String {
+    let host = hostname();
+    let suffix: u32 = rand::random();
+    format!("{host}-{}-{:06x}", std::process::id(), suffix & 0xff_ffff)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `http://<admin address>`, or with the host name when it listens on every address.
+fn default_peer_url(admin: SocketAddr) -> Option<String> {
+    if admin.ip().is_unspecified() {
+        Some(format!("http://{}:{}", hostname(), admin.port()))
+    } else {
+        Some(format!("http://{admin}"))
+    }
+}
+
+/// Creates the event partitions of this month and the next two at start and every 6 hours, so
+/// an event flush never has to (nor waits on a lock for it).
+async fn partitions_ahead(ctx: Arc<Ctx>, cancel: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(6 * 3600));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        if ctx.read_only {
+            return;
+        }
+        let now = crate::engine::db::Month::of(chrono::Utc::now());
+        if let Err(e) = ctx.db.ensure_partitions_ahead(now, 2).await {
+            tracing::warn!("event partitions ahead: {e}");
+        }
+    }
+}
+
+/// The admin listener: the catalog API and the peer endpoint (bearer token), and the same
+/// `/metrics`, `/healthz` and `/readyz` as the download port, so those can stay off the public
+/// port's path.
+fn admin_router(shared: Arc<Shared>, token: &str) -> Router {
+    let ops = Router::new()
+        .route("/metrics", get(metrics::handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(shared.clone());
+    admin::router(shared.ctx.clone(), token)
+        .merge(peer::router(shared))
+        .merge(ops)
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -16,6 +16,7 @@ use crate::engine::ops::archive::{PartitionEntry, PartitionState};
 use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::drift::DriftItem;
 use crate::engine::ops::files::{FileReport, PresignReport};
+use crate::engine::ops::fleet::FleetReport;
 use crate::engine::ops::stats::{StatsReport, Window};
 
 use super::keymap::{self, Command, Scope};
@@ -44,10 +45,11 @@ pub enum View {
     Archive,
     History,
     Catalog,
+    Fleet,
 }
 
 impl View {
-    pub const ALL: [View; 7] = [
+    pub const ALL: [View; 8] = [
         View::Dashboard,
         View::Files,
         View::Jobs,
@@ -55,6 +57,7 @@ impl View {
         View::Archive,
         View::History,
         View::Catalog,
+        View::Fleet,
     ];
 
     pub fn title(self) -> &'static str {
@@ -66,6 +69,7 @@ impl View {
             View::Archive => "Archive",
             View::History => "History",
             View::Catalog => "Catalog",
+            View::Fleet => "Fleet",
         }
     }
 
@@ -82,6 +86,7 @@ impl View {
             View::Archive => Scope::Archive,
             View::History => Scope::History,
             View::Catalog => Scope::Catalog,
+            View::Fleet => Scope::Fleet,
         }
     }
 }
@@ -112,6 +117,8 @@ pub enum Action {
         limit: i64,
         result: Result<CatalogList, String>,
     },
+    /// The serve replicas on the database.
+    FleetLoaded(Result<Box<FleetReport>, String>),
     /// The keys of the latest drift check: what differs and why.
     DriftItems(Vec<DriftItem>),
     Presigned(Result<PresignReport, String>),
@@ -150,6 +157,7 @@ pub enum Effect {
         after_id: i64,
         limit: i64,
     },
+    LoadFleet,
     Presign(i64),
     Preview(OpRequest),
     StartJob {
@@ -274,6 +282,14 @@ impl CatalogState {
     }
 }
 
+/// The Fleet view: the serve replicas on the database, as of the last load.
+#[derive(Debug, Clone, Default)]
+pub struct FleetState {
+    pub report: Option<Box<FleetReport>>,
+    pub loading: bool,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
     Running,
@@ -366,6 +382,7 @@ pub struct App {
     pub history: HistoryState,
     pub archive: ArchiveState,
     pub catalog: CatalogState,
+    pub fleet: FleetState,
     /// The keys of the latest drift check of this session.
     pub drift_items: Vec<DriftItem>,
     /// The first drift key shown (the list scrolls with ↑↓).
@@ -393,6 +410,7 @@ impl App {
             history: HistoryState::default(),
             archive: ArchiveState::default(),
             catalog: CatalogState::default(),
+            fleet: FleetState::default(),
             drift_items: Vec::new(),
             drift_top: 0,
             notifications: Vec::new(),
@@ -428,6 +446,10 @@ impl App {
             }
             "catalog" => {
                 app.view = View::Catalog;
+                None
+            }
+            "fleet" => {
+                app.view = View::Fleet;
                 None
             }
             "prefetch" => {
@@ -526,6 +548,10 @@ impl App {
                 self.effects.push(Effect::LoadArchive);
             }
             View::Catalog => self.load_catalog(true),
+            View::Fleet => {
+                self.fleet.loading = true;
+                self.effects.push(Effect::LoadFleet);
+            }
             View::Jobs | View::Drift => {}
         }
     }
@@ -1020,6 +1046,7 @@ impl App {
             "jobs" => self.goto(View::Jobs),
             "history" => self.goto(View::History),
             "catalog" => self.goto(View::Catalog),
+            "fleet" => self.goto(View::Fleet),
             "prefetch" => {
                 self.goto(View::Catalog);
                 match parse_prefetch(&rest) {
@@ -1459,6 +1486,19 @@ pub fn update(app: &mut App, action: Action) {
                 Err(e) => {
                     app.notify(Level::Error, format!("catalog: {e}"));
                     app.catalog.error = Some(e);
+                }
+            }
+        }
+        Action::FleetLoaded(r) => {
+            app.fleet.loading = false;
+            match r {
+                Ok(report) => {
+                    app.fleet.report = Some(report);
+                    app.fleet.error = None;
+                }
+                Err(e) => {
+                    app.notify(Level::Error, format!("fleet: {e}"));
+                    app.fleet.error = Some(e);
                 }
             }
         }

@@ -19,6 +19,7 @@ pub enum Scope {
     Archive,
     History,
     Catalog,
+    Fleet,
 }
 
 impl Scope {
@@ -34,6 +35,7 @@ impl Scope {
             Scope::Archive => "Archive",
             Scope::History => "History",
             Scope::Catalog => "Catalog",
+            Scope::Fleet => "Fleet",
         }
     }
 }
@@ -244,6 +246,13 @@ pub const BINDINGS: &[Binding] = &[
         &[k('7')],
         Command::Goto(View::Catalog),
         "catalog",
+        false,
+    ),
+    b(
+        S::Global,
+        &[k('8')],
+        Command::Goto(View::Fleet),
+        "fleet",
         false,
     ),
     b(
@@ -531,6 +540,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         &[],
         "catalog",
         "catalog entries without a fresh mirrored copy",
+    ),
+    c(
+        "fleet",
+        &[],
+        "fleet",
+        "the serve replicas on this database: up, gone or stopped",
     ),
     c(
         "prefetch",

@@ -87,6 +87,7 @@ fn stats() -> StatsReport {
         stale_files: 13,
         errors: 7,
         error_rate: Some(7.0 / 1723.0),
+        revalidations: 0,
         archived_months: Vec::new(),
         series,
     }
@@ -163,6 +164,8 @@ fn file_report() -> FileReport {
         origin_size: Some(3120),
         origin_etag: Some("18ea6456e0d9e9a1-bb3".into()),
         origin_updated_at: now() - TimeDelta::days(2),
+        version: 3,
+        content_etag: Some("18ea6456e0d9e9a1-bb3".into()),
     };
     FileReport {
         origin: OriginView {

@@ -12,6 +12,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use crate::engine::ops::drift::PairStatus;
+use crate::engine::ops::fleet::ReplicaStatus;
 use crate::engine::ops::stats::Window;
 use crate::headless::{bytes, count, percent};
 
@@ -65,6 +66,7 @@ pub fn render(app: &App, f: &mut Frame) {
         View::Archive => render_operation_view(app, f, body, View::Archive),
         View::History => render_history(app, f, body),
         View::Catalog => render_catalog(app, f, body),
+        View::Fleet => render_fleet(app, f, body),
     }
     render_status(app, f, status);
     match &app.mode {
@@ -682,6 +684,125 @@ fn render_catalog(app: &App, f: &mut Frame, area: Rect) {
         };
         f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), inner);
     }
+}
+
+// ---- Fleet ---------------------------------------------------------------------------------
+
+fn render_fleet(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let fl = &app.fleet;
+    let mut title = vec![Span::styled(" Fleet ", t.title)];
+    if let Some(r) = &fl.report {
+        let n = &r.totals;
+        title.push(Span::styled(format!("{} replicas: ", n.replicas), t.text));
+        title.push(Span::styled(format!("{} up", n.up), t.good));
+        title.push(Span::styled(", ", t.text));
+        title.push(Span::styled(
+            format!("{} gone", n.gone),
+            if n.gone > 0 { t.bad } else { t.dim },
+        ));
+        title.push(Span::styled(format!(", {} stopped ", n.stopped), t.dim));
+    }
+    if fl.loading {
+        title.push(Span::styled("· loading… ", t.dim));
+    }
+    let mut b = block(t, Line::from(title));
+    let Some(r) = fl.report.as_ref().filter(|r| !r.replicas.is_empty()) else {
+        let msg = match &fl.error {
+            Some(e) => vec![Line::from(Span::styled(
+                format!("cannot load the fleet: {e}"),
+                t.bad,
+            ))],
+            None if fl.report.is_none() => vec![Line::from(Span::styled("loading…", t.dim))],
+            None => vec![
+                Line::from(Span::styled(
+                    "No serve replica has written a heartbeat to this database.",
+                    t.text,
+                )),
+                Line::from(""),
+                Line::from(Span::styled(
+                    "Each `mirrorctl serve` beats every 2 s; one silent for 6 s without a clean \
+                     shutdown is gone.",
+                    t.dim,
+                )),
+            ],
+        };
+        f.render_widget(Paragraph::new(msg).block(b).wrap(Wrap { trim: true }), area);
+        return;
+    };
+    let n = &r.totals;
+    b = b.title_bottom(
+        Line::from(Span::styled(
+            format!(
+                " up: {:.1} req/s · {} fills · {} queued · * exports the DB-wide metrics ",
+                n.requests_per_s,
+                count(n.fills_in_flight),
+                count(n.queue_depth)
+            ),
+            t.dim,
+        ))
+        .right_aligned(),
+    );
+    let wide = area.width >= 100;
+    let date_fmt = if wide {
+        "%Y-%m-%d %H:%M"
+    } else {
+        "%m-%d %H:%M"
+    };
+    let mut widths = vec![Constraint::Fill(1), Constraint::Length(7)];
+    let mut names = vec!["INSTANCE", "STATUS"];
+    if wide {
+        widths.extend([Constraint::Length(10), Constraint::Length(16)]);
+        names.extend(["VERSION", "HOST"]);
+    }
+    widths.extend([
+        Constraint::Length(if wide { 16 } else { 11 }),
+        Constraint::Length(9),
+        Constraint::Length(8),
+        Constraint::Length(5),
+        Constraint::Length(5),
+    ]);
+    names.extend(["STARTED", "HEARTBEAT", "REQ/S", "FILLS", "QUEUE"]);
+    let rows: Vec<Row> = r
+        .replicas
+        .iter()
+        .map(|x| {
+            let (status_style, row_style) = match x.status {
+                ReplicaStatus::Up => (t.good, t.text),
+                ReplicaStatus::Gone => (t.bad, t.warn),
+                ReplicaStatus::Stopped => (t.dim, t.dim),
+            };
+            let id = if x.exports_db_metrics {
+                format!("{} *", x.instance_id)
+            } else {
+                x.instance_id.clone()
+            };
+            let right = |s: String| Cell::from(Line::from(s).right_aligned());
+            let mut cells = vec![
+                Cell::from(id),
+                Cell::from(Span::styled(x.status.label(), status_style)),
+            ];
+            if wide {
+                cells.push(Cell::from(x.version.clone()));
+                cells.push(Cell::from(truncate_right(&x.hostname, 16)));
+            }
+            cells.extend([
+                Cell::from(x.started_at.format(date_fmt).to_string()),
+                right(ago(app.now, Some(x.heartbeat_at))),
+                right(format!("{:.1}", x.requests_per_s)),
+                right(count(x.fills_in_flight)),
+                right(count(x.queue_depth)),
+            ]);
+            Row::new(cells).style(row_style)
+        })
+        .collect();
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(names).style(t.header))
+            .block(b)
+            .column_spacing(1),
+        area,
+    );
 }
 
 fn render_file_detail(app: &App, f: &mut Frame, area: Rect) {

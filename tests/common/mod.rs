@@ -2,6 +2,7 @@
 //! SQLite files and fresh PostgreSQL databases. Nothing here is a mock.
 #![allow(dead_code)]
 
+pub mod origin;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -89,6 +90,29 @@ impl S3Server {
                 None
             }
         }
+    }
+
+    /// The nodes of the Garage cluster scripts/test.sh started (one `S3Server` per node, all
+    /// serving the same buckets), else the single Garage, else `None`.
+    pub fn garage_cluster() -> Option<Vec<S3Server>> {
+        let Ok(endpoints) = std::env::var("MIRRORCTL_TEST_GARAGE_CLUSTER_ENDPOINTS") else {
+            return S3Server::garage().map(|g| vec![g]);
+        };
+        let key = std::env::var("MIRRORCTL_TEST_GARAGE_CLUSTER_KEY").expect("cluster key");
+        let secret = std::env::var("MIRRORCTL_TEST_GARAGE_CLUSTER_SECRET").expect("cluster secret");
+        Some(
+            endpoints
+                .split_whitespace()
+                .map(|e| S3Server {
+                    name: "garage-cluster",
+                    endpoint: e.to_string(),
+                    key: key.clone(),
+                    secret: secret.clone(),
+                    _dir: None,
+                    _task: None,
+                })
+                .collect(),
+        )
     }
 
     /// Both servers: s3s-fs always, Garage when configured.

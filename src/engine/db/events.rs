@@ -20,6 +20,7 @@ struct HourAgg {
     errors: i64,
     bytes_hit: i64,
     bytes_miss: i64,
+    revalidations: i64,
 }
 
 #[derive(Default)]
@@ -32,6 +33,11 @@ struct FileAgg {
 /// A served download counts as an error when the status is 5xx.
 pub fn is_error_status(status: i16) -> bool {
     status >= 500
+}
+
+/// A 304 Not Modified: a client revalidating its copy, not a download.
+pub fn is_revalidation(status: i16) -> bool {
+    status == 304
 }
 
 // Batch statements here have as many rows as the batch, so their SQL differs from one call to
@@ -61,6 +67,10 @@ impl Db {
                 .duration_trunc(TimeDelta::hours(1))
                 .unwrap_or(e.occurred_at);
             let h = hours.entry(hour).or_default();
+            if is_revalidation(e.status) {
+                h.revalidations += 1;
+                continue;
+            }
             if is_error_status(e.status) {
                 h.errors += 1;
             } else if e.cache_hit {
@@ -102,7 +112,7 @@ impl Db {
             let hours: Vec<_> = hours.iter().collect();
             for chunk in hours.chunks(EVENT_CHUNK) {
                 let mut qb = QueryBuilder::new(
-                    "INSERT INTO download_stats_hourly (hour, hits, misses, errors, bytes_hit, bytes_miss) ",
+                    "INSERT INTO download_stats_hourly (hour, hits, misses, errors, bytes_hit, bytes_miss, revalidations) ",
                 );
                 qb.push_values(chunk, |mut b, (hour, h)| {
                     b.push_bind(**hour)
@@ -110,14 +120,16 @@ impl Db {
                         .push_bind(h.misses)
                         .push_bind(h.errors)
                         .push_bind(h.bytes_hit)
-                        .push_bind(h.bytes_miss);
+                        .push_bind(h.bytes_miss)
+                        .push_bind(h.revalidations);
                 });
                 qb.push(
                     " ON CONFLICT (hour) DO UPDATE SET hits = download_stats_hourly.hits + excluded.hits, \
                      misses = download_stats_hourly.misses + excluded.misses, \
                      errors = download_stats_hourly.errors + excluded.errors, \
                      bytes_hit = download_stats_hourly.bytes_hit + excluded.bytes_hit, \
-                     bytes_miss = download_stats_hourly.bytes_miss + excluded.bytes_miss",
+                     bytes_miss = download_stats_hourly.bytes_miss + excluded.bytes_miss, \
+                     revalidations = download_stats_hourly.revalidations + excluded.revalidations",
                 );
                 qb.build().persistent(false).execute(&mut *tx).await?;
             }
@@ -155,7 +167,8 @@ impl Db {
                     CAST(coalesce(sum(misses), 0) AS BIGINT) AS misses, \
                     CAST(coalesce(sum(errors), 0) AS BIGINT) AS errors, \
                     CAST(coalesce(sum(bytes_hit), 0) AS BIGINT) AS bytes_hit, \
-                    CAST(coalesce(sum(bytes_miss), 0) AS BIGINT) AS bytes_miss \
+                    CAST(coalesce(sum(bytes_miss), 0) AS BIGINT) AS bytes_miss, \
+                    CAST(coalesce(sum(revalidations), 0) AS BIGINT) AS revalidations \
              FROM download_stats_hourly WHERE hour >= $1"
         )
         .bind(since)
@@ -203,12 +216,12 @@ impl Db {
             Backend::Postgres => {
                 "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, count(*) AS n, \
                  CAST(coalesce(sum(bytes), 0) AS BIGINT) AS b \
-                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 \
+                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 AND status <> 304 \
                  GROUP BY 1 ORDER BY 1"
             }
             Backend::Sqlite => {
                 "SELECT substr(occurred_at, 1, 10) AS day, count(*) AS n, coalesce(sum(bytes), 0) AS b \
-                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 \
+                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 AND status <> 304 \
                  GROUP BY 1 ORDER BY 1"
             }
         };

@@ -16,7 +16,8 @@ const DETAIL_SQL: &str =
        m.last_downloaded_at, m.is_stale, m.origin_file_id, m.sha256, m.etag, m.mirrored_at, \
        m.last_validated_at, m.stale_reason, m.deleted_at, o.source AS origin_source, \
        o.remote_id AS origin_remote_id, o.file_name AS origin_file_name, o.url AS origin_url, \
-       o.size AS origin_size, o.etag AS origin_etag, o.updated_at AS origin_updated_at \
+       o.size AS origin_size, o.etag AS origin_etag, o.updated_at AS origin_updated_at, \
+       m.version, m.content_etag \
        FROM mirrored_files m JOIN origin_files o ON o.id = m.origin_file_id";
 
 fn order_by(sort: FileSort) -> &'static str {

@@ -145,6 +145,11 @@ pub struct PurgePlan {
 pub struct Remirrored {
     /// The mirrored row to update; `None` for a catalog entry's first copy, inserted now.
     pub id: Option<i64>,
+    /// Record the copy only if the row still has this version (it was not purged, marked or
+    /// re-mirrored meanwhile); `None` records it whatever happened.
+    pub expect_version: Option<i64>,
+    /// The ETag clients are sent for this content.
+    pub content_etag: Option<String>,
     pub bucket: String,
     pub key: String,
     pub origin_file_id: i64,
@@ -293,35 +298,44 @@ impl Db {
     }
 
     /// Points the row at the new object (inserting the row of a first copy) and the origin row
-    /// at what the origin served, in one transaction; returns the mirrored row's id. Called only
-    /// after S3 confirmed the upload.
-    pub async fn record_remirror(&self, r: &Remirrored) -> Result<i64> {
-        let res: Result<i64, sqlx::Error> = on_pool!(self, |p| {
+    /// at what the origin served, in one transaction; returns the mirrored row's id, or `None`
+    /// when the row changed since `expect_version` (then nothing is written). Called only after
+    /// S3 confirmed the upload.
+    pub async fn record_remirror(&self, r: &Remirrored) -> Result<Option<i64>> {
+        let res: Result<Option<i64>, sqlx::Error> = on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             let id = match r.id {
                 Some(id) => {
-                    sqlx::query(
+                    let n = sqlx::query(
                         "UPDATE mirrored_files SET size = $1, sha256 = $2, etag = $3, mirrored_at = $4, \
-                         last_validated_at = $4, is_stale = FALSE, stale_reason = NULL, deleted_at = NULL WHERE id = $5",
+                         last_validated_at = $4, is_stale = FALSE, stale_reason = NULL, deleted_at = NULL, \
+                         content_etag = $6 WHERE id = $5 AND ($7 IS NULL OR version = $7)",
                     )
                     .bind(r.size)
                     .bind(&r.sha256)
                     .bind(&r.etag)
                     .bind(ts(r.at))
                     .bind(id)
+                    .bind(&r.content_etag)
+                    .bind(r.expect_version)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Ok(None);
+                    }
                     id
                 }
                 // Another process may have stored the same key first: the newer copy wins.
                 None => {
                     sqlx::query_scalar(
                         "INSERT INTO mirrored_files (origin_file_id, bucket, key, size, sha256, etag, \
-                         mirrored_at, last_validated_at, is_stale) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, FALSE) \
+                         mirrored_at, last_validated_at, is_stale, content_etag) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, FALSE, $8) \
                          ON CONFLICT (bucket, key) WHERE deleted_at IS NULL DO UPDATE SET \
                          origin_file_id = excluded.origin_file_id, size = excluded.size, sha256 = excluded.sha256, \
                          etag = excluded.etag, mirrored_at = excluded.mirrored_at, \
-                         last_validated_at = excluded.last_validated_at, is_stale = FALSE, stale_reason = NULL \
+                         last_validated_at = excluded.last_validated_at, is_stale = FALSE, stale_reason = NULL, \
+                         content_etag = excluded.content_etag \
                          RETURNING id",
                     )
                     .bind(r.origin_file_id)
@@ -331,6 +345,7 @@ impl Db {
                     .bind(&r.sha256)
                     .bind(&r.etag)
                     .bind(ts(r.at))
+                    .bind(&r.content_etag)
                     .fetch_one(&mut *tx)
                     .await?
                 }
@@ -345,9 +360,24 @@ impl Db {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
-            Ok(id)
+            Ok(Some(id))
         });
         res.map_err(|e| self.err(e))
+    }
+
+    /// Whether `bucket` has a live row for `key`.
+    pub async fn has_live_key(&self, bucket: &str, key: &str) -> Result<bool> {
+        let r: Result<Option<i64>, sqlx::Error> =
+            on_pool!(self, |p| {
+                sqlx::query_scalar(
+            "SELECT id FROM mirrored_files WHERE bucket = $1 AND key = $2 AND deleted_at IS NULL"
+        )
+        .bind(bucket)
+        .bind(key)
+        .fetch_optional(p)
+        .await
+            });
+        r.map(|id| id.is_some()).map_err(|e| self.err(e))
     }
 
     /// Bytes of the live files of `bucket`.

@@ -4,10 +4,13 @@
 
 mod archive;
 mod catalog;
+mod changes;
 mod drift;
 mod events;
 mod files;
+mod fleet;
 mod inventory;
+mod leases;
 mod lifecycle;
 mod oplog;
 mod partitions;
@@ -28,6 +31,9 @@ pub use archive::{ArchiveRecord, EventRow, LiveMonth};
 pub use catalog::{
     CatalogEntry, CatalogMerge, CatalogRow, CatalogStage, MergeOptions, MergeOutcome,
 };
+pub use changes::{Change, Changes};
+pub use fleet::{FleetBeat, FleetRow};
+pub use leases::{LeaseHolder, Leased};
 pub use lifecycle::{
     FileScope, LifecycleRow, PurgePlan, PurgeRow, PurgeSelector, Remirrored, StaleMark,
 };

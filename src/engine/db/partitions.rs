@@ -101,6 +101,16 @@ impl Db {
 }
 
 impl Db {
+    /// The partitions of `from` and the `months` after it, created ahead of the writes that
+    /// need them (`serve` and `migrate`), so an event flush finds them known and runs no DDL.
+    pub async fn ensure_partitions_ahead(&self, from: Month, months: u32) -> Result<()> {
+        let mut to = from;
+        for _ in 0..months {
+            to = to.next();
+        }
+        self.ensure_partitions_cached(from, to).await
+    }
+
     /// `ensure_partitions`, skipping months this process already created or saw.
     pub(crate) async fn ensure_partitions_cached(&self, from: Month, to: Month) -> Result<()> {
         if !matches!(self.pool, Pool::Postgres(_)) {

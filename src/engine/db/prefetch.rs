@@ -149,7 +149,7 @@ impl Db {
                 "SELECT o.id AS catalog_id, o.key, o.url, o.size, m.id AS mirrored_id, \
                  (m.id IS NOT NULL AND NOT m.is_stale) AS fresh \
                  FROM (SELECT f.origin_file_id AS oid, count(*) AS n FROM download_events e \
-                 JOIN mirrored_files f ON f.id = e.file_id WHERE e.status < 500 AND e.occurred_at >= ",
+                 JOIN mirrored_files f ON f.id = e.file_id WHERE e.status < 500 AND e.status <> 304 AND e.occurred_at >= ",
             );
             qb.push_bind(ts(since));
             qb.push(

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod catalog;
 pub mod drift;
 pub mod files;
+pub mod fleet;
 pub mod history;
 pub mod prefetch;
 pub mod purge;

@@ -317,6 +317,7 @@ async fn prefetch_one(
 ) -> Result<PrefetchItem> {
     let target = StoreTarget {
         id: row.mirrored_id,
+        version: None,
         origin_file_id: row.catalog_id,
         key: row.key.clone(),
     };

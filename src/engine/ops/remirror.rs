@@ -275,6 +275,7 @@ async fn remirror_one(
 ) -> Result<RemirrorItem> {
     let target = StoreTarget {
         id: Some(row.id),
+        version: None,
         origin_file_id: row.origin_file_id,
         key: row.key.clone(),
     };
@@ -325,8 +326,21 @@ pub struct StoreTarget {
     /// The mirrored row; `None` for a catalog entry's first copy (its row is inserted once
     /// S3 confirmed the object).
     pub id: Option<i64>,
+    /// The row's version when the copy started: the copy is recorded only if it is unchanged
+    /// (a purge or a newer copy meanwhile wins); `None` records it regardless.
+    pub version: Option<i64>,
     pub origin_file_id: i64,
     pub key: String,
+}
+
+/// The ETag clients are sent for a content: the origin's, when it gave a strong one (so a
+/// miss, which streams before the copy is hashed, sends the same one as later hits), else one
+/// made of the content's SHA-256.
+pub fn content_etag(origin_etag: Option<&str>, sha256: &str) -> String {
+    match origin_etag.map(str::trim) {
+        Some(e) if !e.is_empty() && !e.starts_with("W/") => e.trim_matches('"').to_string(),
+        _ => format!("sha256-{}", &sha256[..sha256.len().min(32)]),
+    }
 }
 
 /// Streams an origin body into the mirror under the file's key, hashing it and checking its
@@ -359,9 +373,11 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
         )));
     }
     let now = Utc::now();
-    let id = db
+    let recorded = db
         .record_remirror(&Remirrored {
             id: target.id,
+            expect_version: target.version,
+            content_etag: Some(content_etag(meta.etag.as_deref(), &sha256)),
             bucket: mirror.name().to_string(),
             key: target.key.clone(),
             origin_file_id: target.origin_file_id,
@@ -374,6 +390,17 @@ pub async fn store<R: AsyncRead + Unpin + Send>(
             at: now,
         })
         .await?;
+    let Some(id) = recorded else {
+        // Purged (or re-mirrored) while this copy was made: the row is not revived, and an
+        // object no live row points at is not left behind.
+        if !db.has_live_key(mirror.name(), &target.key).await? {
+            mirror.delete(&target.key).await?;
+        }
+        return Err(Error::runtime(format!(
+            "{}: the file changed while it was copied (purged or copied again): this copy was not recorded",
+            target.key
+        )));
+    };
     Ok((bytes, sha256, id))
 }
 

@@ -83,6 +83,9 @@ pub struct StatsReport {
     pub stale_files: i64,
     pub errors: i64,
     pub error_rate: Option<f64>,
+    /// Conditional requests answered 304 Not Modified: clients revalidating a copy they have.
+    /// Not downloads, so not in `requests`, `hits` or `hit_rate`.
+    pub revalidations: i64,
     /// Months in the window whose raw events were archived to S3 (`YYYY-MM`). The totals above
     /// still count them (they come from the hourly rollup, which archiving keeps); what these
     /// months lack in the database is the per-event detail, e.g. a file's downloads per day.
@@ -138,6 +141,7 @@ pub async fn run(ctx: &Ctx, params: StatsParams) -> Result<StatsReport> {
         storage_bytes: storage.bytes,
         stale_files: storage.stale,
         errors: totals.errors,
+        revalidations: totals.revalidations,
         error_rate: ratio(totals.errors, requests),
         archived_months,
         series,

@@ -11,6 +11,22 @@
 //! A pull-through fill (a key the catalog does not know) registers the catalog entry when the
 //! origin answers 200 from its own host; a 404 is remembered for `serve.negative_ttl`, so
 //! concurrent and later requests for the key cost the origin nothing.
+//!
+//! Across replicas, one fill per file: a fill first takes the file's lease in the database
+//! (`fill:{bucket}/{key}`, renewed while it runs, released once the copy is recorded). The
+//! holder fetches the origin (`origin`). A replica that finds the lease taken streams the
+//! holder's spool over the holder's admin listener (`remote`), so its clients get bytes as
+//! soon as the holder does, whatever the file's size. When the holder cannot be reached (no
+//! `peer_url`, a network split, a holder that just crashed), it waits for the lease to end and
+//! then serves the holder's copy from the mirror, or, if none was recorded (the holder failed
+//! or crashed: its lease expires after `LEASE_TTL`), takes the lease and fetches itself. When
+//! the database cannot be asked, the fill goes to the origin without a lease: availability
+//! first, at the price of a possible duplicate fetch.
+
+mod origin;
+mod remote;
+
+pub use origin::client_message;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,10 +41,22 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
 use super::Shared;
+use crate::engine::db::Leased;
 use crate::engine::model::FileDetail;
-use crate::engine::ops::remirror::{self, StoreTarget};
 use crate::engine::origin::OriginMeta;
+
+/// How long a fill lease lasts unless renewed: a crashed holder blocks its file this long.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the holder renews it.
+const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How long a replica waits for a fill it cannot stream from (then it takes over).
+const WAIT_FOR_HOLDER: Duration = Duration::from_secs(120);
 
 /// Bytes written to or read from the spool at once.
 const CHUNK: usize = 256 * 1024;
@@ -67,6 +95,17 @@ pub struct Fill {
 }
 
 impl Fill {
+    /// Ends the fill as failed (keeping the bytes already written for the readers' count).
+    fn fail(&self, error: String) {
+        self.state.send_modify(|s| {
+            let written = match s {
+                FillState::Streaming(n) | FillState::Done(n) => *n,
+                _ => 0,
+            };
+            *s = FillState::Failed { written, error };
+        });
+    }
+
     /// What the origin said (set before the state leaves `Connecting`).
     pub fn meta(&self) -> Option<&OriginMeta> {
         self.meta.get()
@@ -175,29 +214,54 @@ pub struct Fills {
     inflight: Mutex<HashMap<String, Arc<Fill>>>,
     spool_dir: PathBuf,
     tasks: TaskTracker,
+    /// Fills at once at most (`serve.max_fills`).
+    max: usize,
+}
+
+/// What `Fills::join` found.
+pub enum Joined {
+    Fill(Arc<Fill>),
+    /// A pull-through key the origin just answered 404 for.
+    NotAtOrigin,
+    /// `serve.max_fills` fills are running: try again later.
+    Busy,
 }
 
 impl Fills {
-    pub fn new(spool_dir: PathBuf, tasks: TaskTracker) -> Fills {
+    pub fn new(spool_dir: PathBuf, tasks: TaskTracker, max: usize) -> Fills {
         Fills {
             inflight: Mutex::new(HashMap::new()),
             spool_dir,
             tasks,
+            max: max.max(1),
         }
     }
 
+    /// The fill of `key` in flight here, if any.
+    pub fn get(&self, key: &str) -> Option<Arc<Fill>> {
+        let inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        inflight.get(key).cloned()
+    }
+
     /// The fill of the job's key in flight, or a new one started for it.
-    /// `Ok(None)` for a pull-through key the origin just answered 404 for.
-    pub fn join(shared: &Arc<Shared>, job: FillJob) -> io::Result<Option<Arc<Fill>>> {
+    pub fn join(shared: &Arc<Shared>, job: FillJob) -> io::Result<Joined> {
         let fills = &shared.fills;
         let mut inflight = fills.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // A fill that failed is not joined, even before it left the map: the request tries
+        // the origin afresh.
         if let Some(f) = inflight.get(&job.row.key) {
-            return Ok(Some(f.clone()));
+            let over = matches!(*f.state.borrow(), FillState::Failed { .. });
+            if !over {
+                return Ok(Joined::Fill(f.clone()));
+            }
         }
         // A fill that found nothing remembers the 404 before it leaves the map, so a request
         // that missed both on its way here sees the 404 now, under the lock.
         if job.pull_through && shared.negative.get(job.row.key.as_str()).is_some() {
-            return Ok(None);
+            return Ok(Joined::NotAtOrigin);
+        }
+        if inflight.len() >= fills.max {
+            return Ok(Joined::Busy);
         }
         let spool = tempfile::tempfile_in(&fills.spool_dir).map_err(|e| {
             io::Error::new(
@@ -215,7 +279,7 @@ impl Fills {
         drop(inflight);
         shared.metrics.fills_in_flight.inc();
         fills.tasks.spawn(run(shared.clone(), fill.clone(), job));
-        Ok(Some(fill))
+        Ok(Joined::Fill(fill))
     }
 
     /// Runs `f` as a task the shutdown waits for (downloads that record their event once the
@@ -268,143 +332,107 @@ impl Drop for Finish {
     }
 }
 
-/// Fetches the origin into the spool while the upload follows it; then records the new copy.
+/// The lease that makes a file's fill exclusive across replicas.
+fn lease_name(bucket: &str, key: &str) -> String {
+    format!("fill:{bucket}/{key}")
+}
+
+/// Renews a held lease until released.
+struct Keeper {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Keeper {
+    fn start(shared: &Arc<Shared>, name: &str) -> Keeper {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (shared, name, stop) = (shared.clone(), name.to_string(), stop.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(RENEW_EVERY) => {}
+                    }
+                    let db = &shared.ctx.db;
+                    let peer = shared.peer_url.as_deref();
+                    match db
+                        .try_lease(&name, &shared.instance, peer, LEASE_TTL, Utc::now())
+                        .await
+                    {
+                        Ok(Leased::Acquired) => {}
+                        Ok(Leased::HeldBy(h)) => {
+                            tracing::warn!("{name}: lease lost to {} (renewal too late)", h.holder)
+                        }
+                        Err(e) => tracing::warn!("{name}: lease not renewed: {e}"),
+                    }
+                }
+            }
+        });
+        Keeper { stop, task }
+    }
+
+    async fn release(self, shared: &Shared, name: &str) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        if let Err(e) = shared.ctx.db.release_lease(name, &shared.instance).await {
+            tracing::warn!("{name}: lease not released (it expires by itself): {e}");
+        }
+    }
+}
+
+/// Runs a fill: from the origin with the file's lease, else from the replica that holds it.
 async fn run(shared: Arc<Shared>, fill: Arc<Fill>, job: FillJob) {
-    let row = job.row.clone();
     let _finish = Finish {
         shared: shared.clone(),
         fill: fill.clone(),
-        row: row.clone(),
+        row: job.row.clone(),
     };
-    let m = &shared.metrics;
-    m.origin_fetches.inc();
-    let body = match shared.origin.get(&row.origin_url).await {
-        Ok(Some(b)) if job.pull_through => match pulled_from_elsewhere(&shared, &b) {
-            Some(why) => Err(why),
-            None => Ok(b),
-        },
-        Ok(Some(b)) => Ok(b),
-        Ok(None) if job.pull_through => {
-            shared.negative.put(row.key.clone(), ());
-            tracing::info!("pull-through {}: not at the origin (404)", row.key);
-            fill.state.send_replace(FillState::NotFound);
-            return;
-        }
-        Ok(None) => Err("origin: file gone (HTTP 404)".to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let body = match body {
-        Ok(b) => b,
-        Err(error) => {
-            m.origin_errors.inc();
-            tracing::warn!("miss {} ({}): {error}", row.id, row.key);
-            fill.state
-                .send_replace(FillState::Failed { written: 0, error });
-            return;
-        }
-    };
-    let meta = body.meta.clone();
-    let _ = fill.meta.set(body.meta);
-    fill.state.send_replace(FillState::Streaming(0));
-    let upload = tokio::spawn({
-        let (shared, fill, row, meta) = (shared.clone(), fill.clone(), row.clone(), meta.clone());
-        async move {
-            // A pulled key's catalog entry is registered while the body streams, off the
-            // client's path; the copy's row needs it only at the end.
-            let origin_file_id = if job.pull_through {
-                register(&shared, &row.key, &meta).await?
-            } else {
-                row.origin_file_id
-            };
-            let reader = tokio_util::io::StreamReader::new(fill.follow(0, None));
-            let target = StoreTarget {
-                id: (row.id != 0).then_some(row.id),
-                origin_file_id,
-                key: row.key.clone(),
-            };
-            remirror::store(&shared.ctx.db, &shared.fill_mirror, &target, reader, meta).await
-        }
-    });
-    match spool(&fill, body.body, meta.size).await {
-        Ok(n) => {
-            fill.state.send_replace(FillState::Done(n));
-        }
-        Err(e) => {
-            m.origin_errors.inc();
-            tracing::warn!("miss {} ({}): origin body failed: {e}", row.id, row.key);
-            fill.state.send_modify(|s| {
-                let written = match s {
-                    FillState::Streaming(n) => *n,
-                    _ => 0,
-                };
-                *s = FillState::Failed {
-                    written,
-                    error: format!("origin: {e}"),
-                };
-            });
-        }
-    }
-    match upload.await {
-        Ok(Ok((bytes, _, id))) => {
-            fill.stored.send_replace(Some(Some(id)));
-            tracing::info!("miss {id} ({}): {bytes} bytes now in the mirror", row.key);
-        }
-        Ok(Err(e)) => {
-            m.upload_errors.inc();
-            tracing::warn!(
-                "miss {} ({}): not stored in the mirror: {e}",
-                row.id,
-                row.key
-            );
-        }
-        Err(e) => {
-            m.upload_errors.inc();
-            tracing::warn!("miss {} ({}): upload task failed: {e}", row.id, row.key);
-        }
-    }
-}
-
-/// Why a pull-through answer must not be registered: it came from another host than
-/// `origin.base_url`'s (a redirect).
-fn pulled_from_elsewhere(
-    shared: &Shared,
-    body: &crate::engine::origin::OriginBody,
-) -> Option<String> {
-    let (Some(final_url), Some(base)) = (&body.final_url, &shared.base_url) else {
-        return None;
-    };
-    let same = final_url.scheme() == base.scheme()
-        && final_url.host_str() == base.host_str()
-        && final_url.port_or_known_default() == base.port_or_known_default();
-    (!same).then(|| {
-        format!(
-            "origin redirected to another host ({}): not mirrored",
-            final_url.host_str().unwrap_or("?")
-        )
-    })
-}
-
-/// Registers a pulled key in the catalog (source `http`, the key as remote id and URL) and
-/// returns the entry's id.
-async fn register(
-    shared: &Shared,
-    key: &str,
-    meta: &OriginMeta,
-) -> crate::engine::error::Result<i64> {
+    let name = lease_name(shared.mirror.name(), &job.row.key);
     let db = &shared.ctx.db;
-    let entry = crate::engine::db::CatalogEntry {
-        source: "http".into(),
-        remote_id: key.to_string(),
-        url: crate::engine::keys::key_to_url(key),
-        file_name: crate::engine::keys::last_segment(key),
-        size: meta.size.map(|n| n as i64),
-        etag: meta.etag.clone(),
-        updated_at: meta.last_modified,
-        key: key.to_string(),
-    };
-    let id = db.catalog_register(&entry, chrono::Utc::now()).await?;
-    tracing::info!("pull-through {key}: registered as catalog entry {id}");
-    Ok(id)
+    // Each round either fills or waits for another replica's fill to end.
+    for _ in 0..3 {
+        let peer = shared.peer_url.as_deref();
+        match db
+            .try_lease(&name, &shared.instance, peer, LEASE_TTL, Utc::now())
+            .await
+        {
+            Ok(Leased::Acquired) => {
+                // Another replica may have stored the copy between this one's lookup and now.
+                if let Some(copy) = remote::fresh_copy(&shared, &job.row).await {
+                    let _ = db.release_lease(&name, &shared.instance).await;
+                    if remote::from_mirror(&shared, &fill, &copy).await {
+                        return;
+                    }
+                    continue;
+                }
+                let keeper = Keeper::start(&shared, &name);
+                origin::fetch(&shared, &fill, &job).await;
+                keeper.release(&shared, &name).await;
+                return;
+            }
+            Ok(Leased::HeldBy(holder)) => {
+                if let Some(peer) = holder.address.as_deref() {
+                    if remote::from_peer(&shared, &fill, peer, &job.row.key).await {
+                        remote::record_when_stored(&shared, &fill, &name, &job.row.key).await;
+                        return;
+                    }
+                }
+                remote::wait_for_release(&shared, &name, WAIT_FOR_HOLDER).await;
+                if let Some(copy) = remote::fresh_copy(&shared, &job.row).await {
+                    if remote::from_mirror(&shared, &fill, &copy).await {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{name}: lease unavailable, fetching without it: {e}");
+                origin::fetch(&shared, &fill, &job).await;
+                return;
+            }
+        }
+    }
+    fill.fail("another replica keeps this file's fill: try again".into());
 }
 
 /// Copies the origin body into the spool, publishing progress; checks Content-Length.
