@@ -13,10 +13,11 @@
 # records nothing; serve also writes every download as a download_events row (batches every 5 s).
 #
 # Each round runs wrk (-t2, BENCH_CONNS connections, default 64, BENCH_SECS s, default 10) for
-# each size against nginx then serve; both are warmed first (3 s per size each). The table shows
-# the medians over BENCH_ROUNDS rounds (default 3) and every round. Needs garage (cargo install
-# garage), curl and python3; installs nginx, wrk (apt) and boto3 (pip) when missing. Builds
-# `cargo build --release` unless MIRRORCTL_BIN names a binary.
+# each size against nginx and serve, one after the other (nginx first in odd rounds, serve first
+# in even ones); both are warmed first (3 s per size each). The table shows the medians over
+# BENCH_ROUNDS rounds (default 3), then every round. Needs garage (cargo install garage), curl and
+# python3; installs nginx, wrk (apt) and boto3 (pip) when missing. Builds `cargo build --release`
+# unless MIRRORCTL_BIN names a binary.
 #
 #   scripts/bench-serve-nginx.sh
 #   BENCH_FILES=100 BENCH_ROUNDS=1 BENCH_SECS=5 MIRRORCTL_BIN=target/debug/mirrorctl scripts/bench-serve-nginx.sh
@@ -211,11 +212,16 @@ for s in $SIZES; do
   run_wrk "warm-nginx-$s" 16 3 "$NGINX_BASE" "$WORK/paths-$s.txt"
   run_wrk "warm-serve-$s" 16 3 "$SERVE_BASE" "$WORK/paths-$s.txt"
 done
-log "$ROUNDS rounds: per size, nginx then serve, $CONNS connections, $SECS s each"
+log "$ROUNDS rounds: per size, nginx and serve (serve first in even rounds), $CONNS connections, $SECS s each"
 for r in $(seq 1 "$ROUNDS"); do
   for s in $SIZES; do
-    run_wrk "nginx-$s-$r" "$CONNS" "$SECS" "$NGINX_BASE" "$WORK/paths-$s.txt"
-    run_wrk "serve-$s-$r" "$CONNS" "$SECS" "$SERVE_BASE" "$WORK/paths-$s.txt"
+    if [ $((r % 2)) = 1 ]; then
+      run_wrk "nginx-$s-$r" "$CONNS" "$SECS" "$NGINX_BASE" "$WORK/paths-$s.txt"
+      run_wrk "serve-$s-$r" "$CONNS" "$SECS" "$SERVE_BASE" "$WORK/paths-$s.txt"
+    else
+      run_wrk "serve-$s-$r" "$CONNS" "$SECS" "$SERVE_BASE" "$WORK/paths-$s.txt"
+      run_wrk "nginx-$s-$r" "$CONNS" "$SECS" "$NGINX_BASE" "$WORK/paths-$s.txt"
+    fi
   done
 done
 
