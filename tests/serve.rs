@@ -798,3 +798,170 @@ impl Drop for Reap {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_etag_per_content_if_range_and_ranges_on_hits_and_misses() {
+    let s3 = S3Server::s3s().await;
+    let f = Fixture::new(
+        &s3,
+        TestDb::sqlite().await,
+        &[(Kind::Stale, 100_000), (Kind::Stale, 50_000)],
+    )
+    .await;
+    let (server, base) = f.serve(f.config(f.bucket_cfg.clone())).await;
+    let url0 = format!("{base}/download/{}", f.ids[0]);
+
+    // The miss sends the origin's strong ETag; the hit after it sends the same one.
+    let (st, h, body) = f.get(&url0, &[]).await;
+    assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "MISS"));
+    assert_eq!(body, f.bodies[0]);
+    let miss_etag = header_str(&h, "etag").to_string();
+    assert_eq!(miss_etag, format!("\"{}\"", &sha256(&f.bodies[0])[..16]));
+    f.wait_fresh(0).await;
+    let (_, h, _) = f.get(&url0, &[]).await;
+    assert_eq!(header_str(&h, "x-cache"), "HIT");
+    assert_eq!(header_str(&h, "etag"), miss_etag, "one ETag, hit or miss");
+
+    // A conditional GET with the ETag the miss sent is a 304.
+    let (st, h, body) = f.get(&url0, &[("if-none-match", &miss_etag)]).await;
+    assert_eq!(st, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    assert_eq!(header_str(&h, "etag"), miss_etag);
+
+    // If-Range: the current ETag keeps the range, a stale one or a date gets the whole body.
+    let range = ("range", "bytes=10-19");
+    let (st, _, body) = f.get(&url0, &[range, ("if-range", &miss_etag)]).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, f.bodies[0][10..20]);
+    for stale in ["\"an-older-version\"", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+        let (st, h, body) = f.get(&url0, &[range, ("if-range", stale)]).await;
+        assert_eq!(st, StatusCode::OK, "If-Range {stale}");
+        assert!(h.get("content-range").is_none());
+        assert_eq!(body, f.bodies[0], "If-Range {stale}: the whole body");
+    }
+    // Several ranges: the whole body, 200.
+    let (st, _, body) = f.get(&url0, &[("range", "bytes=0-1,5-6")]).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(body, f.bodies[0]);
+    // HEAD answers headers and is no download.
+    let r = f.http.head(&url0).send().await.expect("head");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header_str(r.headers(), "etag"), miss_etag);
+
+    // On a miss, a stale If-Range also gets the whole body.
+    let url1 = format!("{base}/download/{}", f.ids[1]);
+    let (st, h, body) = f
+        .get(&url1, &[range, ("if-range", "\"an-older-version\"")])
+        .await;
+    assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "MISS"));
+    assert_eq!(body, f.bodies[1]);
+
+    server.shutdown();
+    server.wait().await.expect("clean shutdown");
+    // File 0: miss, hit, 304, 206, 200, 200, 200 (the HEAD is not there).
+    let statuses: Vec<i16> = f.events(0).await.iter().map(|e| e.2).collect();
+    assert_eq!(statuses, vec![200, 200, 304, 206, 200, 200, 200]);
+    let row = f.row(0).await;
+    assert_eq!(row.downloads, 6, "the 304 is not a download");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_mirror_on_a_hit_is_bypassed_to_the_origin_without_an_upload() {
+    let s3 = S3Server::s3s().await;
+    let f = Fixture::new(&s3, TestDb::sqlite().await, &[(Kind::Fresh, 20_000)]).await;
+    let proxy = FaultProxy::start(&s3.endpoint).await;
+    let mut through = f.bucket_cfg.clone();
+    through.endpoint = Some(proxy.endpoint.clone());
+    let (server, base) = f.serve(f.config(through)).await;
+    let url = format!("{base}/download/{}", f.ids[0]);
+    let (_, h, _) = f.get(&url, &[]).await;
+    assert_eq!(header_str(&h, "x-cache"), "HIT");
+
+    // The bucket browns out: every request gets 503 SlowDown.
+    proxy.faults.throttle_next.store(1_000, Ordering::SeqCst);
+    for n in 0..5 {
+        let (st, h, body) = f.get(&url, &[]).await;
+        assert_eq!(
+            (st, header_str(&h, "x-cache")),
+            (StatusCode::OK, "BYPASS"),
+            "{n}"
+        );
+        assert_eq!(body, f.bodies[0]);
+    }
+    assert_eq!(f.origin.gets.load(Ordering::SeqCst), 5);
+    assert_eq!(
+        proxy.faults.writes.load(Ordering::SeqCst),
+        0,
+        "nothing re-uploaded"
+    );
+    assert!(!f.row(0).await.is_stale, "the row is fine");
+    // Five failures in a row opened the breaker: hits no longer try the bucket.
+    let asked = proxy.faults.requests.load(Ordering::SeqCst);
+    let (st, h, _) = f.get(&url, &[]).await;
+    assert_eq!((st, header_str(&h, "x-cache")), (StatusCode::OK, "BYPASS"));
+    assert_eq!(proxy.faults.requests.load(Ordering::SeqCst), asked);
+    let metrics = f
+        .fetch(&format!("{base}/metrics"))
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("mirrorctl_mirror_circuit_open 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mirrorctl_mirror_fallbacks_total 6"),
+        "{metrics}"
+    );
+    server.shutdown();
+    server.wait().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn error_bodies_name_no_origin_url_and_fills_past_the_cap_get_503() {
+    let s3 = S3Server::s3s().await;
+    let f = Fixture::new(
+        &s3,
+        TestDb::sqlite().await,
+        &[
+            (Kind::Stale, 600_000),
+            (Kind::Stale, 1000),
+            (Kind::Stale, 1000),
+        ],
+    )
+    .await;
+    // File 2's origin URL carries a token, and nothing listens there.
+    let pool = sqlx::SqlitePool::connect(&f.db.url).await.expect("sqlite");
+    sqlx::query("UPDATE origin_files SET url = 'http://127.0.0.1:9/x.bin?token=sekrit-123' WHERE id = (SELECT origin_file_id FROM mirrored_files WHERE id = $1)")
+        .bind(f.ids[2])
+        .execute(&pool)
+        .await
+        .expect("origin url");
+    pool.close().await;
+    let mut cfg = f.config(f.bucket_cfg.clone());
+    cfg.serve.max_fills = 1;
+    let (server, base) = f.serve(cfg).await;
+    let (st, _, body) = f.get(&format!("{base}/download/{}", f.ids[2]), &[]).await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("sekrit") && !text.contains("127.0.0.1:9"),
+        "{text}"
+    );
+
+    // One fill at a time: a second file's miss meanwhile is told to come back.
+    f.origin.chunk_delay_ms.store(100, Ordering::SeqCst);
+    let url0 = format!("{base}/download/{}", f.ids[0]);
+    let http = f.http.clone();
+    let slow =
+        tokio::spawn(async move { http.get(&url0).send().await.expect("get").bytes().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = f.fetch(&format!("{base}/download/{}", f.ids[1])).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header_str(r.headers(), "retry-after"), "5");
+    let body = slow.await.expect("task").expect("body");
+    assert_eq!(body, f.bodies[0]);
+    server.shutdown();
+    server.wait().await.expect("shutdown");
+}
