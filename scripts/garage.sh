@@ -53,19 +53,26 @@ TOML
 #
 # Node i has its own rpc and S3 ports and $DIR/node<i>/{meta,data}; all share one rpc_secret.
 # Node 1 connects to the others and assigns and applies the layout; the function returns once
-# every node answers S3 requests signed with the key (a node that has not yet seen the layout
-# answers 503). With fewer than 3 nodes the replication factor is the number of nodes.
+# every node sees every other one as healthy and answers S3 requests signed with the key. With
+# fewer than 3 nodes the replication factor is the number of nodes.
 GARAGE_CLUSTER_PIDS=()
+random_hex() { head -c "$1" /dev/urandom | od -An -v -tx1 | tr -d ' \n'; }   # random_hex BYTES
 start_garage_cluster() {
   local dir=$1 nodes=${2:-3} capacity=${3:-1G}
   local bin; bin=$(garage_bin)
   [ -x "$bin" ] || { echo "garage is not installed: cargo install garage --version 2.5.0 --locked" >&2; return 1; }
   local factor=$(( nodes < 3 ? nodes : 3 ))
-  local secret; secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-  local i s3_port rpc_port ids=() endpoints=()
+  local secret; secret=$(random_hex 32)
+  local i s3_port rpc_port ids=() endpoints=() ports=()
+  # Two free ports per node from one process, all held at once, so none repeats.
+  read -r -a ports <<<"$(python3 -c '
+import socket, sys
+s = [socket.socket() for _ in range(2 * int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$nodes")"
   GARAGE_CLUSTER_PIDS=()
   for i in $(seq 1 "$nodes"); do
-    s3_port=$(free_port); rpc_port=$(free_port)
+    s3_port=${ports[$((2 * i - 2))]}; rpc_port=${ports[$((2 * i - 1))]}
     mkdir -p "$dir/node$i"
     cat > "$dir/node$i/garage.toml" <<TOML
 metadata_dir = "$dir/node$i/meta"
@@ -96,14 +103,26 @@ TOML
     "${g1[@]}" layout assign -z "dc$i" -c "$capacity" "${ids[$((i - 1))]%@*}" >/dev/null
   done
   "${g1[@]}" layout apply --version 1 >/dev/null
-  GARAGE_CLUSTER_KEY="GK$(python3 -c 'import secrets; print(secrets.token_hex(12))')"
-  GARAGE_CLUSTER_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  GARAGE_CLUSTER_KEY="GK$(random_hex 12)"
+  GARAGE_CLUSTER_SECRET=$(random_hex 32)
   "${g1[@]}" key import --yes -n mirrorctl "$GARAGE_CLUSTER_KEY" "$GARAGE_CLUSTER_SECRET" >/dev/null
   "${g1[@]}" key allow --create-bucket mirrorctl >/dev/null
   GARAGE_CLUSTER_ENDPOINTS="${endpoints[*]}"
   GARAGE_CLUSTER_ENDPOINT=${endpoints[0]}
-  # Ready when every node lists buckets with the key: it has the layout and finds the key.
-  local e ok
+  # Ready when every node is connected to all the others (a node that has not connected yet
+  # answers reads with 503, no quorum) and lists buckets with the key (it has the layout and
+  # finds the key).
+  local e ok healthy
+  for i in $(seq 1 "$nodes"); do
+    ok=""
+    for _ in $(seq 1 100); do
+      healthy=$("$bin" -c "$dir/node$i/garage.toml" status 2>/dev/null \
+        | awk '/^==== / {section=$0; next} section ~ /HEALTHY/ && /^[0-9a-f]+ / {n++} section ~ /FAILED/ && /^[0-9a-f]+ / {f++} END {print (f ? -1 : n + 0)}')
+      [ "$healthy" = "$nodes" ] && { ok=1; break; }
+      sleep 0.1
+    done
+    [ -n "$ok" ] || { echo "garage cluster: node $i does not see all $nodes nodes ($dir/node$i/garage.log)" >&2; return 1; }
+  done
   for e in "${endpoints[@]}"; do
     ok=""
     for _ in $(seq 1 100); do
