@@ -49,13 +49,16 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
 python3 -c 'import boto3' 2>/dev/null || { log "installing boto3"; python3 -m pip install -q boto3 >/dev/null; }
 ulimit -n 65536 2>/dev/null || true
+LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 
 if [ -n "${MIRRORCTL_BIN:-}" ]; then
   cp "$MIRRORCTL_BIN" "$WORK/mirrorctl"
+  CODE="the binary $MIRRORCTL_BIN"
 else
   log "building (release)"
   cargo build --release --quiet --bin mirrorctl
   cp target/release/mirrorctl "$WORK/mirrorctl"   # a private copy: target/ may be rebuilt meanwhile
+  CODE="release build of $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src migrations Cargo.toml Cargo.lock)" ] || echo ' with uncommitted changes in src, migrations or Cargo')"
 fi
 BIN="$WORK/mirrorctl"
 
@@ -262,7 +265,7 @@ METRICS=$(curl -s "$SERVE_BASE/metrics")
 HITS=$(awk '/^mirrorctl_downloads_total\{cache="hit"\}/ {print $2}' <<<"$METRICS")
 MISSES=$(awk '/^mirrorctl_downloads_total\{cache="miss"\}/ {print $2}' <<<"$METRICS")
 cat <<EOF
-machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback, $(date -u '+%Y-%m-%d %H:%M UTC'); S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; database: SQLite; $("$NGINX" -v 2>&1 | sed 's|.*: ||'), worker_processes auto; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'); mirrorctl $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+uncommitted changes')
+machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback, load average $LOAD_START at the start and $(cut -d" " -f1-3 /proc/loadavg) at the end, $(date -u '+%Y-%m-%d %H:%M UTC'); S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; database: SQLite; $("$NGINX" -v 2>&1 | sed 's|.*: ||'), worker_processes auto; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'); mirrorctl: $CODE
 mirror: $N files of each of $SIZES ($(grep -c . "$WORK/catalog.jsonl") imported, $STORED stored by prefetch, 0 left unmirrored); first GET of each size: identical to the origin on both, serve's X-Cache:$CHECKS
 hits, $CONNS connections, $SECS s, medians of $ROUNDS rounds:
 $REPORT

@@ -71,13 +71,16 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 command -v wrk >/dev/null || { log "installing wrk"; apt_install wrk; }
 command -v psql >/dev/null || { echo "psql is not installed (scripts/test.sh sets up PostgreSQL)" >&2; exit 2; }
 ulimit -n 65536 2>/dev/null || true
+LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 
 if [ -n "${MIRRORCTL_BIN:-}" ]; then
   cp "$MIRRORCTL_BIN" "$WORK/mirrorctl"
+  CODE="the binary $MIRRORCTL_BIN"
 else
   log "building (release)"
   cargo build --release --quiet --bin mirrorctl
   cp target/release/mirrorctl "$WORK/mirrorctl"   # a private copy: target/ may be rebuilt meanwhile
+  CODE="release build of $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src migrations Cargo.toml Cargo.lock)" ] || echo ' with uncommitted changes in src, migrations or Cargo')"
 fi
 BIN="$WORK/mirrorctl"
 
@@ -293,7 +296,7 @@ PER_REPLICA=$(awk -F'|' '{n=split($3, t, ", "); print t[n]}' <<<"$LOAD_LOG" | so
     done | sort | paste -sd, - | sed 's/,/, /g')
 UPSTREAM_ERRORS=$(grep -c 'upstream' "$WORK/nginx/logs/error.log" || true)
 cat <<EOF
-machine: $(nproc) cores, loopback, $(date -u '+%Y-%m-%d %H:%M UTC'); 3 replicas of mirrorctl $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo '+uncommitted changes') on PostgreSQL $(psql_db 'SHOW server_version' | awk '{print $1}'), Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') 3 nodes, $("$NGINX" -v 2>&1 | sed 's|.*: ||') in front; first GET through nginx: $FIRST
+machine: $(nproc) cores, loopback, load average $LOAD_START at the start and $(cut -d" " -f1-3 /proc/loadavg) at the end, $(date -u '+%Y-%m-%d %H:%M UTC'); 3 replicas (mirrorctl: $CODE) on PostgreSQL $(psql_db 'SHOW server_version' | awk '{print $1}'), Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') 3 nodes, $("$NGINX" -v 2>&1 | sed 's|.*: ||') in front; first GET through nginx: $FIRST
 load: $N files of $SIZE bytes, wrk -t2 -c$CONNS -d$((LOAD + TAIL))s --timeout 10s -s count.lua (files for $LOAD s, then /healthz)$RESTARTS
 wrk: $(awk '$1=="requests" {print $2}' "$WORK/wrk.out") requests, file responses by status: $(awk '$1=="file" {printf "%s%s: %s", sep, $2, $3; sep=", "}' "$WORK/wrk.out"); the others (no X-Cache) by status: $(awk '$1=="other" {printf "%s%s: %s", sep, $2, $3; sep=", "}' "$WORK/wrk.out"); $(grep '^errors' "$WORK/wrk.out"); p99 of all requests $(awk '$1=="p99_ms" {print $2}' "$WORK/wrk.out") ms
 nginx: $NGINX_FILES file requests logged, $NGINX_2XX answered 2xx ($PER_REPLICA), $RETRIED passed to a second replica; $UPSTREAM_ERRORS upstream lines in its error log
