@@ -369,3 +369,36 @@ async fn a_stale_mark_made_elsewhere_is_seen_by_every_replica_within_a_second() 
     }
     stop(replicas).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_fill_holder_blocks_its_file_only_until_its_lease_expires() {
+    let Some(f) = Fleet::new(1, 4096).await else {
+        return;
+    };
+    // A replica took the file's lease, advertised a peer address nobody answers on, and died.
+    let name = format!("fill:{}/{}", f.bucket.name(), f.keys[0]);
+    let taken =
+        f.db.db
+            .try_lease(
+                &name,
+                "crashed-replica",
+                Some("http://127.0.0.1:9"),
+                Duration::from_secs(3),
+                Utc::now(),
+            )
+            .await
+            .expect("lease");
+    assert_eq!(taken, mirrorctl::engine::db::Leased::Acquired);
+    let r = f.replica(0, f.config(0)).await;
+    let started = Instant::now();
+    let (status, cache, body) = f.get(&f.url(&r, 0)).await;
+    let waited = started.elapsed();
+    assert_eq!((status, cache.as_str()), (200, "MISS"));
+    assert_eq!(body, f.bodies[0]);
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(8),
+        "waited {waited:?} for a lease of 3 s (stored with second precision)"
+    );
+    assert_eq!(f.origin.gets.load(Ordering::SeqCst), 1);
+    stop(vec![r]).await;
+}
