@@ -94,16 +94,15 @@ impl Db {
         name: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<LeaseHolder>> {
-        let r: Result<Option<LeaseHolder>, sqlx::Error> =
-            on_pool!(self, |p| {
-                sqlx::query_as(
+        let r: Result<Option<LeaseHolder>, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_as(
             "SELECT holder, address, expires_at FROM leases WHERE name = $1 AND expires_at > $2"
         )
         .bind(name)
         .bind(ts(now))
         .fetch_optional(p)
         .await
-            });
+        });
         r.map_err(|e| self.err(e))
     }
 

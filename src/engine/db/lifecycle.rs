@@ -367,16 +367,15 @@ impl Db {
 
     /// Whether `bucket` has a live row for `key`.
     pub async fn has_live_key(&self, bucket: &str, key: &str) -> Result<bool> {
-        let r: Result<Option<i64>, sqlx::Error> =
-            on_pool!(self, |p| {
-                sqlx::query_scalar(
+        let r: Result<Option<i64>, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
             "SELECT id FROM mirrored_files WHERE bucket = $1 AND key = $2 AND deleted_at IS NULL"
         )
         .bind(bucket)
         .bind(key)
         .fetch_optional(p)
         .await
-            });
+        });
         r.map(|id| id.is_some()).map_err(|e| self.err(e))
     }
 
