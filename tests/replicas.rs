@@ -219,6 +219,18 @@ async fn sixty_requests_over_three_replicas_fetch_and_upload_each_file_once() {
         assert!(ok, "{key} stored");
     }
     assert_eq!(f.writes(), 20, "PUTs to the mirror");
+    let mut from_peer = 0;
+    for r in &replicas {
+        let m = f.http.get(format!("{}/metrics", r.base)).send().await.expect("metrics");
+        let text = m.text().await.expect("metrics text");
+        from_peer += text
+            .lines()
+            .find_map(|l| l.strip_prefix("mirrorctl_fills_from_peer_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("fills_from_peer metric");
+    }
+    eprintln!("misses streamed from another replica's fill: {from_peer} of 40");
+    assert!(from_peer > 0, "no replica streamed another's fill");
     // Every file once more, on every replica: hits now, with the ETag the misses sent.
     for i in 0..20 {
         for r in &replicas {
