@@ -495,3 +495,28 @@ async fn headless_fleet_prints_the_replicas_and_exits_3_when_one_is_gone() {
         assert_eq!(v["totals"]["stopped"], 1, "{label}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_database_drops_the_metrics_lease() {
+    for db in TestDb::all().await {
+        let label = backend(&db);
+        // The replica's own pool, so that closing it leaves the test's connection open.
+        let own = Db::connect(&db.url, 2, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let r = Replica::start(&own, "cut-off", 1, fast());
+        until_held(&r.lease, Duration::from_secs(5), label).await;
+        own.close().await;
+        let start = std::time::Instant::now();
+        while r.lease.held() {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{label}: still exporting without a database"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // It keeps running (retrying every beat) and still stops when asked.
+        assert!(!r.task.is_finished(), "{label}");
+        r.stop().await;
+    }
+}

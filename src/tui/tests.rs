@@ -11,7 +11,7 @@ use ratatui::buffer::Buffer;
 use ratatui::Terminal;
 
 use crate::config::ThemeName;
-use crate::engine::db::CatalogRow;
+use crate::engine::db::{CatalogRow, FleetRow};
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{
     DailyDownloads, FileDetail, FileRow, FileSort, OperationRecord, SeriesPoint,
@@ -19,6 +19,7 @@ use crate::engine::model::{
 use crate::engine::ops::archive::{PartitionEntry, PartitionState};
 use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::files::{FileReport, OriginView};
+use crate::engine::ops::fleet::FleetReport;
 use crate::engine::ops::stats::{StatsReport, Window};
 
 use super::app::{
@@ -354,6 +355,36 @@ fn draw(app: &App) -> String {
 
 const SIZES: [(u16, u16); 3] = [(80, 24), (120, 40), (160, 48)];
 
+fn fleet_row(id: &str, beat_age_s: i64, stopped: bool) -> FleetRow {
+    FleetRow {
+        instance_id: id.into(),
+        version: "0.1.0".into(),
+        hostname: id.split('-').next().unwrap_or(id).into(),
+        listen: "0.0.0.0:8080".into(),
+        peer_url: Some(format!("http://{id}:9090")),
+        started_at: now() - TimeDelta::hours(26),
+        heartbeat_at: now() - TimeDelta::seconds(beat_age_s),
+        requests_per_s: if stopped { 0.0 } else { 41.5 },
+        fills_in_flight: if stopped { 0 } else { 3 },
+        queue_depth: if stopped { 0 } else { 12 },
+        stopped_at: stopped.then(|| now() - TimeDelta::seconds(beat_age_s)),
+    }
+}
+
+/// Four replicas: one up holding the metrics lease, one up, one gone, one stopped.
+fn fleet_report() -> FleetReport {
+    crate::engine::ops::fleet::report(
+        vec![
+            fleet_row("web1-4021-a1b2c3", 1, false),
+            fleet_row("web2-977-0f9e8d", 2, false),
+            fleet_row("web3-1203-77aa01", 95, false),
+            fleet_row("web4-88-c0ffee", 3600, true),
+        ],
+        Some("web1-4021-a1b2c3".into()),
+        now(),
+    )
+}
+
 /// Every view (and the popups) at every size, as the operator sees them.
 fn partition(year: i32, month: u32, state: PartitionState, object: Option<&str>) -> PartitionEntry {
     PartitionEntry {
@@ -549,6 +580,24 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     empty.effects.clear();
     scenes.push(("catalog_all_mirrored", empty));
 
+    let mut fleet = app_at(Some("fleet"), size);
+    update(
+        &mut fleet,
+        Action::FleetLoaded(Ok(Box::new(fleet_report()))),
+    );
+    scenes.push(("fleet", fleet));
+
+    let mut fleet_empty = app_at(Some("fleet"), size);
+    update(
+        &mut fleet_empty,
+        Action::FleetLoaded(Ok(Box::new(crate::engine::ops::fleet::report(
+            Vec::new(),
+            None,
+            now(),
+        )))),
+    );
+    scenes.push(("fleet_empty", fleet_empty));
+
     let mut error = dash;
     update(
         &mut error,
@@ -574,7 +623,7 @@ fn every_scene_fits_and_shows_its_view() {
         for (name, app) in scenes(size) {
             let text = draw(&app);
             assert!(
-                text.contains("1 Dashboard") && text.contains("7 Catalog"),
+                text.contains("1 Dashboard") && text.contains("8 Fleet"),
                 "{name} at {size:?} lost the tab bar"
             );
             assert!(
@@ -1401,10 +1450,12 @@ fn prefetch_opens_the_catalog_with_its_selection_awaiting_confirmation() {
         .notifications
         .iter()
         .any(|n| n.level == Level::Error && n.text.contains("positive")));
-    // Tab reaches the catalog too, after History.
+    // Tab reaches the catalog too, after History (then the fleet, the last view).
     let mut app = app_at(Some("history"), (80, 24));
     update(&mut app, code(KeyCode::Tab));
     assert_eq!(app.view, View::Catalog);
+    update(&mut app, code(KeyCode::Tab));
+    assert_eq!(app.view, View::Fleet);
     update(&mut app, code(KeyCode::Tab));
     assert_eq!(app.view, View::Dashboard);
 }
@@ -1476,4 +1527,73 @@ fn catalog_counts_again_from_the_top_when_the_list_changed_under_it() {
     // Unchanged counts: one query for the rows on screen.
     update(&mut app, Action::Refresh);
     assert_eq!(serve_catalog(&mut app, n, n - 1), 1);
+}
+
+#[test]
+fn fleet_view_loads_on_8_and_refresh_and_marks_gone_replicas() {
+    let mut app = app_at(None, (120, 40));
+    update(&mut app, key('8'));
+    assert_eq!(app.view, View::Fleet);
+    assert!(matches!(app.effects.as_slice(), [Effect::LoadFleet]));
+    assert!(app.fleet.loading);
+    app.effects.clear();
+    update(&mut app, Action::FleetLoaded(Ok(Box::new(fleet_report()))));
+    assert!(!app.fleet.loading);
+    // The periodic refresh asks again.
+    update(&mut app, Action::Refresh);
+    assert!(matches!(app.effects.as_slice(), [Effect::LoadFleet]));
+    app.effects.clear();
+
+    // The gone replica's status is in the theme's error colour, its row in the warning one.
+    let backend = TestBackend::new(app.width, app.height);
+    let mut terminal = Terminal::new(backend).unwrap_or_else(|e| panic!("{e}"));
+    terminal
+        .draw(|f| view::render(&app, f))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let buf = terminal.backend().buffer();
+    let text = screen(buf);
+    let (y, line) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("web3-1203-77aa01"))
+        .unwrap_or_else(|| panic!("no gone replica on screen:\n{text}"));
+    let x = line
+        .find("gone")
+        .map(|b| line[..b].chars().count())
+        .unwrap_or_else(|| panic!("no status on {line:?}"));
+    assert_eq!(buf[(x as u16, y as u16)].style().fg, app.theme.bad.fg);
+    let id_x = line
+        .find("web3")
+        .map(|b| line[..b].chars().count())
+        .unwrap_or(0);
+    assert_eq!(buf[(id_x as u16, y as u16)].style().fg, app.theme.warn.fg);
+    let (uy, uline) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("web2-977-0f9e8d"))
+        .unwrap_or_else(|| panic!("no up replica on screen:\n{text}"));
+    let ux = uline
+        .find(" up ")
+        .map(|b| uline[..b].chars().count() + 1)
+        .unwrap_or(0);
+    assert_eq!(buf[(ux as u16, uy as u16)].style().fg, app.theme.good.fg);
+
+    // `:fleet` and `mirrorctl fleet` open it too; a failed load is a notification.
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key(':'));
+    typed(&mut app, "fleet");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.view, View::Fleet);
+    update(
+        &mut app,
+        Action::FleetLoaded(Err("database x: unreachable".into())),
+    );
+    assert_eq!(app.fleet.error.as_deref(), Some("database x: unreachable"));
+    assert!(app
+        .notifications
+        .iter()
+        .any(|n| n.level == Level::Error && n.text.contains("fleet: database x")));
+    let app = App::new(opts(Some("fleet"), false), now(), (80, 24));
+    assert_eq!(app.view, View::Fleet);
+    assert!(app.effects.iter().any(|e| matches!(e, Effect::LoadFleet)));
 }

@@ -87,16 +87,15 @@ impl Db {
 
     /// Every replica that has a row, oldest start first.
     pub async fn fleet_list(&self) -> Result<Vec<FleetRow>> {
-        let r: Result<Vec<FleetRow>, sqlx::Error> =
-            on_pool!(self, |p| {
-                sqlx::query_as(
+        let r: Result<Vec<FleetRow>, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_as(
             "SELECT instance_id, version, hostname, listen, peer_url, started_at, heartbeat_at, \
              requests_per_s, fills_in_flight, queue_depth, stopped_at \
              FROM fleet ORDER BY started_at, instance_id"
         )
         .fetch_all(p)
         .await
-            });
+        });
         r.map_err(|e| self.err(e))
     }
 
