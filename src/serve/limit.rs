@@ -102,7 +102,11 @@ impl Limiter {
             .clients
             .check_key(&client)
             .map_err(|not_until| not_until.wait_time_from(self.clients.clock().now()));
-        if self.checks.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == 0 {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(COUNT_EVERY)
+        {
             self.prune();
         }
         verdict

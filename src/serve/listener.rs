@@ -54,8 +54,8 @@ impl Limits {
     }
 }
 
-/// Serves `app` on `listener` until `cancel`: then stops accepting and returns once every open
-/// connection has finished its request in flight (idle ones are closed at once).
+/// Serves `app` on `listener` until `cancel`: then stops accepting, closes the connections that
+/// are not being answered and returns once the others have sent their answers.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -114,10 +114,11 @@ pub async fn serve(
             }),
         );
         let conn = graceful.watch(conn);
-        let metrics = metrics.clone();
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
         tokio::spawn(async move {
             let _slot = slot;
             metrics.connections_open.inc();
+            // Dropping the connection closes it.
             let timed_out = tokio::select! {
                 served = conn => match served {
                     Ok(()) => false,
@@ -127,8 +128,13 @@ pub async fn serve(
                         false
                     }
                 },
-                // Dropping the connection closes it.
                 _ = clock.expired() => true,
+                // hyper lets a connection in the middle of a request's headers finish them;
+                // at shutdown only answers are worth waiting for.
+                _ = async {
+                    cancel.cancelled().await;
+                    clock.not_answering().await;
+                } => false,
             };
             if timed_out {
                 tracing::debug!("connection from {peer}: closed, too slow to send a request");
@@ -215,6 +221,14 @@ impl Clock {
                 _ => Waiting::Request(Instant::now() + idle_timeout),
             }
         });
+    }
+
+    /// Resolves when no request is being answered.
+    async fn not_answering(&self) {
+        let mut waiting = self.waiting.subscribe();
+        let _ = waiting
+            .wait_for(|w| !matches!(w, Waiting::Answering(_)))
+            .await;
     }
 
     /// Resolves when the connection has been waiting past its deadline.

@@ -207,7 +207,7 @@ impl Metrics {
         );
         r.register(
             "mirrorctl_connections_timed_out",
-            "Client connections closed because headers did not arrive in serve.header_timeout",
+            "Client connections closed by serve.header_timeout (slow headers) or serve.idle_timeout",
             m.connections_timed_out.clone(),
         );
         r.register(
