@@ -221,7 +221,12 @@ async fn sixty_requests_over_three_replicas_fetch_and_upload_each_file_once() {
     assert_eq!(f.writes(), 20, "PUTs to the mirror");
     let mut from_peer = 0;
     for r in &replicas {
-        let m = f.http.get(format!("{}/metrics", r.base)).send().await.expect("metrics");
+        let m = f
+            .http
+            .get(format!("{}/metrics", r.base))
+            .send()
+            .await
+            .expect("metrics");
         let text = m.text().await.expect("metrics text");
         from_peer += text
             .lines()
@@ -241,7 +246,47 @@ async fn sixty_requests_over_three_replicas_fetch_and_upload_each_file_once() {
     }
     assert_eq!(f.origin.gets.load(Ordering::SeqCst), 20);
     assert_eq!(f.writes(), 20);
+    // The fleet table lists the three, one of them exporting the DB-wide gauges.
+    let ctx = common::ctx(&f.db, f.config(0));
+    let mut fleet = mirrorctl::engine::ops::fleet::list(&ctx, Utc::now())
+        .await
+        .expect("fleet");
+    for _ in 0..50 {
+        if fleet.totals.up == 3 && fleet.metrics_holder.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fleet = mirrorctl::engine::ops::fleet::list(&ctx, Utc::now())
+            .await
+            .expect("fleet");
+    }
+    assert_eq!(fleet.totals.up, 3, "{fleet:?}");
+    assert!(fleet.totals.requests_per_s >= 0.0);
+    let mut gauges = 0;
+    for r in &replicas {
+        let m = f
+            .http
+            .get(format!("{}/metrics", r.base))
+            .send()
+            .await
+            .expect("metrics");
+        if m.text()
+            .await
+            .expect("text")
+            .contains("mirrorctl_storage_objects ")
+        {
+            gauges += 1;
+        }
+    }
+    assert_eq!(
+        gauges, 1,
+        "DB-wide gauges from the metrics lease holder only"
+    );
     stop(replicas).await;
+    let fleet = mirrorctl::engine::ops::fleet::list(&ctx, Utc::now())
+        .await
+        .expect("fleet");
+    assert_eq!(fleet.totals.stopped, 3, "{fleet:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

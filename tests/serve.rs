@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::http::StatusCode;
 use bytes::Bytes;
 use chrono::{TimeDelta, Utc};
 use common::origin::{content, sha256, start_origin, Origin};
@@ -23,7 +19,6 @@ use mirrorctl::engine::model::{NewMirroredFile, NewOriginFile};
 use mirrorctl::engine::s3::S3Bucket;
 use mirrorctl::engine::Ctx;
 use mirrorctl::serve::Server;
-use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
@@ -956,7 +951,15 @@ async fn error_bodies_name_no_origin_url_and_fills_past_the_cap_get_503() {
     let http = f.http.clone();
     let slow =
         tokio::spawn(async move { http.get(&url0).send().await.expect("get").bytes().await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until that fill runs (under load it may take a while to start).
+    let metrics_url = format!("{base}/metrics");
+    for _ in 0..100 {
+        let m = f.fetch(&metrics_url).await.text().await.expect("metrics");
+        if m.contains("mirrorctl_fills_in_flight 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = f.fetch(&format!("{base}/download/{}", f.ids[1])).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header_str(r.headers(), "retry-after"), "5");

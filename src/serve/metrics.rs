@@ -239,6 +239,13 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Downloads and revalidations answered, for the fleet's requests per second.
+    pub fn requests_total(&self) -> u64 {
+        self.hit.downloads.get() + self.miss.downloads.get() + self.revalidations.get()
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()

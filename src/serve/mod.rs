@@ -172,6 +172,7 @@ pub async fn start_with_admin(
         .build()
         .map_err(|e| Error::runtime(format!("peer HTTP client: {e}")))?;
     let breaker = breaker::Breaker::new(metrics.mirror_circuit_open.clone());
+    let me = fleet::Instance::this_process(addr.to_string(), peer_url.clone());
     let shared = Arc::new(Shared {
         fill_mirror: mirror.clone().with_part_concurrency(1),
         mirror,
@@ -193,7 +194,7 @@ pub async fn start_with_admin(
             .and_then(|b| crate::engine::keys::base_url(b).ok()),
         negative: download::TtlCache::new(cfg.negative_ttl.0),
         breaker,
-        instance: instance_id(),
+        instance: me.id.clone(),
         peer_url,
         peer_token: token.clone(),
         peers,
@@ -209,6 +210,22 @@ pub async fn start_with_admin(
             cancel.clone(),
         )));
     }
+    // The fleet row says "stopped" only once downloads and uploads drained.
+    let fleet_stop = CancellationToken::new();
+    let fleet_task = fleet::spawn(
+        ctx.db.clone(),
+        me,
+        {
+            let s = shared.clone();
+            move || fleet::Sample {
+                requests_total: s.metrics.requests_total(),
+                fills_in_flight: s.metrics.fills_in_flight.get(),
+                queue_depth: s.recorder.queue_depth(),
+            }
+        },
+        shared.metrics.metrics_lease.clone(),
+        fleet_stop.clone(),
+    );
     let app = router(shared.clone());
     let admin = admin.map(|(l, a)| {
         let token = token.as_deref().unwrap_or_default();
@@ -255,6 +272,8 @@ pub async fn start_with_admin(
             if let Some(t) = admin_task {
                 let _ = t.await;
             }
+            fleet_stop.cancel();
+            let _ = fleet_task.await;
             // Write the events of everything served so far.
             stop_recorder.cancel();
             let _ = recorder_task.await;
@@ -334,26 +353,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// A unique name for this process: host, pid and a random suffix.
-fn instance_id() -> String {
-    let host = hostname();
-    let suffix: u32 = rand::random();
-    format!("{host}-{}-{:06x}", std::process::id(), suffix & 0xff_ffff)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
 /// `http://<admin address>`, or with the host name when it listens on every address.
 fn default_peer_url(admin: SocketAddr) -> Option<String> {
     if admin.ip().is_unspecified() {
-        Some(format!("http://{}:{}", hostname(), admin.port()))
+        Some(format!("http://{}:{}", fleet::hostname(), admin.port()))
     } else {
         Some(format!("http://{admin}"))
     }

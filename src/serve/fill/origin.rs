@@ -96,6 +96,8 @@ pub(super) async fn fetch(shared: &Arc<Shared>, fill: &Arc<Fill>, job: &FillJob)
     }
     match upload.await {
         Ok(Ok((bytes, _, id))) => {
+            // The next request sees the new copy at once (not only once the lease is released).
+            shared.rows.forget(&row);
             m.uploads.inc();
             fill.stored.send_replace(Some(Some(id)));
             tracing::info!("miss {id} ({}): {bytes} bytes now in the mirror", row.key);
