@@ -113,6 +113,8 @@ wait_for "History"
 keys Tab
 wait_for "not mirrored"
 keys Tab
+wait_for "No serve replica has written a heartbeat"
+keys Tab
 wait_for "Hit rate"
 keys 4
 wait_for "Compares the main bucket"
