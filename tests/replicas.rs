@@ -163,6 +163,12 @@ impl Fleet {
         (status, cache, r.bytes().await.expect("body").to_vec())
     }
 
+    /// A replica's `/metrics` text.
+    async fn metrics(&self, r: &Replica) -> String {
+        let m = self.http.get(format!("{}/metrics", r.base)).send().await;
+        m.expect("metrics").text().await.expect("metrics text")
+    }
+
     fn url(&self, r: &Replica, i: usize) -> String {
         format!("{}/files/{}", r.base, self.keys[i])
     }
@@ -221,14 +227,9 @@ async fn sixty_requests_over_three_replicas_fetch_and_upload_each_file_once() {
     assert_eq!(f.writes(), 20, "PUTs to the mirror");
     let mut from_peer = 0;
     for r in &replicas {
-        let m = f
-            .http
-            .get(format!("{}/metrics", r.base))
-            .send()
+        from_peer += f
+            .metrics(r)
             .await
-            .expect("metrics");
-        let text = m.text().await.expect("metrics text");
-        from_peer += text
             .lines()
             .find_map(|l| l.strip_prefix("mirrorctl_fills_from_peer_total "))
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -264,17 +265,7 @@ async fn sixty_requests_over_three_replicas_fetch_and_upload_each_file_once() {
     assert!(fleet.totals.requests_per_s >= 0.0);
     let mut gauges = 0;
     for r in &replicas {
-        let m = f
-            .http
-            .get(format!("{}/metrics", r.base))
-            .send()
-            .await
-            .expect("metrics");
-        if m.text()
-            .await
-            .expect("text")
-            .contains("mirrorctl_storage_objects ")
-        {
+        if f.metrics(r).await.contains("mirrorctl_storage_objects ") {
             gauges += 1;
         }
     }

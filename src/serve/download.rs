@@ -539,19 +539,9 @@ async fn bypass(s: &Arc<Shared>, row: &Row, method: &Method, started: Instant) -
         stream,
     );
     let mut r = Response::new(Body::from_stream(body));
-    let h = r.headers_mut();
-    if let Some(n) = meta.size {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    common_headers(
-        h,
-        row,
-        meta.content_type.as_deref().and_then(value),
-        strong_etag(meta.etag.as_deref()),
-        "BYPASS",
-    );
+    origin_headers(r.headers_mut(), row, &meta, "BYPASS");
     if let Some(lm) = meta.last_modified {
-        insert(h, header::LAST_MODIFIED, &http_date(lm));
+        insert(r.headers_mut(), header::LAST_MODIFIED, &http_date(lm));
     }
     r
 }
@@ -563,7 +553,17 @@ fn origin_head(
     cache: &'static str,
 ) -> Response {
     let mut r = empty(StatusCode::OK);
-    let h = r.headers_mut();
+    origin_headers(r.headers_mut(), row, meta, cache);
+    r
+}
+
+/// The headers of a whole body the origin describes: length, type, strong ETag.
+fn origin_headers(
+    h: &mut HeaderMap,
+    row: &Row,
+    meta: &crate::engine::origin::OriginMeta,
+    cache: &'static str,
+) {
     if let Some(n) = meta.size {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
@@ -574,7 +574,6 @@ fn origin_head(
         strong_etag(meta.etag.as_deref()),
         cache,
     );
-    r
 }
 
 /// 304 Not Modified: a revalidation, recorded (for a GET) apart from downloads.

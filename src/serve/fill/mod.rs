@@ -260,7 +260,18 @@ impl Fills {
         if job.pull_through && shared.negative.get(job.row.key.as_str()).is_some() {
             return Ok(Joined::NotAtOrigin);
         }
-        if inflight.len() >= fills.max {
+        // The cap is on origin fetches: fills that ended (and only wait for their upload or
+        // their lease release) do not count.
+        let fetching = inflight
+            .values()
+            .filter(|f| {
+                matches!(
+                    *f.state.borrow(),
+                    FillState::Connecting | FillState::Streaming(_)
+                )
+            })
+            .count();
+        if fetching >= fills.max {
             return Ok(Joined::Busy);
         }
         let spool = tempfile::tempfile_in(&fills.spool_dir).map_err(|e| {
