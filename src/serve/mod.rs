@@ -321,7 +321,7 @@ pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
     );
     if let Some(a) = server.admin_addr() {
         eprintln!(
-            "mirrorctl serve: admin API on http://{a} (PUT /catalog/{{source}}/{{remote_id}}, POST /catalog; bearer token)"
+            "mirrorctl serve: admin API on http://{a} (PUT /catalog/{{source}}/{{remote_id}}, POST /catalog, GET /peer/fills/{{key}}: bearer token; /metrics, /healthz, /readyz)"
         );
     }
     shutdown_signal().await;
