@@ -3,28 +3,30 @@
 # on loopback: a single-node Garage as the mirror bucket, a SQLite database, wrk as the load.
 #
 # Both answer GET /files/<key> for the same mirrored objects (BENCH_FILES files of each of
-# BENCH_SIZES, default 500 of 4 KiB, 64 KiB and 1 MiB), and both GET each hit from Garage's S3 API
-# with a presigned URL: serve signs its own (once per object, reused for 10 minutes); nginx
+# BENCH_SIZES, default 500 of 1 KiB, 4 KiB, 64 KiB and 1 MiB), and both GET each hit from Garage's
+# S3 API with a presigned URL: serve signs its own (once per object, reused for 10 minutes); nginx
 # (Debian's) looks the key up in a `map` of presigned URLs made for this run (boto3, valid for a
 # day) and does `proxy_pass` to it over an upstream with `keepalive 64`, HTTP/1.1 and
 # `proxy_buffering` and its buffers at their defaults, `worker_processes auto`, no access log.
 # Presigned URLs rather than a public website bucket, so that Garage does the same work per
 # request behind both (the same S3 GET with a signature check) and only the proxy differs. nginx
 # records nothing; serve also writes every download as a download_events row (batches every 5 s).
+# A third column GETs the same presigned URLs from Garage directly: the floor under both.
+# (Garage keeps objects under 3 KiB inline in its metadata; larger ones are block files.)
 #
 # Each round runs wrk (-t2, BENCH_CONNS connections, default 64, BENCH_SECS s, default 10) for
-# each size against nginx and serve, one after the other (nginx first in odd rounds, serve first
-# in even ones); both are warmed first (3 s per size each). The table shows the medians over
-# BENCH_ROUNDS rounds (default 3), then every round. Needs garage (cargo install garage), curl and
-# python3; installs nginx, wrk (apt) and boto3 (pip) when missing. Builds `cargo build --release`
-# unless MIRRORCTL_BIN names a binary.
+# each size against nginx, serve and Garage, one after the other, the order rotating from round
+# to round; all three are warmed first (3 s per size each). The table shows the medians over
+# BENCH_ROUNDS rounds (default 3), then every round. Needs garage (cargo install garage), curl
+# and python3; installs nginx, wrk (apt) and boto3 (pip) when missing. Builds
+# `cargo build --release` unless MIRRORCTL_BIN names a binary.
 #
 #   scripts/bench-serve-nginx.sh
 #   BENCH_FILES=100 BENCH_ROUNDS=1 BENCH_SECS=5 MIRRORCTL_BIN=target/debug/mirrorctl scripts/bench-serve-nginx.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_FILES:-500}
-SIZES=${BENCH_SIZES:-4k 64k 1m}
+SIZES=${BENCH_SIZES:-1k 4k 64k 1m}
 ROUNDS=${BENCH_ROUNDS:-3}
 SECS=${BENCH_SECS:-10}
 CONNS=${BENCH_CONNS:-64}
@@ -124,10 +126,15 @@ endpoint, bucket, catalog = sys.argv[1:]
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                   aws_access_key_id=os.environ["KEY"], aws_secret_access_key=os.environ["SECRET"],
                   config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+direct = {}
 for line in open(catalog):
     key = json.loads(line)["url"]
     u = urlsplit(s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=86400))
     print(f'    "/files/{key}" "{u.path}?{u.query}";')
+    direct.setdefault(key.split("/")[1], []).append(f"{u.path}?{u.query}")
+for size, paths in direct.items():   # the same URLs, for wrk straight at Garage
+    with open(f"{os.path.dirname(catalog)}/direct-{size}.txt", "w") as f:
+        f.write("\n".join(paths) + "\n")
 PY
 NGINX_PORT=$(free_port)
 GARAGE_HOSTPORT=${GARAGE_ENDPOINT#http://}
@@ -210,21 +217,26 @@ for s in $SIZES; do seq 1 "$N" | sed "s|^|/files/sizes/$s/|; s|\$|.bin|" > "$WOR
 run_wrk() { # run_wrk NAME CONNS SECS BASE PATHS
   wrk -t2 -c"$2" -d"$3"s --timeout 10s --latency -s "$WORK/rotate.lua" "$4" -- "$5" > "$WORK/$1.wrk" 2>&1
 }
-log "warming both (3 s per size each)"
+# target WHO SIZE: the base URL and the paths file of nginx, serve or Garage directly.
+target() {
+  case $1 in
+    nginx) echo "$NGINX_BASE $WORK/paths-$2.txt" ;;
+    serve) echo "$SERVE_BASE $WORK/paths-$2.txt" ;;
+    direct) echo "$GARAGE_ENDPOINT $WORK/direct-$2.txt" ;;
+  esac
+}
+log "warming the three (3 s per size each)"
 for s in $SIZES; do
-  run_wrk "warm-nginx-$s" 16 3 "$NGINX_BASE" "$WORK/paths-$s.txt"
-  run_wrk "warm-serve-$s" 16 3 "$SERVE_BASE" "$WORK/paths-$s.txt"
+  for who in nginx serve direct; do read -r base paths <<<"$(target $who "$s")"; run_wrk "warm-$who-$s" 16 3 "$base" "$paths"; done
 done
-log "$ROUNDS rounds: per size, nginx and serve (serve first in even rounds), $CONNS connections, $SECS s each"
+ORDERS=("nginx serve direct" "serve direct nginx" "direct nginx serve")
+log "$ROUNDS rounds: per size, nginx, serve and Garage directly (the order rotates each round), $CONNS connections, $SECS s each"
 for r in $(seq 1 "$ROUNDS"); do
   for s in $SIZES; do
-    if [ $((r % 2)) = 1 ]; then
-      run_wrk "nginx-$s-$r" "$CONNS" "$SECS" "$NGINX_BASE" "$WORK/paths-$s.txt"
-      run_wrk "serve-$s-$r" "$CONNS" "$SECS" "$SERVE_BASE" "$WORK/paths-$s.txt"
-    else
-      run_wrk "serve-$s-$r" "$CONNS" "$SECS" "$SERVE_BASE" "$WORK/paths-$s.txt"
-      run_wrk "nginx-$s-$r" "$CONNS" "$SECS" "$NGINX_BASE" "$WORK/paths-$s.txt"
-    fi
+    for who in ${ORDERS[$(((r - 1) % 3))]}; do
+      read -r base paths <<<"$(target $who "$s")"
+      run_wrk "$who-$s-$r" "$CONNS" "$SECS" "$base" "$paths"
+    done
   done
 done
 
@@ -244,19 +256,20 @@ def parse(name):
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
     if m: errs.append("non-2xx " + m.group(1))
     return rps, p99, errs
-print(f"{'size':>5} | {'nginx req/s':>11} | {'serve req/s':>11} | {'serve/nginx':>11} | {'nginx p99':>9} | {'serve p99':>9}")
+print(f"{'size':>5} | {'nginx req/s':>11} | {'serve req/s':>11} | {'serve/nginx':>11} | {'nginx p99':>9} | {'serve p99':>9} | {'Garage direct':>13} | {'direct p99':>10}")
 rows, errors = [], []
 for s in sizes:
     n = [parse(f"nginx-{s}-{r}") for r in range(1, rounds + 1)]
     v = [parse(f"serve-{s}-{r}") for r in range(1, rounds + 1)]
-    for who, runs in (("nginx", n), ("serve", v)):
+    d = [parse(f"direct-{s}-{r}") for r in range(1, rounds + 1)]
+    for who, runs in (("nginx", n), ("serve", v), ("direct", d)):
         for r, (_, _, e) in enumerate(runs, 1):
             if e: errors.append(f"{who} {s} round {r}: {', '.join(e)}")
-    nr, vr = statistics.median(x[0] for x in n), statistics.median(x[0] for x in v)
-    n99, v99 = statistics.median(x[1] for x in n), statistics.median(x[1] for x in v)
-    print(f"{s:>5} | {nr:11,.0f} | {vr:11,.0f} | {100 * vr / nr:10.0f}% | {n99:6.2f} ms | {v99:6.2f} ms")
-    rows.append("  %s: " % s + "; ".join(f"{a[0]:,.0f}/{b[0]:,.0f} ({100 * b[0] / a[0]:.0f}%) p99 {a[1]:.2f}/{b[1]:.2f} ms" for a, b in zip(n, v)))
-print("every round (nginx/serve req/s, serve's share, p99 nginx/serve):")
+    med = lambda runs, i: statistics.median(x[i] for x in runs)
+    nr, vr, dr = med(n, 0), med(v, 0), med(d, 0)
+    print(f"{s:>5} | {nr:11,.0f} | {vr:11,.0f} | {100 * vr / nr:10.0f}% | {med(n, 1):6.2f} ms | {med(v, 1):6.2f} ms | {dr:13,.0f} | {med(d, 1):7.2f} ms")
+    rows.append("  %s: " % s + "; ".join(f"{a[0]:,.0f}/{b[0]:,.0f}/{c[0]:,.0f} ({100 * b[0] / a[0]:.0f}%) p99 {a[1]:.2f}/{b[1]:.2f}/{c[1]:.2f} ms" for a, b, c in zip(n, v, d)))
+print("every round (req/s nginx/serve/direct, serve's share of nginx, p99 nginx/serve/direct):")
 print("\n".join(rows))
 print("errors: " + ("; ".join(errors) if errors else "none (0 socket errors, 0 non-2xx in every run)"))
 PY
@@ -267,8 +280,8 @@ MISSES=$(awk '/^mirrorctl_downloads_total\{cache="miss"\}/ {print $2}' <<<"$METR
 cat <<EOF
 machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback, load average $LOAD_START at the start and $(cut -d" " -f1-3 /proc/loadavg) at the end, $(date -u '+%Y-%m-%d %H:%M UTC'); S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; database: SQLite; $("$NGINX" -v 2>&1 | sed 's|.*: ||'), worker_processes auto; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'); mirrorctl: $CODE
 mirror: $N files of each of $SIZES ($(grep -c . "$WORK/catalog.jsonl") imported, $STORED stored by prefetch, 0 left unmirrored); first GET of each size: identical to the origin on both, serve's X-Cache:$CHECKS
-hits, $CONNS connections, $SECS s, medians of $ROUNDS rounds:
+hits, $CONNS connections, $SECS s, medians of $ROUNDS round(s):
 $REPORT
 serve counted $HITS hits, ${MISSES:-0} misses
-  wrk -t2 -c$CONNS -d${SECS}s --timeout 10s --latency -s rotate.lua http://127.0.0.1:PORT -- paths   (paths: /files/sizes/SIZE/1..$N.bin, the same for both)
+  wrk -t2 -c$CONNS -d${SECS}s --timeout 10s --latency -s rotate.lua http://127.0.0.1:PORT -- paths   (paths: /files/sizes/SIZE/1..$N.bin for nginx and serve, the presigned URLs for Garage)
 EOF
