@@ -9,7 +9,8 @@
 # the load balancer: an upstream of the 3 with keepalive, `proxy_next_upstream error timeout
 # http_502 http_503`, each server `max_fails=1 fail_timeout=<BENCH_FAIL_TIMEOUT>s` (default 2:
 # how long nginx leaves out a replica it failed to reach; with nginx's default of 10 s and
-# restarts 5 s apart, every replica was left out at once and nginx answered 502 itself). The
+# restarts 5 s apart, 2 of 4 runs had every replica left out at once for a while, and nginx
+# answered those requests with a 502 of its own). The
 # origin is `python3 -m http.server`; BENCH_FILES files (default 200) of BENCH_SIZE bytes
 # (default 65536) are imported into the catalog and prefetched before the load, so the load is
 # hits.
