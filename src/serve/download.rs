@@ -831,7 +831,7 @@ fn content_disposition(file_name: &str, key: &str) -> String {
     format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
-fn http_date(t: DateTime<Utc>) -> String {
+pub(super) fn http_date(t: DateTime<Utc>) -> String {
     t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }
 

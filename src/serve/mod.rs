@@ -140,7 +140,7 @@ pub async fn start_with_admin(
         .serve
         .peer_url
         .clone()
-        .or_else(|| admin_addr.and_then(default_peer_url));
+        .or_else(|| admin_addr.map(default_peer_url));
     let mirror = ctx.mirror().await?.clone();
     let origin = ctx.origin().await?.clone();
     let cfg = ctx.config.serve.clone();
@@ -354,11 +354,11 @@ async fn shutdown_signal() {
 }
 
 /// `http://<admin address>`, or with the host name when it listens on every address.
-fn default_peer_url(admin: SocketAddr) -> Option<String> {
+fn default_peer_url(admin: SocketAddr) -> String {
     if admin.ip().is_unspecified() {
-        Some(format!("http://{}:{}", fleet::hostname(), admin.port()))
+        format!("http://{}:{}", fleet::hostname(), admin.port())
     } else {
-        Some(format!("http://{admin}"))
+        format!("http://{admin}")
     }
 }
 

@@ -62,8 +62,7 @@ async fn fill(
     put(header::ETAG, meta.etag.as_ref().map(|e| format!("\"{e}\"")));
     put(
         header::LAST_MODIFIED,
-        meta.last_modified
-            .map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()),
+        meta.last_modified.map(super::download::http_date),
     );
     r
 }

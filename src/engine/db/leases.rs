@@ -105,16 +105,4 @@ impl Db {
         });
         r.map_err(|e| self.err(e))
     }
-
-    /// Deletes leases that expired before `before` (crashed holders leave them behind).
-    pub async fn prune_leases(&self, before: DateTime<Utc>) -> Result<u64> {
-        let r: Result<_, sqlx::Error> = on_pool!(self, |p| sqlx::query(
-            "DELETE FROM leases WHERE expires_at < $1"
-        )
-        .bind(ts(before))
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()));
-        r.map_err(|e| self.err(e))
-    }
 }
