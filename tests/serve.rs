@@ -949,17 +949,18 @@ async fn error_bodies_name_no_origin_url_and_fills_past_the_cap_get_503() {
     f.origin.chunk_delay_ms.store(100, Ordering::SeqCst);
     let url0 = format!("{base}/download/{}", f.ids[0]);
     let http = f.http.clone();
+    let asked = f.origin.gets.load(Ordering::SeqCst);
     let slow =
         tokio::spawn(async move { http.get(&url0).send().await.expect("get").bytes().await });
-    // Until that fill runs (under load it may take a while to start).
-    let metrics_url = format!("{base}/metrics");
-    for _ in 0..100 {
-        let m = f.fetch(&metrics_url).await.text().await.expect("metrics");
-        if m.contains("mirrorctl_fills_in_flight 1") {
+    // Until the origin is sending that file (under load the fill may take a while to start;
+    // the gauge alone could still be counting the failed fill above).
+    for _ in 0..200 {
+        if f.origin.gets.load(Ordering::SeqCst) > asked {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    assert!(f.origin.gets.load(Ordering::SeqCst) > asked, "the fill started");
     let r = f.fetch(&format!("{base}/download/{}", f.ids[1])).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header_str(r.headers(), "retry-after"), "5");
