@@ -82,6 +82,12 @@ if ! command -v rclone >/dev/null; then
   apt_install rclone
 fi
 
+# --- The aws CLI, a real client of the S3 front ------------------------------------------------
+if ! command -v aws >/dev/null; then
+  log "installing the aws CLI"
+  python3 -m pip install -q awscli >/dev/null 2>&1 || log "aws CLI not installed: the S3 front's CLI test will fail"
+fi
+
 # --- The terminal UI, end to end in tmux, on the real binary and a fresh demo -----------------
 command -v tmux >/dev/null || apt_install tmux
 log "terminal UI end to end (tmux)"

@@ -267,6 +267,15 @@ pub enum Command {
     /// old, gone when older without a clean shutdown (crashed, killed, cut off from the
     /// database), stopped after a clean one. Exit 3 when a replica is gone.
     Fleet,
+    /// Replication of the S3 front's writes to the backup bucket: status, retry, resync
+    ///
+    /// Without an action: the backlog (pending tasks and bytes), the lag (age of the oldest
+    /// task not yet done), the drain rate over the last minute, an ETA, and failed tasks with
+    /// their last error. Figures come from the task table itself. Exit 3 when a task failed.
+    Replication {
+        #[command(subcommand)]
+        action: Option<ReplicationAction>,
+    },
     /// Apply the database schema migrations
     Migrate,
     /// Run the data plane: the download proxy that fills the mirror and records every download
@@ -278,7 +287,9 @@ pub enum Command {
     /// know is fetched from base_url + key and registered, and an origin 404 is remembered for
     /// serve.negative_ttl. Also GET /metrics (Prometheus), /healthz and /readyz.
     /// serve.admin_listen adds the admin API (PUT /catalog/{source}/{remote_id}, POST /catalog,
-    /// bearer serve.admin_token) on its own address.
+    /// bearer serve.admin_token) on its own address. serve.s3_listen adds the S3 front: apps
+    /// write the main bucket through it with keys from [[s3_front.clients]], every write is
+    /// recorded in the inventory, and replication workers copy it to [buckets.backup].
     /// Scheduled validate/purge/archive/catalog-sync workers run when [serve] sets their
     /// intervals. Stops on Ctrl-C or SIGTERM after in-flight downloads and uploads finish.
     Serve {
@@ -408,6 +419,37 @@ pub enum CatalogAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ReplicationAction {
+    /// The backlog, lag, drain rate, ETA and failed tasks (the default)
+    Status,
+    /// Put failed tasks (or the given ones) back in the queue, due now, attempts reset
+    #[command(group(clap::ArgGroup::new("which").args(["failed", "ids"]).required(true)))]
+    Retry {
+        /// Every task that used up its attempts
+        #[arg(long)]
+        failed: bool,
+        /// These task ids (space- or comma-separated; see `replication status -o json`)
+        #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "ID")]
+        ids: Vec<i64>,
+        /// Show which tasks would be requeued, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run a drift check and queue a copy of every key missing in (or different from) the backup
+    Resync {
+        /// Show what would be queued, change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm queueing the copies (required unless --dry-run)
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// Key ranges the drift check lists at once
+        #[arg(long, short = 'j', default_value_t = crate::engine::ops::drift::DEFAULT_CONCURRENCY)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DemoAction {
     /// Serve the demo's S3 endpoint and origin in the foreground (prints export lines first)
     Up {
@@ -439,6 +481,7 @@ impl Command {
             Command::Archive { .. } => "archive",
             Command::Drift { .. } => "drift",
             Command::Fleet => "fleet",
+            Command::Replication { .. } => "replication",
             Command::Migrate => "migrate",
             Command::Catalog { .. } => "catalog",
             Command::Prefetch { .. } => "prefetch",

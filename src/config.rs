@@ -104,6 +104,8 @@ pub struct Config {
     pub tui: TuiConfig,
     #[serde(default)]
     pub serve: ServeConfig,
+    #[serde(default)]
+    pub s3_front: S3FrontConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -423,6 +425,10 @@ pub struct ServeConfig {
     /// `http://<admin_listen>` when that is a specific address).
     #[serde(default)]
     pub peer_url: Option<String>,
+    /// Where the S3 API of the front (writes to the main bucket, replicated to the backup)
+    /// listens; off when unset. Clients sign with the keys of `[[s3_front.clients]]`.
+    #[serde(default)]
+    pub s3_listen: Option<String>,
 }
 
 impl ServeConfig {
@@ -505,6 +511,61 @@ impl Default for ServeConfig {
             max_fills: default_max_fills(),
             trusted_proxies: Vec::new(),
             peer_url: None,
+            s3_listen: None,
+        }
+    }
+}
+
+/// The S3 front (`serve.s3_listen`, seed 004): apps talk plain S3 to it with keys it issues;
+/// it forwards to the main bucket with the bucket's own credentials, records each write in
+/// `backup_inventory` with a replication task, and its workers copy main -> backup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3FrontConfig {
+    /// The region clients sign their requests for.
+    #[serde(default = "default_front_region")]
+    pub region: String,
+    /// Replication tasks copied at once by each serve process (0: this process replicates
+    /// nothing; others on the database still do).
+    #[serde(default = "default_replication_workers")]
+    pub replication_workers: usize,
+    /// Attempts before a task is marked failed; it then waits for `replication retry`.
+    #[serde(default = "default_replication_attempts")]
+    pub max_attempts: u32,
+    /// The keys clients sign with, each allowed some buckets.
+    #[serde(default)]
+    pub clients: Vec<FrontClient>,
+}
+
+/// One client of the S3 front.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontClient {
+    /// Who it is, for logs and the audit of failures.
+    pub name: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// The bucket names it may use (the front serves the main bucket under its own name).
+    pub buckets: Vec<String>,
+}
+
+fn default_front_region() -> String {
+    "us-east-1".into()
+}
+fn default_replication_workers() -> usize {
+    16
+}
+fn default_replication_attempts() -> u32 {
+    10
+}
+
+impl Default for S3FrontConfig {
+    fn default() -> Self {
+        S3FrontConfig {
+            region: default_front_region(),
+            replication_workers: default_replication_workers(),
+            max_attempts: default_replication_attempts(),
+            clients: Vec::new(),
         }
     }
 }
@@ -714,6 +775,80 @@ pub fn validate(c: &Config) -> Result<(), String> {
         if d.0.is_zero() {
             return Err(format!("key `serve.{name}`: must be more than 0s"));
         }
+    }
+    validate_front(c)
+}
+
+/// The S3 front's keys: a listener needs clients and a backup to replicate to; every client
+/// names only the bucket the front serves (the main bucket).
+fn validate_front(c: &Config) -> Result<(), String> {
+    let f = &c.s3_front;
+    let served = c.main_bucket().ok().map(|b| b.bucket.as_str());
+    let mut seen = std::collections::HashSet::new();
+    for (i, client) in f.clients.iter().enumerate() {
+        let key = format!("s3_front.clients[{i}]");
+        if client.name.trim().is_empty() {
+            return Err(format!("key `{key}.name`: must not be empty"));
+        }
+        let id = client.access_key_id.as_str();
+        if id.len() < 3 || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "key `{key}.access_key_id`: 3 to 128 letters and digits (S3 access key ids have no other characters)"
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(format!(
+                "key `{key}.access_key_id`: {id:?} is given to two clients"
+            ));
+        }
+        if client.secret_access_key.expose().len() < 16 {
+            return Err(format!(
+                "key `{key}.secret_access_key`: must be at least 16 characters"
+            ));
+        }
+        if client.buckets.is_empty() {
+            return Err(format!(
+                "key `{key}.buckets`: name the buckets this client may use"
+            ));
+        }
+        for b in &client.buckets {
+            if Some(b.as_str()) != served {
+                return Err(format!(
+                    "key `{key}.buckets`: {b:?} is not served by the front (it serves the main bucket, {})",
+                    served.map_or("none configured".to_string(), |s| format!("{s:?}"))
+                ));
+            }
+        }
+    }
+    if f.max_attempts == 0 {
+        return Err("key `s3_front.max_attempts`: must be at least 1".into());
+    }
+    if f.region.trim().is_empty() {
+        return Err("key `s3_front.region`: must not be empty".into());
+    }
+    let Some(listen) = &c.serve.s3_listen else {
+        return Ok(());
+    };
+    let addr = listen.parse::<std::net::SocketAddr>().map_err(|_| {
+        format!("key `serve.s3_listen`: bad address {listen:?} (expected IP:PORT, e.g. \"127.0.0.1:9000\")")
+    })?;
+    let taken = [
+        Some(c.serve.listen.as_str()),
+        c.serve.admin_listen.as_deref(),
+    ];
+    if addr.port() != 0 && taken.iter().flatten().any(|t| t.parse().ok() == Some(addr)) {
+        return Err(
+            "key `serve.s3_listen`: must differ from serve.listen and serve.admin_listen".into(),
+        );
+    }
+    if f.clients.is_empty() {
+        return Err("key `serve.s3_listen`: needs at least one [[s3_front.clients]] (the keys apps sign with)".into());
+    }
+    if c.buckets.backup.is_none() {
+        return Err(
+            "key `serve.s3_listen`: needs [buckets.backup] (where the front replicates writes)"
+                .into(),
+        );
     }
     Ok(())
 }

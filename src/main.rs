@@ -145,6 +145,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(Command::Catalog { action }) = &cli.command {
         return run_catalog(&cli, &ctx, action).await;
     }
+    if let Some(Command::Replication { action }) = &cli.command {
+        return run_replication(&cli, &ctx, action.as_ref()).await;
+    }
     if !cli.headless {
         let start = cli.command.as_ref().map(tui_start);
         return Ok(tui::run(ctx, start.as_deref()).await?);
@@ -449,7 +452,8 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         Command::Migrate
         | Command::Demo { .. }
         | Command::Serve { .. }
-        | Command::Catalog { .. } => {
+        | Command::Catalog { .. }
+        | Command::Replication { .. } => {
             unreachable!("handled before")
         }
     }
@@ -489,6 +493,58 @@ fn window_days(w: &str) -> anyhow::Result<i64> {
         return Err(Error::Usage("--window must be at least 1d".into()).into());
     }
     Ok(days)
+}
+
+/// `replication [status] | retry | resync`, always headless: status exits 3 when a task
+/// failed.
+async fn run_replication(
+    cli: &Cli,
+    ctx: &Ctx,
+    action: Option<&mirrorctl::cli::ReplicationAction>,
+) -> anyhow::Result<u8> {
+    use mirrorctl::cli::ReplicationAction;
+    use mirrorctl::engine::ops::replication;
+    match action.unwrap_or(&ReplicationAction::Status) {
+        ReplicationAction::Status => {
+            let r = replication::status(ctx, chrono::Utc::now()).await?;
+            print(cli, &r, || headless::replication::status_table(&r))?;
+            Ok(report_exit(&r))
+        }
+        ReplicationAction::Retry {
+            failed,
+            ids,
+            dry_run,
+        } => {
+            let select = if *failed {
+                replication::RetrySelector::Failed
+            } else {
+                replication::RetrySelector::Ids(ids.clone())
+            };
+            let params = replication::RetryParams {
+                select,
+                dry_run: *dry_run,
+            };
+            let r = replication::retry(ctx, params, &headless::progress()).await?;
+            print(cli, &r, || headless::replication::retry_table(&r))?;
+            Ok(report_exit(&r))
+        }
+        ReplicationAction::Resync {
+            dry_run,
+            yes,
+            concurrency,
+        } => {
+            let params = replication::ResyncParams {
+                dry_run: *dry_run,
+                yes: *yes,
+                concurrency: Some(*concurrency),
+            };
+            let r = replication::resync(ctx, params, &cancellable_progress()).await;
+            headless::clear_progress_line();
+            let r = r?;
+            print(cli, &r, || headless::replication::resync_table(&r))?;
+            Ok(report_exit(&r))
+        }
+    }
 }
 
 /// `catalog import|sync|list|show`, always headless; import and sync exit 3 when lines were

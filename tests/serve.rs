@@ -960,7 +960,10 @@ async fn error_bodies_name_no_origin_url_and_fills_past_the_cap_get_503() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(f.origin.gets.load(Ordering::SeqCst) > asked, "the fill started");
+    assert!(
+        f.origin.gets.load(Ordering::SeqCst) > asked,
+        "the fill started"
+    );
     let r = f.fetch(&format!("{base}/download/{}", f.ids[1])).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(header_str(r.headers(), "retry-after"), "5");

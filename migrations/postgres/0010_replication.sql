@@ -31,6 +31,9 @@ CREATE INDEX replication_tasks_due ON replication_tasks (next_attempt_at, id)
 -- "Is this path still pending?" (drift) and "is this path being copied?" (claiming).
 CREATE INDEX replication_tasks_open_path ON replication_tasks (path COLLATE "C")
     WHERE state IN ('pending', 'running', 'failed');
+-- What a replica that died left behind (its claims and intents), found by its instance id.
+CREATE INDEX replication_tasks_holder ON replication_tasks (claimed_by)
+    WHERE state IN ('pending', 'running');
 -- The drain rate and the pruning of old done tasks.
 CREATE INDEX replication_tasks_finished ON replication_tasks (finished_at)
     WHERE state = 'done';

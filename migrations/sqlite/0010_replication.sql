@@ -23,5 +23,8 @@ CREATE INDEX replication_tasks_due ON replication_tasks (next_attempt_at, id)
     WHERE state IN ('pending', 'running');
 CREATE INDEX replication_tasks_open_path ON replication_tasks (path)
     WHERE state IN ('pending', 'running', 'failed');
+-- What a replica that died left behind (its claims and intents), found by its instance id.
+CREATE INDEX replication_tasks_holder ON replication_tasks (claimed_by)
+    WHERE state IN ('pending', 'running');
 CREATE INDEX replication_tasks_finished ON replication_tasks (finished_at)
     WHERE state = 'done';

@@ -24,6 +24,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::config::BucketConfig;
 use crate::engine::error::{Error, Result};
 
+mod forward;
+mod replicate;
+pub use forward::{
+    BodyStream, BoxError, DeleteFailure, ForwardError, Forwarded, GetOut, HeadOut, ListOut,
+    ListRequest, ReadRequest, WriteMeta,
+};
+pub use replicate::CopyOutcome;
+
 /// S3 deletes at most this many keys per DeleteObjects request.
 pub const DELETE_BATCH: usize = 1000;
 /// Parts of one multipart upload in flight at once by default (memory = part size × this).

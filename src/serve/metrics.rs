@@ -61,7 +61,18 @@ pub struct Metrics {
     pub uploads: Counter,
     pub connections_open: Gauge,
     pub connections_timed_out: Counter,
+    /// Writes through the S3 front recorded with their replication task.
+    pub writes_recorded: Counter,
+    /// Body bytes the S3 front passed to the main bucket.
+    pub bytes_in: Counter,
+    /// Replication tasks this replica finished, and attempts that failed.
+    pub replicated: Counter,
+    pub replication_errors: Counter,
     stale_files: Gauge,
+    replication_pending: Gauge,
+    replication_pending_bytes: Gauge,
+    replication_failed: Gauge,
+    replication_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     storage_bytes: Gauge,
     storage_objects: Gauge,
     /// The three DB-wide gauges above, encoded only while `metrics_lease` is held.
@@ -107,7 +118,15 @@ impl Metrics {
             uploads: Counter::default(),
             connections_open: Gauge::default(),
             connections_timed_out: Counter::default(),
+            writes_recorded: Counter::default(),
+            bytes_in: Counter::default(),
+            replicated: Counter::default(),
+            replication_errors: Counter::default(),
             stale_files: Gauge::default(),
+            replication_pending: Gauge::default(),
+            replication_pending_bytes: Gauge::default(),
+            replication_failed: Gauge::default(),
+            replication_lag: Gauge::default(),
             storage_bytes: Gauge::default(),
             storage_objects: Gauge::default(),
             db_registry: Arc::new(Registry::default()),
@@ -211,6 +230,26 @@ impl Metrics {
             m.connections_timed_out.clone(),
         );
         r.register(
+            "mirrorctl_s3_front_writes",
+            "Writes through the S3 front (puts, completed uploads, copies, deletes) recorded with a replication task",
+            m.writes_recorded.clone(),
+        );
+        r.register(
+            "mirrorctl_s3_front_bytes_in",
+            "Body bytes the S3 front passed to the main bucket",
+            m.bytes_in.clone(),
+        );
+        r.register(
+            "mirrorctl_replication_tasks_done",
+            "Replication tasks this replica finished (the backup matches the inventory)",
+            m.replicated.clone(),
+        );
+        r.register(
+            "mirrorctl_replication_errors",
+            "Replication attempts of this replica that failed (retried with backoff)",
+            m.replication_errors.clone(),
+        );
+        r.register(
             "mirrorctl_instance_info",
             "This replica: its instance id (as in the fleet table) and version",
             m.instance_info.clone(),
@@ -230,6 +269,26 @@ impl Metrics {
             "mirrorctl_storage_objects",
             "Live mirrored files",
             m.storage_objects.clone(),
+        );
+        db.register(
+            "mirrorctl_replication_pending_tasks",
+            "Replication tasks waiting or being copied",
+            m.replication_pending.clone(),
+        );
+        db.register(
+            "mirrorctl_replication_pending_bytes",
+            "Bytes of the replication tasks waiting or being copied",
+            m.replication_pending_bytes.clone(),
+        );
+        db.register(
+            "mirrorctl_replication_failed_tasks",
+            "Replication tasks that used up their attempts (see `mirrorctl replication`)",
+            m.replication_failed.clone(),
+        );
+        db.register(
+            "mirrorctl_replication_lag_seconds",
+            "Age of the oldest replication task not yet done (0 when none)",
+            m.replication_lag.clone(),
         );
         Metrics {
             registry: Arc::new(r),
@@ -292,6 +351,19 @@ pub async fn handler(State(s): State<Arc<Shared>>) -> Response {
                 m.storage_objects.set(t.objects);
             }
             Err(e) => tracing::warn!("metrics: storage totals unavailable: {e}"),
+        }
+        let now = chrono::Utc::now();
+        match s.ctx.db.replication_backlog(now, now).await {
+            Ok(b) => {
+                m.replication_pending.set(b.pending);
+                m.replication_pending_bytes.set(b.pending_bytes);
+                m.replication_failed.set(b.failed);
+                m.replication_lag.set(
+                    b.oldest_pending_at
+                        .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0),
+                );
+            }
+            Err(e) => tracing::warn!("metrics: replication backlog unavailable: {e}"),
         }
     }
     let text = match render(m, &s.instance, db_wide) {

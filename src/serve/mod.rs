@@ -16,6 +16,8 @@ mod limit;
 mod listener;
 mod metrics;
 mod peer;
+mod replicate;
+mod s3front;
 mod upstream;
 mod workers;
 
@@ -79,6 +81,7 @@ pub(crate) struct Shared {
 pub struct Server {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    s3_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     task: JoinHandle<Result<()>>,
 }
@@ -92,6 +95,11 @@ impl Server {
     /// Where the admin API listens, if it does.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where the S3 front listens, if it does.
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3_addr
     }
 
     /// Starts a graceful shutdown: stop accepting, finish in-flight downloads and uploads
@@ -120,6 +128,32 @@ pub async fn start_with_admin(
     listener: TcpListener,
     admin: Option<TcpListener>,
 ) -> Result<Server> {
+    start_listeners(
+        ctx,
+        Listeners {
+            download: listener,
+            admin,
+            s3: None,
+        },
+    )
+    .await
+}
+
+/// Where the data plane listens: downloads, and optionally the admin API and the S3 front.
+pub struct Listeners {
+    pub download: TcpListener,
+    pub admin: Option<TcpListener>,
+    pub s3: Option<TcpListener>,
+}
+
+/// Starts the data plane on its listeners; the replication workers run whenever a backup
+/// bucket is configured (they drain what the S3 front, here or in another replica, recorded).
+pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Server> {
+    let Listeners {
+        download: listener,
+        admin,
+        s3,
+    } = listeners;
     let addr = listener.local_addr()?;
     let token = match (&admin, &ctx.config.serve.admin_token) {
         (Some(_), None) => {
@@ -226,6 +260,37 @@ pub async fn start_with_admin(
         shared.metrics.metrics_lease.clone(),
         fleet_stop.clone(),
     );
+    let wake = Arc::new(tokio::sync::Notify::new());
+    if let Some(w) = replicate::spawn(
+        ctx.clone(),
+        shared.instance.clone(),
+        wake.clone(),
+        shared.metrics.clone(),
+        cancel.clone(),
+    )
+    .await
+    {
+        workers.push(w);
+    }
+    let s3_front = match s3 {
+        Some(l) => Some(
+            s3front::start(
+                ctx.clone(),
+                shared.instance.clone(),
+                l,
+                wake,
+                shared.metrics.clone(),
+                cancel.clone(),
+                cfg.shutdown_timeout.0,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let s3_addr = s3_front.as_ref().map(|(a, _)| *a);
+    if let Some((_, t)) = s3_front {
+        workers.push(t);
+    }
     let app = router(shared.clone());
     let admin = admin.map(|(l, a)| {
         let token = token.as_deref().unwrap_or_default();
@@ -284,6 +349,7 @@ pub async fn start_with_admin(
     Ok(Server {
         addr,
         admin_addr,
+        s3_addr,
         cancel,
         task,
     })
@@ -312,9 +378,30 @@ pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
             }
             None => None,
         };
+    let s3 = match &ctx.config.serve.s3_listen {
+        Some(a) => {
+            let a: SocketAddr = a
+                .parse()
+                .map_err(|_| Error::Usage(format!("serve.s3_listen: bad address {a:?}")))?;
+            Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| Error::runtime(format!("cannot listen on {a} (S3 front): {e}")))?,
+            )
+        }
+        None => None,
+    };
     let mut ctx = ctx;
     ctx.operator = format!("serve:{}", ctx.operator);
-    let server = start_with_admin(Arc::new(ctx), listener, admin).await?;
+    let server = start_listeners(
+        Arc::new(ctx),
+        Listeners {
+            download: listener,
+            admin,
+            s3,
+        },
+    )
+    .await?;
     eprintln!(
         "mirrorctl serve: listening on http://{} (GET /download/{{id}}, /files/{{key}}, /metrics, /healthz, /readyz)",
         server.addr()
@@ -322,6 +409,11 @@ pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
     if let Some(a) = server.admin_addr() {
         eprintln!(
             "mirrorctl serve: admin API on http://{a} (PUT /catalog/{{source}}/{{remote_id}}, POST /catalog, GET /peer/fills/{{key}}: bearer token; /metrics, /healthz, /readyz)"
+        );
+    }
+    if let Some(a) = server.s3_addr() {
+        eprintln!(
+            "mirrorctl serve: S3 front on http://{a} (writes go to the main bucket, recorded and replicated to the backup)"
         );
     }
     shutdown_signal().await;

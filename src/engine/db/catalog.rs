@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
 
-use super::{on_pool, ts, Db, Pool};
+use super::{on_pool, ts, BeginWrite, Db, Pool};
 use crate::engine::error::Result;
 
 /// One catalog entry, validated: what the origin says a file is and where its copy goes.
@@ -82,28 +82,6 @@ pub enum MergeOutcome {
 
 /// A transaction that will write: SQLite's must take the write lock at `BEGIN` (a deferred one
 /// that reads first fails with "database is locked" when another writer got there between).
-trait BeginWrite: sqlx::Connection {
-    fn begin_write(
-        &mut self,
-    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Self::Database>, sqlx::Error>>;
-}
-
-impl BeginWrite for sqlx::PgConnection {
-    fn begin_write(
-        &mut self,
-    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Postgres>, sqlx::Error>> {
-        sqlx::Connection::begin(self)
-    }
-}
-
-impl BeginWrite for sqlx::SqliteConnection {
-    fn begin_write(
-        &mut self,
-    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Sqlite>, sqlx::Error>> {
-        sqlx::Connection::begin_with(self, "BEGIN IMMEDIATE")
-    }
-}
-
 enum StageConn {
     Postgres(PoolConnection<Postgres>),
     Sqlite(PoolConnection<Sqlite>),

@@ -15,6 +15,7 @@ mod lifecycle;
 mod oplog;
 mod partitions;
 mod prefetch;
+mod replication;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub use lifecycle::{
 pub use oplog::LockGuard;
 pub use partitions::{month_bounds, partition_name, Month};
 pub use prefetch::PrefetchRow;
+pub use replication::{
+    BacklogCounts, ClaimedTask, FrontWrite, InventoryState, TaskEnd, TaskRow, WrittenObject,
+};
 
 /// Runs the same block against whichever pool this `Db` holds.
 macro_rules! on_pool {
@@ -63,6 +67,32 @@ pub(crate) enum Pool {
 pub enum Backend {
     Postgres,
     Sqlite,
+}
+
+/// A write transaction: on SQLite it takes the write lock at once (`BEGIN IMMEDIATE`), so a
+/// transaction that reads before it writes cannot fail with "database is locked" half-way.
+pub(crate) trait BeginWrite: sqlx::Connection {
+    fn begin_write(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, Self::Database>, sqlx::Error>>;
+}
+
+impl BeginWrite for sqlx::PgConnection {
+    fn begin_write(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error>>
+    {
+        sqlx::Connection::begin(self)
+    }
+}
+
+impl BeginWrite for sqlx::SqliteConnection {
+    fn begin_write(
+        &mut self,
+    ) -> futures::future::BoxFuture<'_, Result<sqlx::Transaction<'_, sqlx::Sqlite>, sqlx::Error>>
+    {
+        sqlx::Connection::begin_with(self, "BEGIN IMMEDIATE")
+    }
 }
 
 /// A connection pool to the mirror database.

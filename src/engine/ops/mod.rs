@@ -10,5 +10,6 @@ pub mod history;
 pub mod prefetch;
 pub mod purge;
 pub mod remirror;
+pub mod replication;
 pub mod stats;
 pub mod validate;

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The S3 front of `mirrorctl serve`, side by side with Garage itself, on loopback (a
+# single-node Garage for the main and backup buckets, PostgreSQL for the inventory):
+#
+#  1. PUT throughput: BENCH_PUTS objects of BENCH_SIZE bytes (default 3,000 of 64 KiB),
+#     BENCH_CONC at once (default 32), straight to Garage and through the front, BENCH_ROUNDS
+#     rounds (default 3) with the order alternating; the load is examples/s3_put_load.rs
+#     (the AWS SDK). The front also records every write and replicates it meanwhile.
+#  2. Lag: BENCH_RATE PUTs a second (default 200) for BENCH_LAG_SECS (default 30) through the
+#     front; each task's lag (recorded -> copied to the backup) from the task table: p50, p99,
+#     max, and how long the queue took to drain after the last PUT.
+#  3. Memory: serve's RSS sampled every 0.2 s while the aws CLI uploads a BENCH_BIG_MIB file
+#     (default 2048) through the front (multipart, 8 MiB parts).
+#
+#   scripts/bench-s3front.sh
+#   BENCH_PUTS=500 BENCH_LAG_SECS=10 BENCH_BIG_MIB=256 scripts/bench-s3front.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PUTS=${BENCH_PUTS:-3000}
+SIZE=${BENCH_SIZE:-65536}
+CONC=${BENCH_CONC:-32}
+ROUNDS=${BENCH_ROUNDS:-3}
+RATE=${BENCH_RATE:-200}
+LAG_SECS=${BENCH_LAG_SECS:-30}
+BIG_MIB=${BENCH_BIG_MIB:-2048}
+WORK=$(mktemp -d /tmp/mirrorctl-bench-s3front.XXXXXX)
+GARAGE_PID="" SERVE_PID="" STARTED_PG="" PG_ADMIN="" DB=""
+log() { printf '== %s\n' "$*" >&2; }
+cleanup() {
+  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
+  [ -n "$GARAGE_PID" ] && kill "$GARAGE_PID" 2>/dev/null || true
+  wait 2>/dev/null || true
+  [ -n "$DB" ] && psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  [ -n "$STARTED_PG" ] && pg_ctlcluster "$STARTED_PG" main stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
+
+log "building (release)"
+cargo build --release --quiet --bin mirrorctl --example s3_put_load
+cp target/release/mirrorctl target/release/examples/s3_put_load "$WORK/"
+CODE="release build of $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src migrations examples Cargo.toml Cargo.lock)" ] || echo ' with uncommitted changes')"
+
+PG_VERSION=${PG_VERSION:-15}
+if ! pg_lsclusters -h | grep -q "^$PG_VERSION main .* online"; then
+  log "starting PostgreSQL $PG_VERSION"
+  as_root pg_ctlcluster "$PG_VERSION" main start
+  STARTED_PG=$PG_VERSION
+fi
+PG_PORT=$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1==v && $2=="main" {print $3}')
+as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_roles WHERE rolname='mirrorctl'\" | grep -q 1 || psql -q -p $PG_PORT -c \"CREATE ROLE mirrorctl LOGIN CREATEDB PASSWORD 'mirrorctl'\""
+PG_BASE="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT"
+PG_ADMIN="$PG_BASE/postgres"
+DB="bench_s3front_$$"
+psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null
+URL="$PG_BASE/$DB"
+
+. scripts/garage.sh
+start_garage "$WORK/garage" 20G
+s3() { curl -sf --aws-sigv4 aws:amz:us-east-1:s3 -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' --user "$GARAGE_KEY:$GARAGE_SECRET" "$@"; }
+for b in bench-main bench-backup bench-direct; do s3 -X PUT "$GARAGE_ENDPOINT/$b" >/dev/null; done
+
+PORT=$(free_port) S3_PORT=$(free_port)
+APP_KEY=BENCHAPPKEY0001 APP_SECRET=bench-app-secret-0123456789
+cat > "$WORK/config.toml" <<TOML
+[database]
+url = "$URL"
+max_connections = 16
+
+[buckets.mirror]
+bucket = "bench-main"
+endpoint = "$GARAGE_ENDPOINT"
+access_key_id = "$GARAGE_KEY"
+secret_access_key = "$GARAGE_SECRET"
+
+[buckets.backup]
+bucket = "bench-backup"
+endpoint = "$GARAGE_ENDPOINT"
+access_key_id = "$GARAGE_KEY"
+secret_access_key = "$GARAGE_SECRET"
+
+[serve]
+listen = "127.0.0.1:$PORT"
+s3_listen = "127.0.0.1:$S3_PORT"
+
+[[s3_front.clients]]
+name = "bench"
+access_key_id = "$APP_KEY"
+secret_access_key = "$APP_SECRET"
+buckets = ["bench-main"]
+TOML
+M=("$WORK/mirrorctl" --config "$WORK/config.toml")
+"${M[@]}" migrate >/dev/null
+"${M[@]}" serve >"$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" || { cat "$WORK/serve.log" >&2; exit 1; }
+FRONT="http://127.0.0.1:$S3_PORT"
+load() { "$WORK/s3_put_load" "$@"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
+
+# --- 1. PUT throughput ----------------------------------------------------------------------------
+log "PUT throughput: $PUTS x $SIZE bytes, $CONC at once, $ROUNDS rounds"
+load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct warm/ 300 "$SIZE" "$CONC" >/dev/null
+load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main warm/ 300 "$SIZE" "$CONC" >/dev/null
+DIRECT=() FRONTS=()
+for r in $(seq 1 "$ROUNDS"); do
+  for side in $([ $((r % 2)) = 1 ] && echo "direct front" || echo "front direct"); do
+    if [ "$side" = direct ]; then
+      out=$(load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct "r$r/" "$PUTS" "$SIZE" "$CONC")
+      DIRECT+=("$(field puts_per_s <<<"$out")")
+    else
+      out=$(load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main "r$r/" "$PUTS" "$SIZE" "$CONC")
+      FRONTS+=("$(field puts_per_s <<<"$out")")
+    fi
+    [ "$(field errors <<<"$out")" = 0 ] || { echo "$side round $r: errors: $out" >&2; exit 1; }
+    echo "round $r $side: $out"
+  done
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+MD=$(median "${DIRECT[@]}") MF=$(median "${FRONTS[@]}")
+RATIO=$(python3 -c "print(f'{$MF/$MD:.2f}')")
+
+wait_drained() {
+  local t0; t0=$(date +%s.%N)
+  for _ in $(seq 1 1200); do
+    [ "$(psql "$URL" -Atc "SELECT count(*) FROM replication_tasks WHERE state <> 'done'")" = 0 ] && break
+    sleep 0.1
+  done
+  python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
+}
+wait_drained >/dev/null
+
+# --- 2. Lag at a sustained rate -------------------------------------------------------------------
+N_LAG=$((RATE * LAG_SECS))
+log "lag: $RATE PUTs/s for ${LAG_SECS}s ($N_LAG objects of $SIZE bytes)"
+MARK=$(psql "$URL" -Atc "SELECT coalesce(max(id), 0) FROM replication_tasks")
+out=$(load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main lag/ "$N_LAG" "$SIZE" 64 "$RATE")
+echo "paced load: $out"
+DRAIN=$(wait_drained)
+LAG=$(psql "$URL" -Atc "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY x)::numeric, 3) || ' / ' ||
+  round(percentile_cont(0.99) WITHIN GROUP (ORDER BY x)::numeric, 3) || ' / ' || round(max(x)::numeric, 3) || ' s over ' || count(*) || ' tasks'
+  FROM (SELECT extract(epoch FROM finished_at - created_at) AS x FROM replication_tasks WHERE id > $MARK AND state = 'done') t")
+
+# --- 3. RSS during a large multipart upload -------------------------------------------------------
+BIG="$WORK/big.bin"
+log "memory: a ${BIG_MIB} MiB upload with the aws CLI"
+head -c "$((BIG_MIB * 1024 * 1024))" /dev/urandom > "$BIG"
+RSS_BEFORE=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
+( while kill -0 "$SERVE_PID" 2>/dev/null; do awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status"; sleep 0.2; done ) > "$WORK/rss.txt" &
+SAMPLER=$!
+printf '[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n' > "$WORK/aws-config"
+T0=$(date +%s.%N)
+AWS_CONFIG_FILE="$WORK/aws-config" AWS_ACCESS_KEY_ID=$APP_KEY AWS_SECRET_ACCESS_KEY=$APP_SECRET \
+  aws --endpoint-url "$FRONT" s3 cp "$BIG" s3://bench-main/big/big.bin --only-show-errors
+T1=$(date +%s.%N)
+wait_drained >/dev/null
+kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true
+RSS_MAX=$(sort -n "$WORK/rss.txt" | tail -1)
+RSS_AFTER=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
+BACKED=$(psql "$URL" -Atc "SELECT size || ' bytes, backed up: ' || is_backed_up FROM backup_inventory WHERE path = 'big/big.bin'")
+rm -f "$BIG"
+
+echo
+echo "code: $CODE; load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "PUT throughput, $SIZE-byte objects, $CONC at once, median of $ROUNDS rounds of $PUTS:"
+echo "  Garage direct: $MD PUT/s (rounds: ${DIRECT[*]})"
+echo "  through the front: $MF PUT/s (rounds: ${FRONTS[*]})"
+echo "  front / direct: $RATIO"
+echo "Lag at $RATE PUT/s for ${LAG_SECS}s (p50 / p99 / max): $LAG; drained ${DRAIN}s after the last PUT"
+echo "RSS of serve during a ${BIG_MIB} MiB multipart upload: before $((RSS_BEFORE / 1024)) MiB, max $((RSS_MAX / 1024)) MiB, after $((RSS_AFTER / 1024)) MiB; upload $(python3 -c "print(f'{$T1-$T0:.1f}')") s; inventory: $BACKED"

@@ -1,0 +1,277 @@
+//! Replication workers: copy main -> backup what the S3 front recorded. Every replica runs
+//! them; tasks are claimed in the database, one path at a time across the fleet, so two
+//! workers never copy the same key at once and a later version is never overwritten by an
+//! earlier one. A task copies the path's state as the inventory has it *now* (only if main
+//! still holds that version: the copy is conditional on its ETag), so a stale task can only
+//! ever write the newest state. Failures retry with exponential backoff and jitter; a task
+//! that used up `s3_front.max_attempts` stays `failed`, with its last error, until
+//! `mirrorctl replication retry`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::Metrics;
+use crate::engine::db::{ClaimedTask, Db, TaskEnd, WrittenObject};
+use crate::engine::s3::{CopyOutcome, S3Bucket};
+use crate::engine::Ctx;
+
+/// How long a claim lasts without renewal: a crashed worker's paths are free again after it.
+const CLAIM_TTL: Duration = Duration::from_secs(60);
+/// Claims in flight are renewed this often.
+const RENEW_EVERY: Duration = Duration::from_secs(20);
+/// With nothing to do, the queue is looked at this often (a write in this process wakes the
+/// worker at once; one made through another replica waits at most this long).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// Done tasks are kept this long for the drain rate and lag figures.
+const KEEP_DONE: Duration = Duration::from_secs(24 * 3600);
+
+struct Worker {
+    db: Db,
+    main: S3Bucket,
+    backup: S3Bucket,
+    id: String,
+    max_attempts: u32,
+    metrics: Metrics,
+}
+
+/// Starts the workers of this process (`s3_front.replication_workers` copies at once), or
+/// nothing without a backup bucket or with 0 workers.
+pub async fn spawn(
+    ctx: Arc<Ctx>,
+    instance: String,
+    wake: Arc<Notify>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let n = ctx.config.s3_front.replication_workers;
+    if n == 0 || ctx.config.buckets.backup.is_none() || ctx.read_only {
+        return None;
+    }
+    let (main, backup) = match (ctx.main().await, ctx.backup().await) {
+        (Ok(m), Ok(b)) => (m.clone(), b.clone()),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("replication workers not started: {e}");
+            return None;
+        }
+    };
+    let w = Arc::new(Worker {
+        db: ctx.db.clone(),
+        main,
+        backup,
+        id: instance,
+        max_attempts: ctx.config.s3_front.max_attempts,
+        metrics,
+    });
+    Some(tokio::spawn(run(w, n, wake, cancel)))
+}
+
+async fn run(w: Arc<Worker>, n: usize, wake: Arc<Notify>, cancel: CancellationToken) {
+    let mut running: JoinSet<i64> = JoinSet::new();
+    let mut held: Vec<i64> = Vec::new();
+    let mut renew = tokio::time::interval(RENEW_EVERY);
+    let mut prune = tokio::time::interval(Duration::from_secs(3600));
+    let mut db_warned = false;
+    loop {
+        let free = n.saturating_sub(running.len());
+        let mut claimed = Vec::new();
+        if free > 0 && !cancel.is_cancelled() {
+            let now = Utc::now();
+            let until = now + chrono::Duration::from_std(CLAIM_TTL).unwrap_or_default();
+            let gone = now
+                - chrono::Duration::from_std(crate::engine::ops::fleet::GONE_AFTER)
+                    .unwrap_or_default();
+            match w.db.claim_replication(&w.id, free, now, until, gone).await {
+                Ok(c) => {
+                    db_warned = false;
+                    claimed = c;
+                }
+                Err(e) if !db_warned => {
+                    tracing::warn!("replication: claiming tasks: {e}");
+                    db_warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        for task in claimed {
+            held.push(task.id);
+            let w = w.clone();
+            running.spawn(async move {
+                let id = task.id;
+                w.process(task).await;
+                id
+            });
+        }
+        if cancel.is_cancelled() && running.is_empty() {
+            return;
+        }
+        let full = running.len() >= n;
+        tokio::select! {
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(id) = done {
+                    held.retain(|h| *h != id);
+                }
+            }
+            _ = wake.notified(), if !full => {}
+            _ = tokio::time::sleep(IDLE_POLL), if !full => {}
+            _ = renew.tick() => {
+                let until = Utc::now() + chrono::Duration::from_std(CLAIM_TTL).unwrap_or_default();
+                if let Err(e) = w.db.renew_claims(&w.id, &held, until).await {
+                    tracing::warn!("replication: renewing claims: {e}");
+                }
+            }
+            _ = prune.tick() => {
+                let before = Utc::now() - chrono::Duration::from_std(KEEP_DONE).unwrap_or_default();
+                if let Err(e) = w.db.prune_done_tasks(before).await {
+                    tracing::warn!("replication: pruning done tasks: {e}");
+                }
+            }
+            _ = cancel.cancelled(), if !cancel.is_cancelled() => {}
+        }
+    }
+}
+
+impl Worker {
+    async fn process(&self, task: ClaimedTask) {
+        let end = match self.replicate(&task).await {
+            Ok(end) => end,
+            Err(e) => TaskEnd::Retry {
+                at: Utc::now() + backoff(task.attempts),
+                error: e,
+                counted: true,
+            },
+        };
+        match &end {
+            TaskEnd::Replicated { .. } => {
+                self.metrics.replicated.inc();
+            }
+            TaskEnd::Retry {
+                counted: true,
+                error,
+                ..
+            } => {
+                self.metrics.replication_errors.inc();
+                tracing::warn!(path = %task.path, attempt = task.attempts, "replication: {error}");
+            }
+            TaskEnd::Retry { .. } => {}
+        };
+        if let Err(e) = self
+            .db
+            .finish_task(&task, &self.id, &end, self.max_attempts, Utc::now())
+            .await
+        {
+            // The claim expires and another worker redoes the task: copies are idempotent.
+            tracing::warn!(path = %task.path, "replication: recording the task's end: {e}");
+        }
+    }
+
+    /// Makes the backup hold what the inventory says of the task's path now.
+    async fn replicate(&self, task: &ClaimedTask) -> Result<TaskEnd, String> {
+        let path = &task.path;
+        if task.version < 0 {
+            // The intent of a write whose outcome nobody recorded (its process died, or main
+            // did not answer): the inventory first learns what main really holds.
+            let head = self.main.head(path).await.map_err(|e| e.to_string())?;
+            let object = head.map(|h| WrittenObject {
+                size: h.size as i64,
+                etag: h.etag,
+                content_type: h.content_type,
+                last_modified: h.last_modified,
+            });
+            self.db
+                .reconcile_inventory(path, object.as_ref(), Utc::now())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let state = self
+            .db
+            .inventory_state(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (version, etag, deleted) = match state {
+            Some(s) => (s.version, s.etag, s.deleted),
+            // Queued by `replication resync` for a key the inventory does not know: copy
+            // whatever main holds (or remove it from the backup if main has none).
+            None => (0, None, false),
+        };
+        if deleted {
+            self.backup.delete(path).await.map_err(|e| e.to_string())?;
+            return Ok(TaskEnd::Replicated { version });
+        }
+        let outcome = self
+            .backup
+            .replicate_from(&self.main, path, etag.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        match outcome {
+            CopyOutcome::Copied => Ok(TaskEnd::Replicated { version }),
+            CopyOutcome::SourceMissing if etag.is_none() => {
+                self.backup.delete(path).await.map_err(|e| e.to_string())?;
+                Ok(TaskEnd::Replicated { version })
+            }
+            CopyOutcome::SourceChanged | CopyOutcome::SourceMissing => {
+                // A write through the front in between leaves a newer version (and task)
+                // behind it: this one just waits its turn. Otherwise main was changed past
+                // the front: that is drift, and counts as a failed attempt.
+                let now = self
+                    .db
+                    .inventory_state(path)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if now.is_some_and(|n| n.version != version) {
+                    Ok(TaskEnd::Retry {
+                        at: Utc::now(),
+                        error: "main changed during the copy; the newer version follows".into(),
+                        counted: false,
+                    })
+                } else {
+                    Err(match outcome {
+                        CopyOutcome::SourceMissing => {
+                            "main no longer holds the object the inventory lists (deleted past the front?)".into()
+                        }
+                        _ => "main's object differs from the inventory (written past the front?)".into(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// 1 s doubling per failed attempt up to 5 min, each ±50 % at random so that tasks failing
+/// together do not retry together.
+fn backoff(attempts: i32) -> chrono::Duration {
+    let base = 1000u64
+        .saturating_mul(1 << attempts.clamp(1, 20).saturating_sub(1))
+        .min(300_000);
+    let jittered = rand::rng().random_range(base / 2..=base + base / 2);
+    chrono::Duration::milliseconds(jittered as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_stops_at_five_minutes() {
+        for (attempt, base) in [
+            (1, 1000),
+            (2, 2000),
+            (3, 4000),
+            (10, 300_000),
+            (40, 300_000),
+        ] {
+            for _ in 0..50 {
+                let ms = backoff(attempt).num_milliseconds();
+                assert!(
+                    (base / 2..=base + base / 2).contains(&ms),
+                    "attempt {attempt}: {ms} ms"
+                );
+            }
+        }
+    }
+}
