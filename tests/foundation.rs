@@ -50,6 +50,16 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
         ("short_admin_token.toml", "serve.admin_token"),
         ("pull_through_without_base.toml", "serve.pull_through"),
         ("bad_allow_prefix.toml", "origin.allow_prefixes"),
+        ("s3_listen_without_clients.toml", "s3_front.clients"),
+        ("s3_listen_without_backup.toml", "buckets.backup"),
+        (
+            "s3_client_foreign_bucket.toml",
+            "s3_front.clients[0].buckets",
+        ),
+        (
+            "s3_client_short_secret.toml",
+            "s3_front.clients[0].secret_access_key",
+        ),
     ];
     for (file, needle) in cases {
         let path = format!("{dir}/{file}");

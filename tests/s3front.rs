@@ -491,6 +491,45 @@ async fn one_worker_per_path_and_a_stale_copy_never_marks_a_newer_version_done()
             .expect("status");
         assert_eq!(st.failed, 1, "{st}");
         assert_eq!(st.troubled[0].last_error.as_deref(), Some("boom 3"));
+
+        // The same through the binary, as an operator sees it.
+        let dir = tempfile::tempdir().expect("dir");
+        let config =
+            common::write_config_file(dir.path(), &format!("[database]\nurl = \"{}\"\n", db.url));
+        let cli = |args: &[&str]| {
+            let out = common::command(&config)
+                .arg("--headless")
+                .args(args)
+                .output()
+                .expect("run");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, out, err) = cli(&["replication", "-o", "json"]);
+        assert_eq!(code, Some(3), "a failed task is a problem found: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+        assert_eq!(v["failed"], 1, "{v}");
+        assert_eq!(v["troubled"][0]["last_error"], "boom 3", "{v}");
+        let (code, out, _) = cli(&["replication"]);
+        assert_eq!(code, Some(3));
+        assert!(
+            out.contains("boom 3") && out.contains("retry --failed"),
+            "{out}"
+        );
+        let (code, out, err) = cli(&["replication", "retry", "--failed", "--dry-run"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("would requeue 1 tasks"), "{out}");
+        let (code, _, err) = cli(&["replication", "retry", "--ids", "999999"]);
+        assert_eq!(code, Some(2), "an unknown id is refused: {err}");
+        assert!(err.contains("999999"), "{err}");
+        let (code, out, err) = cli(&["replication", "retry", "--failed"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("requeued 1 tasks"), "{out}");
+        let (code, out, _) = cli(&["replication", "-o", "json"]);
+        assert_eq!(code, Some(0), "nothing failed any more: {out}");
     }
 }
 
@@ -768,9 +807,10 @@ async fn a_killed_front_loses_nothing_it_acknowledged_and_leaves_no_orphan() {
         .expect("inventory");
     let live: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.path.as_str()).collect();
     let main_keys: std::collections::BTreeSet<&str> = in_main.keys().map(String::as_str).collect();
-    assert_eq!(
-        live, main_keys,
-        "the inventory lists exactly what main holds"
+    let differ: Vec<_> = live.symmetric_difference(&main_keys).collect();
+    assert!(
+        differ.is_empty(),
+        "the inventory lists exactly what main holds; these differ: {differ:?}"
     );
     assert!(rows.iter().all(|r| r.is_backed_up));
     terminate(&second);
