@@ -9,6 +9,8 @@
 #  2. Lag: BENCH_RATE PUTs a second (default 200) for BENCH_LAG_SECS (default 30) through the
 #     front; each task's lag (recorded -> copied to the backup) from the task table: p50, p99,
 #     max, and how long the queue took to drain after the last PUT.
+#  Convergence: two clients PUT the same BENCH_CONV keys (default 10,000) at once while the aws
+#     CLI deletes 30 % of them; once the queue drained, `drift` main <-> backup <-> inventory.
 #  3. Memory: serve's RSS sampled every 0.2 s while the aws CLI uploads a BENCH_BIG_MIB file
 #     (default 2048) through the front (multipart, 8 MiB parts).
 #
@@ -98,6 +100,7 @@ SERVE_PID=$!
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
 curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" || { cat "$WORK/serve.log" >&2; exit 1; }
 FRONT="http://127.0.0.1:$S3_PORT"
+printf '[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n' > "$WORK/aws-config"
 load() { "$WORK/s3_put_load" "$@"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
 
@@ -144,6 +147,23 @@ LAG=$(psql "$URL" -Atc "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY
   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY x)::numeric, 3) || ' / ' || round(max(x)::numeric, 3) || ' s over ' || count(*) || ' tasks'
   FROM (SELECT extract(epoch FROM finished_at - created_at) AS x FROM replication_tasks WHERE id > $MARK AND state = 'done') t")
 
+# --- Convergence: concurrent clients writing, overwriting and deleting the same keys --------------
+N_CONV=${BENCH_CONV:-10000}
+log "convergence: two clients writing the same $N_CONV keys at once, a third deleting 30 % of them"
+load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main conv/ "$N_CONV" 4096 16 > "$WORK/conv-a.json" &
+A=$!
+load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main conv/ "$N_CONV" 8192 16 > "$WORK/conv-b.json" &
+B=$!
+sleep 2
+AWS_CONFIG_FILE="$WORK/aws-config" AWS_ACCESS_KEY_ID=$APP_KEY AWS_SECRET_ACCESS_KEY=$APP_SECRET \
+  aws --endpoint-url "$FRONT" s3 rm --recursive --only-show-errors s3://bench-main/conv/ \
+  --exclude '*' --include 'conv/0000[0-2]*' || true
+wait "$A" "$B"
+CONV_DRAIN=$(wait_drained)
+DRIFT=$("${M[@]}" --headless drift -o json 2>/dev/null || true)
+DRIFT_SUMMARY=$(python3 -c "import json,sys; s=json.loads(sys.stdin.read())['summary']; print(', '.join(f'{k} {v}' for k,v in s.items()))" <<<"$DRIFT")
+CONV_OBJECTS=$(psql "$URL" -Atc "SELECT count(*) FROM backup_inventory WHERE NOT deleted AND path LIKE 'conv/%'")
+
 # --- 3. RSS during a large multipart upload -------------------------------------------------------
 BIG="$WORK/big.bin"
 log "memory: a ${BIG_MIB} MiB upload with the aws CLI"
@@ -151,7 +171,6 @@ head -c "$((BIG_MIB * 1024 * 1024))" /dev/urandom > "$BIG"
 RSS_BEFORE=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
 ( while kill -0 "$SERVE_PID" 2>/dev/null; do awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status"; sleep 0.2; done ) > "$WORK/rss.txt" &
 SAMPLER=$!
-printf '[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n' > "$WORK/aws-config"
 T0=$(date +%s.%N)
 AWS_CONFIG_FILE="$WORK/aws-config" AWS_ACCESS_KEY_ID=$APP_KEY AWS_SECRET_ACCESS_KEY=$APP_SECRET \
   aws --endpoint-url "$FRONT" s3 cp "$BIG" s3://bench-main/big/big.bin --only-show-errors
@@ -170,4 +189,5 @@ echo "  Garage direct: $MD PUT/s (rounds: ${DIRECT[*]})"
 echo "  through the front: $MF PUT/s (rounds: ${FRONTS[*]})"
 echo "  front / direct: $RATIO"
 echo "Lag at $RATE PUT/s for ${LAG_SECS}s (p50 / p99 / max): $LAG; drained ${DRAIN}s after the last PUT"
+echo "Convergence: $(cat "$WORK/conv-a.json") / $(cat "$WORK/conv-b.json"); drained ${CONV_DRAIN}s after; $CONV_OBJECTS live conv/ objects; drift main/backup/inventory: $DRIFT_SUMMARY"
 echo "RSS of serve during a ${BIG_MIB} MiB multipart upload: before $((RSS_BEFORE / 1024)) MiB, max $((RSS_MAX / 1024)) MiB, after $((RSS_AFTER / 1024)) MiB; upload $(python3 -c "print(f'{$T1-$T0:.1f}')") s; inventory: $BACKED"

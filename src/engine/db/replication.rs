@@ -323,6 +323,18 @@ impl Db {
         }
         let scan = (n * 4) as i64;
         let pg = self.backend() == super::Backend::Postgres;
+        // Idle replicas look first without a lock (on SQLite a claim takes the write lock).
+        let anything: Result<bool, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM replication_tasks \
+             WHERE state IN ('pending', 'running') AND (next_attempt_at <= $1 \
+             OR claimed_until < $1 OR (claimed_by IS NOT NULL AND version < 0)))"
+        )
+        .bind(now)
+        .fetch_one(p)
+        .await);
+        if !anything.map_err(|e| self.err(e))? {
+            return Ok(Vec::new());
+        }
         let r: Result<Vec<ClaimedTask>, sqlx::Error> = on_pool!(self, |p| {
             let mut conn = p.acquire().await?;
             let mut tx = conn.begin_write().await?;
