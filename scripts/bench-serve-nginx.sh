@@ -22,6 +22,7 @@
 # `cargo build --release` unless MIRRORCTL_BIN names a binary.
 #
 #   scripts/bench-serve-nginx.sh
+#   BENCH_SERVE_ARGS="--threads 1" scripts/bench-serve-nginx.sh    # serve's own flags
 #   BENCH_FILES=100 BENCH_ROUNDS=1 BENCH_SECS=5 MIRRORCTL_BIN=target/debug/mirrorctl scripts/bench-serve-nginx.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -180,7 +181,8 @@ NGINX
 "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/logs/error.log" -g 'daemon off;' &
 NGINX_PID=$!
 
-"$BIN" --config "$WORK/config.toml" serve >"$WORK/serve.log" 2>&1 &
+# shellcheck disable=SC2086  # BENCH_SERVE_ARGS is split on purpose, e.g. "--threads 1"
+"$BIN" --config "$WORK/config.toml" serve ${BENCH_SERVE_ARGS:-} >"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
 curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" || { cat "$WORK/serve.log" >&2; exit 1; }
@@ -278,7 +280,7 @@ METRICS=$(curl -s "$SERVE_BASE/metrics")
 HITS=$(awk '/^mirrorctl_downloads_total\{cache="hit"\}/ {print $2}' <<<"$METRICS")
 MISSES=$(awk '/^mirrorctl_downloads_total\{cache="miss"\}/ {print $2}' <<<"$METRICS")
 cat <<EOF
-machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback, load average $LOAD_START at the start and $(cut -d" " -f1-3 /proc/loadavg) at the end, $(date -u '+%Y-%m-%d %H:%M UTC'); S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; database: SQLite; $("$NGINX" -v 2>&1 | sed 's|.*: ||'), worker_processes auto; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'); mirrorctl: $CODE
+machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), loopback, load average $LOAD_START at the start and $(cut -d" " -f1-3 /proc/loadavg) at the end, $(date -u '+%Y-%m-%d %H:%M UTC'); S3: Garage $("$(garage_bin)" --version 2>/dev/null | head -1 | awk '{print $2}') single node; database: SQLite; $("$NGINX" -v 2>&1 | sed 's|.*: ||'), worker_processes auto; $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'); mirrorctl: $CODE, serve ${BENCH_SERVE_ARGS:-(default flags)}
 mirror: $N files of each of $SIZES ($(grep -c . "$WORK/catalog.jsonl") imported, $STORED stored by prefetch, 0 left unmirrored); first GET of each size: identical to the origin on both, serve's X-Cache:$CHECKS
 hits, $CONNS connections, $SECS s, medians of $ROUNDS round(s):
 $REPORT

@@ -126,6 +126,16 @@ fn unquote(etag: Option<&str>) -> Option<String> {
     etag.map(|e| e.trim_matches('"').to_string())
 }
 
+/// One entry of a listing (`None` without a key).
+fn object_info(o: &aws_sdk_s3::types::Object) -> Option<ObjectInfo> {
+    Some(ObjectInfo {
+        key: o.key()?.to_string(),
+        size: o.size().unwrap_or(0).max(0) as u64,
+        etag: unquote(o.e_tag()),
+        last_modified: to_chrono(o.last_modified()),
+    })
+}
+
 fn to_chrono(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos()))
 }
@@ -310,18 +320,7 @@ impl S3Bucket {
             req = req.start_after(s);
         }
         let out = req.send().await.map_err(|e| self.sdk_err("list", e))?;
-        let objects = out
-            .contents()
-            .iter()
-            .filter_map(|o| {
-                Some(ObjectInfo {
-                    key: o.key()?.to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    etag: unquote(o.e_tag()),
-                    last_modified: to_chrono(o.last_modified()),
-                })
-            })
-            .collect();
+        let objects = out.contents().iter().filter_map(object_info).collect();
         let next_token = if out.is_truncated().unwrap_or(false) {
             out.next_continuation_token().map(str::to_string)
         } else {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, TryStreamExt};
 use http_body_util::{BodyDataStream, StreamBody};
 
-use super::{to_chrono, unquote, ObjectInfo, S3Bucket, COPY_SOURCE};
+use super::{object_info, to_chrono, unquote, ObjectInfo, S3Bucket, COPY_SOURCE};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A body passed through: the client's upload, or the bucket's answer.
@@ -157,6 +157,21 @@ fn quoted(etag: &str) -> String {
     }
 }
 
+/// The headers stored with an object, from a GetObject or HeadObject answer.
+macro_rules! stored_meta {
+    ($o:expr) => {
+        WriteMeta {
+            content_type: $o.content_type().map(str::to_string),
+            cache_control: $o.cache_control().map(str::to_string),
+            content_disposition: $o.content_disposition().map(str::to_string),
+            content_encoding: $o.content_encoding().map(str::to_string),
+            content_language: $o.content_language().map(str::to_string),
+            metadata: $o.metadata().cloned().unwrap_or_default(),
+        }
+    };
+}
+
+/// Sets the headers stored with an object on a PutObject, CreateMultipartUpload or CopyObject.
 macro_rules! with_meta {
     ($req:expr, $m:expr) => {
         $req.set_content_type($m.content_type.clone())
@@ -379,14 +394,7 @@ impl S3Bucket {
                 .unwrap_or(o.content_length().unwrap_or(0).max(0) as u64),
             etag: unquote(o.e_tag()),
             last_modified: to_chrono(o.last_modified()),
-            meta: WriteMeta {
-                content_type: o.content_type().map(str::to_string),
-                cache_control: o.cache_control().map(str::to_string),
-                content_disposition: o.content_disposition().map(str::to_string),
-                content_encoding: o.content_encoding().map(str::to_string),
-                content_language: o.content_language().map(str::to_string),
-                metadata: o.metadata().cloned().unwrap_or_default(),
-            },
+            meta: stored_meta!(o),
             parts_count: o.parts_count(),
         };
         Ok(GetOut {
@@ -416,14 +424,7 @@ impl S3Bucket {
             size: o.content_length().unwrap_or(0).max(0) as u64,
             etag: unquote(o.e_tag()),
             last_modified: to_chrono(o.last_modified()),
-            meta: WriteMeta {
-                content_type: o.content_type().map(str::to_string),
-                cache_control: o.cache_control().map(str::to_string),
-                content_disposition: o.content_disposition().map(str::to_string),
-                content_encoding: o.content_encoding().map(str::to_string),
-                content_language: o.content_language().map(str::to_string),
-                metadata: o.metadata().cloned().unwrap_or_default(),
-            },
+            meta: stored_meta!(o),
             parts_count: o.parts_count(),
         })
     }
@@ -443,18 +444,7 @@ impl S3Bucket {
             .await
             .map_err(forward_err)?;
         Ok(ListOut {
-            objects: out
-                .contents()
-                .iter()
-                .filter_map(|o| {
-                    Some(ObjectInfo {
-                        key: o.key()?.to_string(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                        etag: unquote(o.e_tag()),
-                        last_modified: to_chrono(o.last_modified()),
-                    })
-                })
-                .collect(),
+            objects: out.contents().iter().filter_map(object_info).collect(),
             common_prefixes: out
                 .common_prefixes()
                 .iter()

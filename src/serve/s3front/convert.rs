@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use s3s::dto::{ETag, ETagCondition, Range, Timestamp};
 use s3s::{S3Error, S3ErrorCode};
 
-use crate::engine::s3::{ForwardError, HeadOut, WriteMeta};
+use crate::engine::s3::{ForwardError, WriteMeta};
 
 /// The main bucket's answer, passed on; a bucket that did not answer is a 503 the client may
 /// retry. The message never names the main bucket's endpoint or credentials.
@@ -105,31 +105,29 @@ pub fn write_meta(
     }
 }
 
-/// Headers of an object, for GET and HEAD answers.
-pub struct Headers {
-    pub content_type: Option<String>,
-    pub cache_control: Option<String>,
-    pub content_disposition: Option<String>,
-    pub content_encoding: Option<String>,
-    pub content_language: Option<String>,
-    pub metadata: Option<std::collections::HashMap<String, String>>,
-    pub e_tag: Option<ETag>,
-    pub last_modified: Option<Timestamp>,
+/// A GetObject or HeadObject answer (`$ty`) carrying the object's headers from `$head` (a
+/// `HeadOut`), plus the given fields.
+macro_rules! object_answer {
+    ($ty:ident, $head:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let h: crate::engine::s3::HeadOut = $head;
+        let m = h.meta;
+        $ty {
+            accept_ranges: Some("bytes".into()),
+            content_type: m.content_type,
+            cache_control: m.cache_control,
+            content_disposition: m.content_disposition,
+            content_encoding: m.content_encoding,
+            content_language: m.content_language,
+            metadata: (!m.metadata.is_empty()).then_some(m.metadata),
+            e_tag: convert::etag(h.etag),
+            last_modified: h.last_modified.map(convert::to_timestamp),
+            parts_count: h.parts_count,
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
 }
-
-pub fn headers(h: HeadOut) -> Headers {
-    let m = h.meta;
-    Headers {
-        content_type: m.content_type,
-        cache_control: m.cache_control,
-        content_disposition: m.content_disposition,
-        content_encoding: m.content_encoding,
-        content_language: m.content_language,
-        metadata: (!m.metadata.is_empty()).then_some(m.metadata),
-        e_tag: etag(h.etag),
-        last_modified: h.last_modified.map(to_timestamp),
-    }
-}
+pub(super) use object_answer;
 
 /// The main bucket's answer body as s3s streams it to the client, with its length known (so
 /// the client gets a Content-Length, not a chunked body).

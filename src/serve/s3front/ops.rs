@@ -447,24 +447,13 @@ impl S3 for Front {
             i.if_unmodified_since.as_ref(),
         );
         let got = self.main.forward_get(&i.key, &r).await.map_err(s3_error)?;
-        let parts_count = got.head.parts_count;
-        let h = convert::headers(got.head);
-        Ok(S3Response::new(GetObjectOutput {
-            body: Some(convert::body(got.body, got.content_length)),
-            content_length: Some(got.content_length as i64),
-            content_range: got.content_range,
-            accept_ranges: Some("bytes".into()),
-            content_type: h.content_type,
-            cache_control: h.cache_control,
-            content_disposition: h.content_disposition,
-            content_encoding: h.content_encoding,
-            content_language: h.content_language,
-            metadata: h.metadata,
-            e_tag: h.e_tag,
-            last_modified: h.last_modified,
-            parts_count,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(
+            convert::object_answer!(GetObjectOutput, got.head, {
+                body: Some(convert::body(got.body, got.content_length)),
+                content_length: Some(got.content_length as i64),
+                content_range: got.content_range,
+            }),
+        ))
     }
 
     async fn head_object(
@@ -482,22 +471,12 @@ impl S3 for Front {
             i.if_unmodified_since.as_ref(),
         );
         let head = self.main.forward_head(&i.key, &r).await.map_err(s3_error)?;
-        let (size, parts_count) = (head.size, head.parts_count);
-        let h = convert::headers(head);
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(size as i64),
-            accept_ranges: Some("bytes".into()),
-            content_type: h.content_type,
-            cache_control: h.cache_control,
-            content_disposition: h.content_disposition,
-            content_encoding: h.content_encoding,
-            content_language: h.content_language,
-            metadata: h.metadata,
-            e_tag: h.e_tag,
-            last_modified: h.last_modified,
-            parts_count,
-            ..Default::default()
-        }))
+        let size = head.size as i64;
+        Ok(S3Response::new(
+            convert::object_answer!(HeadObjectOutput, head, {
+                content_length: Some(size),
+            }),
+        ))
     }
 
     async fn list_objects_v2(
