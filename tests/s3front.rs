@@ -824,3 +824,51 @@ fn terminate(child: &std::process::Child) {
         .arg(child.id().to_string())
         .status();
 }
+
+/// Objects written to main past the front are not replicated until `replication resync`
+/// queues what a drift check finds missing in the backup; a dry run queues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_queues_what_drift_finds_missing_in_the_backup() {
+    let db = TestDb::sqlite().await;
+    let s = S3Server::s3s().await;
+    let (main, _) = s.new_bucket("front-main").await;
+    let (backup, _) = s.new_bucket("front-backup").await;
+    let f = start_front(&db, front_config(&db, main, backup)).await;
+    f.app
+        .put_bytes("via/front.bin", body(1, 1, 100), None)
+        .await
+        .expect("put");
+    for i in 0..3 {
+        f.main
+            .put_bytes(&format!("past/{i}.bin"), body(i, 1, 200), None)
+            .await
+            .expect("put past the front");
+    }
+    f.drained(Duration::from_secs(30)).await;
+    let progress = mirrorctl::engine::jobs::Progress::none();
+    let refused =
+        replication::resync(&f.ctx, replication::ResyncParams::default(), &progress).await;
+    assert!(
+        refused.is_err_and(|e| e.exit_code() == 2),
+        "without --yes a resync is refused"
+    );
+    let dry = replication::ResyncParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let r = replication::resync(&f.ctx, dry, &progress)
+        .await
+        .expect("dry run");
+    assert_eq!((r.found, r.queued), (3, 0), "{r}");
+    let yes = replication::ResyncParams {
+        yes: true,
+        ..Default::default()
+    };
+    let r = replication::resync(&f.ctx, yes, &progress)
+        .await
+        .expect("resync");
+    assert_eq!((r.found, r.queued), (3, 3), "{r}");
+    f.drained(Duration::from_secs(30)).await;
+    assert_eq!(contents(&f.backup).await, contents(&f.main).await);
+    f.stop().await;
+}
