@@ -555,8 +555,9 @@ fn default_front_region() -> String {
 fn default_replication_workers() -> usize {
     16
 }
+/// With retries 1 s apart doubling to 1 min: about 25 minutes of failures.
 fn default_replication_attempts() -> u32 {
-    10
+    30
 }
 
 impl Default for S3FrontConfig {

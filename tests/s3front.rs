@@ -318,7 +318,7 @@ async fn the_backup_down_grows_an_honest_backlog_that_drains_once_it_is_back() {
     let mut backup = backup_real.clone();
     backup.endpoint = Some(proxy.endpoint.clone());
     let f = start_front(&db, front_config(&db, main, backup)).await;
-    for i in 0..10 {
+    for i in 0..40 {
         f.app
             .put_bytes(&format!("down/{i}.bin"), body(i, 1, 2048), None)
             .await
@@ -328,8 +328,8 @@ async fn the_backup_down_grows_an_honest_backlog_that_drains_once_it_is_back() {
     let s1 = replication::status(&f.ctx, Utc::now())
         .await
         .expect("status");
-    assert_eq!(s1.pending, 10, "{s1}");
-    assert_eq!(s1.pending_bytes, 10 * 2048, "{s1}");
+    assert_eq!(s1.pending, 40, "{s1}");
+    assert_eq!(s1.pending_bytes, 40 * 2048, "{s1}");
     assert!(
         s1.lag_s >= 2.0,
         "the lag is the age of the oldest task: {s1}"
@@ -342,7 +342,11 @@ async fn the_backup_down_grows_an_honest_backlog_that_drains_once_it_is_back() {
         "failing tasks show their error: {:?}",
         s1.troubled
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let tried_before = proxy
+        .faults
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let s2 = replication::status(&f.ctx, Utc::now())
         .await
         .expect("status");
@@ -351,11 +355,24 @@ async fn the_backup_down_grows_an_honest_backlog_that_drains_once_it_is_back() {
         "the lag keeps growing: {s1} then {s2}"
     );
 
+    // After 5 failures in a row, one attempt a second (each retried by the S3 client up to 4
+    // times), not 40 tasks retrying on their own schedules.
+    let tried = proxy
+        .faults
+        .requests
+        .load(std::sync::atomic::Ordering::SeqCst)
+        - tried_before;
+    assert!(
+        tried <= 16,
+        "a backup that is down is probed, not hammered: {tried} requests in 3 s"
+    );
     proxy
         .faults
         .fail_writes
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    let back = Instant::now();
     let done = f.drained(Duration::from_secs(30)).await;
+    eprintln!("drained {:?} after the backup came back", back.elapsed());
     assert_eq!(done.failed, 0, "{done}");
     let main_objs = contents(&f.main).await;
     let real_backup = S3Bucket::connect(&backup_real).await.expect("backup");

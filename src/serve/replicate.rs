@@ -7,6 +7,7 @@
 //! that used up `s3_front.max_attempts` stays `failed`, with its last error, until
 //! `mirrorctl replication retry`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +29,18 @@ const RENEW_EVERY: Duration = Duration::from_secs(20);
 /// With nothing to do, the queue is looked at this often (a write in this process wakes the
 /// worker at once; one made through another replica waits at most this long).
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// After this many failed attempts in a row (of any tasks), the worker copies one task at a
+/// time until one succeeds: a backup that is down sees one request per replica, not one per
+/// task in the backlog.
+const PROBE_AFTER_FAILURES: u32 = 5;
+/// While probing, at most one task is claimed this often.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// Done tasks are kept this long for the drain rate and lag figures.
 const KEEP_DONE: Duration = Duration::from_secs(24 * 3600);
 
 struct Worker {
+    /// Failed attempts in a row, across tasks (0 after any success).
+    failures_in_a_row: std::sync::atomic::AtomicU32,
     db: Db,
     main: S3Bucket,
     backup: S3Bucket,
@@ -61,6 +70,7 @@ pub async fn spawn(
         }
     };
     let w = Arc::new(Worker {
+        failures_in_a_row: Default::default(),
         db: ctx.db.clone(),
         main,
         backup,
@@ -77,8 +87,17 @@ async fn run(w: Arc<Worker>, n: usize, wake: Arc<Notify>, cancel: CancellationTo
     let mut renew = tokio::time::interval(RENEW_EVERY);
     let mut prune = tokio::time::interval(Duration::from_secs(3600));
     let mut db_warned = false;
+    let mut next_probe = tokio::time::Instant::now();
     loop {
-        let free = n.saturating_sub(running.len());
+        let probing = w.failures_in_a_row.load(Ordering::Relaxed) >= PROBE_AFTER_FAILURES;
+        let free = match probing {
+            false => n.saturating_sub(running.len()),
+            true if tokio::time::Instant::now() < next_probe => 0,
+            true => {
+                next_probe = tokio::time::Instant::now() + PROBE_EVERY;
+                1usize.saturating_sub(running.len())
+            }
+        };
         let mut claimed = Vec::new();
         if free > 0 && !cancel.is_cancelled() {
             let now = Utc::now();
@@ -110,7 +129,7 @@ async fn run(w: Arc<Worker>, n: usize, wake: Arc<Notify>, cancel: CancellationTo
         if cancel.is_cancelled() && running.is_empty() {
             return;
         }
-        let full = running.len() >= n;
+        let full = running.len() >= n || (probing && !running.is_empty());
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(id) = done {
@@ -149,6 +168,7 @@ impl Worker {
         match &end {
             TaskEnd::Replicated { .. } => {
                 self.metrics.replicated.inc();
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
             }
             TaskEnd::Retry {
                 counted: true,
@@ -156,6 +176,7 @@ impl Worker {
                 ..
             } => {
                 self.metrics.replication_errors.inc();
+                self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = %task.path, attempt = task.attempts, "replication: {error}");
             }
             TaskEnd::Retry { .. } => {}
@@ -242,12 +263,13 @@ impl Worker {
     }
 }
 
-/// 1 s doubling per failed attempt up to 5 min, each ±50 % at random so that tasks failing
-/// together do not retry together.
+/// 1 s doubling per failed attempt up to 1 min, each ±50 % at random so that tasks failing
+/// together do not retry together. The cap bounds how long a backlog waits once a backup
+/// that was down is back.
 fn backoff(attempts: i32) -> chrono::Duration {
     let base = 1000u64
         .saturating_mul(1 << attempts.clamp(1, 20).saturating_sub(1))
-        .min(300_000);
+        .min(60_000);
     let jittered = rand::rng().random_range(base / 2..=base + base / 2);
     chrono::Duration::milliseconds(jittered as i64)
 }
@@ -257,13 +279,14 @@ mod tests {
     use super::backoff;
 
     #[test]
-    fn backoff_doubles_within_jitter_and_stops_at_five_minutes() {
+    fn backoff_doubles_within_jitter_and_stops_at_a_minute() {
         for (attempt, base) in [
             (1, 1000),
             (2, 2000),
             (3, 4000),
-            (10, 300_000),
-            (40, 300_000),
+            (6, 32_000),
+            (7, 60_000),
+            (40, 60_000),
         ] {
             for _ in 0..50 {
                 let ms = backoff(attempt).num_milliseconds();
