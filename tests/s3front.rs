@@ -881,11 +881,103 @@ async fn resync_queues_what_drift_finds_missing_in_the_backup() {
         yes: true,
         ..Default::default()
     };
-    let r = replication::resync(&f.ctx, yes, &progress)
+    let r = replication::resync(&f.ctx, yes.clone(), &progress)
         .await
         .expect("resync");
     assert_eq!((r.found, r.queued), (3, 3), "{r}");
     f.drained(Duration::from_secs(30)).await;
     assert_eq!(contents(&f.backup).await, contents(&f.main).await);
+
+    // A key the front wrote, overwritten past it: the inventory's ETag no longer matches
+    // main's, so the conditional copy is refused; main is the truth, and the inventory learns it.
+    f.main
+        .put_bytes("via/front.bin", body(2, 2, 300), None)
+        .await
+        .expect("overwrite past the front");
+    let r = replication::resync(&f.ctx, yes, &progress)
+        .await
+        .expect("resync");
+    assert_eq!((r.found, r.queued), (1, 1), "{r}");
+    let st = f.drained(Duration::from_secs(30)).await;
+    assert_eq!(st.failed, 0, "{st}");
+    let head = f
+        .main
+        .head("via/front.bin")
+        .await
+        .expect("head")
+        .expect("in main");
+    let row = f
+        .ctx
+        .db
+        .inventory_state("via/front.bin")
+        .await
+        .expect("row")
+        .expect("row");
+    assert_eq!(
+        (row.size as u64, row.etag),
+        (head.size, head.etag),
+        "the inventory records main's object"
+    );
+    assert_eq!(contents(&f.backup).await, contents(&f.main).await);
     f.stop().await;
+}
+
+/// Clients racing on the same keys: main keeps whichever write landed last, and the inventory
+/// may have recorded another one last; once the queue drains, inventory and backup hold what
+/// main holds, and nothing is left failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_of_one_key_converge_on_what_main_holds() {
+    for db in TestDb::all().await {
+        let s = match S3Server::garage() {
+            Some(g) => g,
+            None => S3Server::s3s().await,
+        };
+        let (main, _) = s.new_bucket("race-main").await;
+        let (backup, _) = s.new_bucket("race-backup").await;
+        let f = start_front(&db, front_config(&db, main, backup)).await;
+        let writers: Vec<_> = (0..8u8)
+            .map(|w| {
+                let app = f.app.clone();
+                tokio::spawn(async move {
+                    for i in 0..15usize {
+                        let key = format!("race/{}.bin", i % 3);
+                        let size = 1000 + usize::from(w) * 100 + i;
+                        app.put_bytes(&key, body(i, w, size), None)
+                            .await
+                            .expect("put");
+                        if i % 7 == 6 {
+                            app.delete(&key).await.expect("delete");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("writer");
+        }
+        let st = f.drained(Duration::from_secs(60)).await;
+        assert_eq!(st.failed, 0, "{st}");
+        let in_main = listing(&f.main).await;
+        assert_eq!(
+            listing(&f.backup).await,
+            in_main,
+            "the backup holds what main holds"
+        );
+        for (key, (size, etag)) in &in_main {
+            let row = f
+                .ctx
+                .db
+                .inventory_state(key)
+                .await
+                .expect("row")
+                .expect("listed");
+            assert!(!row.deleted, "{key}");
+            assert_eq!(
+                (row.size as u64, &row.etag),
+                (*size, etag),
+                "{key}: inventory = main"
+            );
+        }
+        f.stop().await;
+    }
 }

@@ -90,8 +90,12 @@ async fn run(w: Arc<Worker>, n: usize, wake: Arc<Notify>, cancel: CancellationTo
     let mut next_probe = tokio::time::Instant::now();
     loop {
         let probing = w.failures_in_a_row.load(Ordering::Relaxed) >= PROBE_AFTER_FAILURES;
+        // Claims come in batches (a quarter of the workers at least, unless none is busy):
+        // each claim is a transaction under the fleet-wide claim lock.
+        let batch = (n / 4).max(1);
         let free = match probing {
-            false => n.saturating_sub(running.len()),
+            false if running.is_empty() || n - running.len() >= batch => n - running.len(),
+            false => 0,
             true if tokio::time::Instant::now() < next_probe => 0,
             true => {
                 next_probe = tokio::time::Instant::now() + PROBE_EVERY;
@@ -129,7 +133,7 @@ async fn run(w: Arc<Worker>, n: usize, wake: Arc<Notify>, cancel: CancellationTo
         if cancel.is_cancelled() && running.is_empty() {
             return;
         }
-        let full = running.len() >= n || (probing && !running.is_empty());
+        let full = running.len() + batch > n || (probing && !running.is_empty());
         tokio::select! {
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(id) = done {
@@ -191,23 +195,29 @@ impl Worker {
         }
     }
 
+    /// Makes the inventory row of `path` say what main holds now (HEAD).
+    async fn reconcile_with_main(&self, path: &str) -> Result<(), String> {
+        let head = self.main.head(path).await.map_err(|e| e.to_string())?;
+        let object = head.map(|h| WrittenObject {
+            size: h.size as i64,
+            etag: h.etag,
+            content_type: h.content_type,
+            last_modified: h.last_modified,
+        });
+        self.db
+            .reconcile_inventory(path, object.as_ref(), Utc::now())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Makes the backup hold what the inventory says of the task's path now.
     async fn replicate(&self, task: &ClaimedTask) -> Result<TaskEnd, String> {
         let path = &task.path;
         if task.version < 0 {
             // The intent of a write whose outcome nobody recorded (its process died, or main
             // did not answer): the inventory first learns what main really holds.
-            let head = self.main.head(path).await.map_err(|e| e.to_string())?;
-            let object = head.map(|h| WrittenObject {
-                size: h.size as i64,
-                etag: h.etag,
-                content_type: h.content_type,
-                last_modified: h.last_modified,
-            });
-            self.db
-                .reconcile_inventory(path, object.as_ref(), Utc::now())
-                .await
-                .map_err(|e| e.to_string())?;
+            self.reconcile_with_main(path).await?;
         }
         let state = self
             .db
@@ -237,27 +247,30 @@ impl Worker {
             }
             CopyOutcome::SourceChanged | CopyOutcome::SourceMissing => {
                 // A write through the front in between leaves a newer version (and task)
-                // behind it: this one just waits its turn. Otherwise main was changed past
-                // the front: that is drift, and counts as a failed attempt.
+                // behind it: this one waits its turn. Otherwise main's last write is not the
+                // one the inventory recorded last (two clients writing one key at once commit
+                // in either order), or main was changed past the front: main is the truth, so
+                // the inventory learns what main holds and the next attempt copies that.
                 let now = self
                     .db
                     .inventory_state(path)
                     .await
                     .map_err(|e| e.to_string())?;
                 if now.is_some_and(|n| n.version != version) {
-                    Ok(TaskEnd::Retry {
+                    return Ok(TaskEnd::Retry {
                         at: Utc::now(),
                         error: "main changed during the copy; the newer version follows".into(),
                         counted: false,
-                    })
-                } else {
-                    Err(match outcome {
-                        CopyOutcome::SourceMissing => {
-                            "main no longer holds the object the inventory lists (deleted past the front?)".into()
-                        }
-                        _ => "main's object differs from the inventory (written past the front?)".into(),
-                    })
+                    });
                 }
+                self.reconcile_with_main(path).await?;
+                tracing::info!(path = %path, "replication: the inventory differed from main's object; it now records main's");
+                Ok(TaskEnd::Retry {
+                    at: Utc::now(),
+                    error: "the inventory differed from main's object; it now records main's"
+                        .into(),
+                    counted: false,
+                })
             }
         }
     }

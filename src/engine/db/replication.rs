@@ -107,6 +107,11 @@ const UPSERT_INVENTORY: &str = "INSERT INTO backup_inventory (path, size, etag, 
      updated_at = excluded.updated_at, version = backup_inventory.version + 1 \
      RETURNING version";
 
+/// For the transactions whose loss costs only a redo (an intent, a claim, a task's end:
+/// copies are idempotent), PostgreSQL does not wait for the WAL flush at commit. The one that
+/// acknowledges a client's write (`record_front_writes`) keeps waiting for it.
+const RELAXED_COMMIT: &str = "SET LOCAL synchronous_commit = off";
+
 const TASK_COLUMNS: &str =
     "id, path, op, version, size, state, attempts, last_error, created_at, next_attempt_at";
 
@@ -126,7 +131,12 @@ impl Db {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
+        let pg = self.backend() == super::Backend::Postgres;
         let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            if pg {
+                sqlx::query(RELAXED_COMMIT).execute(&mut *tx).await?;
+            }
             let mut qb = QueryBuilder::new(
                 "INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
                  next_attempt_at, claimed_by) ",
@@ -142,7 +152,9 @@ impl Db {
                     .push_bind(creator);
             });
             qb.push(" RETURNING id");
-            qb.build_query_scalar::<i64>().fetch_all(p).await
+            let ids = qb.build_query_scalar::<i64>().fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(ids)
         });
         r.map_err(|e| self.err(e))
     }
@@ -339,6 +351,7 @@ impl Db {
             let mut conn = p.acquire().await?;
             let mut tx = conn.begin_write().await?;
             if pg {
+                sqlx::query(RELAXED_COMMIT).execute(&mut *tx).await?;
                 // 0x6d697272 ("mirr"): the claim lock, one per database.
                 sqlx::query("SELECT pg_advisory_xact_lock(1835627122)")
                     .execute(&mut *tx)
@@ -477,9 +490,13 @@ impl Db {
         max_attempts: u32,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let pg = self.backend() == super::Backend::Postgres;
         let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
             let mut conn = p.acquire().await?;
             let mut tx = conn.begin_write().await?;
+            if pg {
+                sqlx::query(RELAXED_COMMIT).execute(&mut *tx).await?;
+            }
             match end {
                 TaskEnd::Replicated { version } => {
                     sqlx::query(
