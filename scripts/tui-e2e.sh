@@ -2,11 +2,13 @@
 # End-to-end test of the terminal UI: runs the real binary on a fresh embedded demo inside a
 # private tmux server (120x40), drives it with keys and asserts on what the screen shows:
 # dashboard, view switches with `:`, the files filter and file detail, help, the catalog's
-# "mirror now" through its confirmation, a validation run through its confirmation to the end,
-# read-only refusal, `mirrorctl prefetch` opening on its confirmation, and a clean exit that
+# "mirror now" through its confirmation, the Replication view's empty state and its retry
+# confirmation, a validation run through its confirmation to the end, read-only refusal,
+# `mirrorctl prefetch` and `mirrorctl replication` opening on their view, and a clean exit that
 # gives the terminal back. Exits non-zero (and prints the screen) on the first failed expectation.
 #
-#   scripts/tui-e2e.sh                      builds target/debug/mirrorctl first
+#   scripts/tui-e2e.sh                      builds the debug binary first (in $CARGO_TARGET_DIR
+#                                           when set, else target/)
 #   MIRRORCTL_BIN=path scripts/tui-e2e.sh   uses that binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,7 @@ command -v tmux >/dev/null || { echo "tui-e2e: tmux is required" >&2; exit 2; }
 BIN=${MIRRORCTL_BIN:-}
 if [ -z "$BIN" ]; then
     cargo build --quiet
-    BIN=target/debug/mirrorctl
+    BIN=${CARGO_TARGET_DIR:-target}/debug/mirrorctl
 fi
 BIN=$(realpath "$BIN")
 DEMO=$(mktemp -d)
@@ -115,7 +117,13 @@ wait_for "not mirrored"
 keys Tab
 wait_for "No serve replica has written a heartbeat"
 keys Tab
+# The demo has no S3 front: nothing was ever replicated.
+wait_for "No replication tasks: writes through the S3 front (serve.s3_listen) appear here."
+wait_for "9 Replication"
+keys Tab
 wait_for "Hit rate"
+keys 9
+wait_for "Replication 0 pending, 0 failed"
 keys 4
 wait_for "Compares the main bucket"
 keys '?'
@@ -148,6 +156,17 @@ keys 7
 wait_for "Catalog 2,140 entries, 52 not mirrored"
 wait_for "52 of 52"
 pass "catalog: mirror now confirmed, ran, and the entry left the list"
+
+# --- Replication: retry every failed task asks first (the demo has none) ----------------------
+keys 9
+wait_for "writes through the S3 front"
+keys R
+wait_for "Confirm retry" 20
+wait_for "mirrorctl --headless replication retry --failed"
+wait_for "Affects:  0 tasks"
+keys n
+wait_for "retry: cancelled, nothing was changed"
+pass "replication: empty state; retry all failed shows its dry run and n changes nothing"
 
 # --- Validation through its confirmation ------------------------------------------------------
 command validate
@@ -185,9 +204,14 @@ wait_for "not mirrored"
 keys P
 wait_for "refused: prefetch is not allowed in read-only mode"
 screen | grep -qF "Confirm prefetch" && fail "read-only mode opened a prefetch confirmation"
+keys 9
+wait_for "writes through the S3 front"
+keys R
+wait_for "refused: retry is not allowed in read-only mode"
+screen | grep -qF "Confirm retry" && fail "read-only mode opened a retry confirmation"
 keys q
 wait_for "TUI-EXIT=0"
-pass "read-only refuses a purge and a prefetch"
+pass "read-only refuses a purge, a prefetch and a retry"
 
 # --- `mirrorctl --demo prefetch`: the Catalog view with the prefetch ready to confirm ----------
 T send-keys -t "$S" "clear; '$BIN' --demo prefetch; echo TUI-EXIT=\$?" Enter
@@ -199,6 +223,14 @@ wait_for "prefetch: cancelled, nothing was changed"
 keys q
 wait_for "TUI-EXIT=0"
 pass "prefetch opens the catalog with its confirmation; n changes nothing"
+
+# --- `mirrorctl --demo replication`: the Replication view, not the headless status -------------
+T send-keys -t "$S" "clear; '$BIN' --demo replication; echo TUI-EXIT=\$?" Enter
+wait_for "No replication tasks: writes through the S3 front" 15
+screen | grep -qF "9 Replication" || fail "replication did not open the TUI"
+keys q
+wait_for "TUI-EXIT=0"
+pass "mirrorctl replication opens the Replication view"
 
 # --- Opening on a view: `mirrorctl --demo history` --------------------------------------------
 T send-keys -t "$S" "clear; '$BIN' --demo history; echo TUI-EXIT=\$?" Enter
