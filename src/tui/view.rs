@@ -914,7 +914,7 @@ fn render_replication_figures(app: &App, f: &mut Frame, area: Rect, s: &Replicat
             t,
             "Pending",
             vec![
-                Span::styled(format!("{} tasks", count(s.pending)), t.text),
+                Span::styled(tasks(s.pending), t.text),
                 Span::styled(format!(" · {}", bytes(s.pending_bytes)), t.dim),
             ],
         ),
@@ -938,7 +938,7 @@ fn render_replication_figures(app: &App, f: &mut Frame, area: Rect, s: &Replicat
             t,
             "Failed",
             vec![Span::styled(
-                format!("{} tasks", count(s.failed)),
+                tasks(s.failed),
                 if s.failed > 0 { t.bad } else { t.good },
             )],
         ),
@@ -977,6 +977,10 @@ fn render_replication_figures(app: &App, f: &mut Frame, area: Rect, s: &Replicat
     ];
     f.render_widget(Paragraph::new(left_lines), left);
     f.render_widget(Paragraph::new(right_lines), right);
+}
+
+fn tasks(n: i64) -> String {
+    format!("{} {}", count(n), if n == 1 { "task" } else { "tasks" })
 }
 
 /// One figure over the samples of this session: a sparkline of the newest that fit, the
