@@ -71,6 +71,17 @@ pass() { echo "ok: $*"; }
 
 echo "tui-e2e: generating the demo in $DEMO"
 MIRRORCTL_DEMO_DIR=$DEMO "$BIN" --demo --headless stats >/dev/null 2>&1 || fail "demo generation failed"
+# How many files the demo mirrored and how many catalog entries it left unmirrored depend on
+# the day it is generated (its download history follows the calendar): read them from it.
+field() { grep -o "\"$1\": *[0-9]*" | head -1 | grep -o '[0-9]*$'; }
+commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+demo_json() { MIRRORCTL_DEMO_DIR=$DEMO "$BIN" --demo --headless "$@" -o json 2>/dev/null; }
+FILES=$(demo_json stats | field storage_objects)
+CATALOG=$(demo_json catalog list --unmirrored --limit 1)
+ENTRIES=$(field total <<<"$CATALOG")
+UNMIRRORED=$(field unmirrored <<<"$CATALOG")
+[ -n "$FILES" ] && [ -n "$ENTRIES" ] && [ -n "$UNMIRRORED" ] || fail "cannot read the demo's figures"
+echo "tui-e2e: the demo has $FILES mirrored files, $ENTRIES catalog entries, $UNMIRRORED unmirrored"
 
 T new-session -d -s "$S" -x 120 -y 40 "bash --norc --noprofile"
 T send-keys -t "$S" "export MIRRORCTL_DEMO_DIR=$DEMO PS1='$ '; clear; echo before-tui" Enter
@@ -81,7 +92,7 @@ T send-keys -t "$S" "'$BIN' --demo; echo TUI-EXIT=\$?" Enter
 wait_for "1 Dashboard" 15
 wait_for "Hit rate" 15
 wait_for "Hits vs misses per hour"
-screen | grep -qE "Storage +2,100 objects" || fail "dashboard storage figure"
+screen | grep -qE "Storage +$(commas "$FILES") objects" || fail "dashboard storage figure"
 keys w
 wait_for "Hits vs misses per hour"
 keys w
@@ -90,7 +101,7 @@ pass "dashboard with figures and chart; window switch"
 
 # --- Files: `:` command, filter, sort, detail ----------------------------------------------
 command files
-wait_for "Files 2,100"
+wait_for "Files $(commas "$FILES")"
 wait_for "DOWNLOADS▼"
 keys /
 T send-keys -t "$S" -l "maps"
@@ -106,7 +117,7 @@ keys Escape
 wait_gone "Downloads per day"
 wait_for 'filter "maps"'
 keys Escape
-wait_for "Files 2,100"
+wait_for "Files $(commas "$FILES")"
 pass "files: filter, sort, detail"
 
 # --- Views by number and Tab, help ----------------------------------------------------------
@@ -140,11 +151,11 @@ wait_gone "Esc close"
 pass "views by number and Tab; help from the keymap"
 
 # --- Catalog: mirror one entry now -----------------------------------------------------------
-# The demo's catalog has 40 entries never downloaded and 13 stale copies.
+# The demo's catalog has entries never downloaded and stale copies; G reaches the last, id 2140.
 keys 7
-wait_for "Catalog 2,140 entries, 53 not mirrored"
+wait_for "Catalog $(commas "$ENTRIES") entries, $UNMIRRORED not mirrored"
 keys G
-wait_for "53 of 53"
+wait_for "$UNMIRRORED of $UNMIRRORED"
 keys m
 wait_for "Confirm prefetch" 20
 wait_for "mirrorctl --headless prefetch --ids 2140 --yes"
@@ -153,8 +164,8 @@ keys y
 wait_for "prefetch  done" 60
 wait_for "prefetched 1 of 1 files"
 keys 7
-wait_for "Catalog 2,140 entries, 52 not mirrored"
-wait_for "52 of 52"
+wait_for "Catalog $(commas "$ENTRIES") entries, $((UNMIRRORED - 1)) not mirrored"
+wait_for "$((UNMIRRORED - 1)) of $((UNMIRRORED - 1))"
 pass "catalog: mirror now confirmed, ran, and the entry left the list"
 
 # --- Replication: retry every failed task asks first (the demo has none) ----------------------
@@ -172,12 +183,12 @@ pass "replication: empty state; retry all failed shows its dry run and n changes
 command validate
 wait_for "Confirm validate" 20
 wait_for "mirrorctl --headless validate --all"
-# The demo's 2,100 mirrored files and the one the catalog step just mirrored.
-wait_for "Affects:  2,101 files"
+# The demo's mirrored files and the one the catalog step just mirrored.
+wait_for "Affects:  $(commas $((FILES + 1))) files"
 keys y
 wait_for "Jobs ·"
 wait_for "validate  done" 120
-wait_for "checked 2101"
+wait_for "checked $((FILES + 1))"
 pass "validation confirmed, ran and finished"
 
 command history
@@ -217,7 +228,7 @@ pass "read-only refuses a purge, a prefetch and a retry"
 T send-keys -t "$S" "clear; '$BIN' --demo prefetch; echo TUI-EXIT=\$?" Enter
 wait_for "Confirm prefetch" 20
 wait_for "mirrorctl --headless prefetch --unmirrored --yes"
-screen | grep -qF "Catalog 2,140 entries" || fail "prefetch did not open on the Catalog view"
+screen | grep -qF "Catalog $(commas "$ENTRIES") entries" || fail "prefetch did not open on the Catalog view"
 keys n
 wait_for "prefetch: cancelled, nothing was changed"
 keys q
