@@ -1388,6 +1388,23 @@ impl App {
                             self.catalog.selected = target;
                         }
                     }
+                    View::Replication => {
+                        let (first, visible) = super::view::replication_rows(self.height);
+                        let n = self
+                            .replication
+                            .status
+                            .as_ref()
+                            .map_or(0, |s| s.troubled.len());
+                        if n == 0 || m.row < first || usize::from(m.row - first) >= visible {
+                            return;
+                        }
+                        // The table scrolls to keep the selection on its last row at most.
+                        let sel = self.replication.selected.min(n - 1);
+                        let target = sel.saturating_sub(visible - 1) + usize::from(m.row - first);
+                        if target < n {
+                            self.replication.selected = target;
+                        }
+                    }
                     View::History => {
                         let target = self.history.top + row as usize;
                         if (row as usize) < self.history_visible_rows()

@@ -1856,6 +1856,28 @@ fn replication_view_loads_samples_and_retries_through_a_confirmation() {
     update(&mut app, key('G'));
     assert_eq!(app.replication.selected, 3);
     update(&mut app, key('g'));
+    // A click selects the task drawn on that row, at both sizes.
+    for size in [(80, 24), (120, 40)] {
+        let mut small = replication_app(size, 3);
+        let text = draw(&small);
+        let y = text
+            .lines()
+            .position(|l| l.contains(" 1529 pending"))
+            .unwrap_or_else(|| panic!("task 1529 not on screen:\n{text}"));
+        update(
+            &mut small,
+            Action::Mouse(MouseEvent {
+                kind: MouseEventKind::Down(MouseButton::Left),
+                column: 10,
+                row: y as u16,
+                modifiers: KeyModifiers::NONE,
+            }),
+        );
+        assert_eq!(
+            small.replication.selected, 3,
+            "click at row {y} of {size:?}"
+        );
+    }
 
     // r: the selected task, through a dry run and the confirmation.
     update(&mut app, key('r'));

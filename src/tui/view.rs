@@ -819,6 +819,31 @@ fn render_fleet(app: &App, f: &mut Frame, area: Rect) {
 
 // ---- Replication ---------------------------------------------------------------------------
 
+/// The figures' block: four lines and its borders.
+const REPLICATION_FIGURES_H: u16 = 6;
+/// The selected task's path and last error under the table.
+const REPLICATION_DETAIL_H: u16 = 2;
+
+/// The trends' height in a view `body_h` rows tall.
+fn replication_trend_h(body_h: u16) -> u16 {
+    if body_h >= 30 {
+        9
+    } else {
+        5
+    }
+}
+
+/// The screen row of the first troubled task on a terminal `height` rows tall, and how many
+/// tasks fit (the layout `render_replication` draws, for mouse clicks).
+pub fn replication_rows(height: u16) -> (u16, usize) {
+    let body_h = height.saturating_sub(2);
+    let above = REPLICATION_FIGURES_H + replication_trend_h(body_h);
+    // The tab bar, then the table's border and header row.
+    let first = 1 + above + 2;
+    let list_h = body_h.saturating_sub(above + 2 + REPLICATION_DETAIL_H);
+    (first, list_h.saturating_sub(1).max(1) as usize)
+}
+
 fn render_replication(app: &App, f: &mut Frame, area: Rect) {
     let t = &app.theme;
     let r = &app.replication;
@@ -871,10 +896,9 @@ fn render_replication(app: &App, f: &mut Frame, area: Rect) {
             return;
         }
     };
-    let trend_h = if area.height >= 30 { 9 } else { 5 };
     let [figures, trends, table] = Layout::vertical([
-        Constraint::Length(6),
-        Constraint::Length(trend_h),
+        Constraint::Length(REPLICATION_FIGURES_H),
+        Constraint::Length(replication_trend_h(area.height)),
         Constraint::Min(4),
     ])
     .areas(area);
@@ -1068,7 +1092,9 @@ fn render_troubled(app: &App, f: &mut Frame, area: Rect, s: &ReplicationStatus) 
         );
         return;
     }
-    let [list, detail] = Layout::vertical([Constraint::Min(2), Constraint::Length(2)]).areas(inner);
+    let [list, detail] =
+        Layout::vertical([Constraint::Min(2), Constraint::Length(REPLICATION_DETAIL_H)])
+            .areas(inner);
     let wide = area.width >= 100;
     let mut widths = vec![
         Constraint::Length(7),
