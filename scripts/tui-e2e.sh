@@ -72,7 +72,8 @@ pass() { echo "ok: $*"; }
 echo "tui-e2e: generating the demo in $DEMO"
 MIRRORCTL_DEMO_DIR=$DEMO "$BIN" --demo --headless stats >/dev/null 2>&1 || fail "demo generation failed"
 # How many files the demo mirrored and how many catalog entries it left unmirrored depend on
-# the day it is generated (its download history follows the calendar): read them from it.
+# the hour it is generated (its download history follows the clock and the calendar): read
+# them from it.
 field() { grep -o "\"$1\": *[0-9]*" | head -1 | grep -o '[0-9]*$'; }
 commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
 demo_json() { MIRRORCTL_DEMO_DIR=$DEMO "$BIN" --demo --headless "$@" -o json 2>/dev/null; }
