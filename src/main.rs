@@ -146,7 +146,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return run_catalog(&cli, &ctx, action).await;
     }
     if let Some(Command::Replication { action }) = &cli.command {
-        return run_replication(&cli, &ctx, action.as_ref()).await;
+        // Without --headless it opens the Replication view (retry on its confirmation); the
+        // TUI has no resync, which stays a headless command.
+        let resync = matches!(
+            action,
+            Some(mirrorctl::cli::ReplicationAction::Resync { .. })
+        );
+        if cli.headless || resync {
+            return run_replication(&cli, &ctx, action.as_ref()).await;
+        }
     }
     if !cli.headless {
         let start = cli.command.as_ref().map(tui_start);
@@ -160,8 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     run_headless(&cli, &ctx, cmd).await
 }
 
-/// What the TUI opens on: the command's name, and for prefetch its selection (the same words
-/// as the TUI's `:prefetch`), so `mirrorctl prefetch --ids 7` asks about entry 7, not all.
+/// What the TUI opens on: the command's name, and for prefetch and replication retry its
+/// selection (the same words as the TUI's `:prefetch` and `:replication retry`), so
+/// `mirrorctl prefetch --ids 7` asks about entry 7, not all.
 fn tui_start(cmd: &Command) -> String {
     match cmd {
         Command::Prefetch {
@@ -172,6 +181,16 @@ fn tui_start(cmd: &Command) -> String {
         Command::Prefetch { ids, .. } if !ids.is_empty() => {
             let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
             format!("prefetch {}", ids.join(","))
+        }
+        Command::Replication {
+            action: Some(mirrorctl::cli::ReplicationAction::Retry { failed, ids, .. }),
+        } => {
+            if *failed {
+                "replication retry failed".into()
+            } else {
+                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                format!("replication retry {}", ids.join(","))
+            }
         }
         other => other.name().to_string(),
     }
@@ -495,8 +514,8 @@ fn window_days(w: &str) -> anyhow::Result<i64> {
     Ok(days)
 }
 
-/// `replication [status] | retry | resync`, always headless: status exits 3 when a task
-/// failed.
+/// `replication [status] | retry | resync` with --headless (resync always): status exits 3
+/// when a task failed.
 async fn run_replication(
     cli: &Cli,
     ctx: &Ctx,

@@ -2,7 +2,7 @@
 //! an `Action`; `update` changes the state and queues `Effect`s (queries, jobs) that the event
 //! loop runs on tasks. Nothing here awaits or touches the terminal, so tests drive it directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +17,7 @@ use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::drift::DriftItem;
 use crate::engine::ops::files::{FileReport, PresignReport};
 use crate::engine::ops::fleet::FleetReport;
+use crate::engine::ops::replication::ReplicationStatus;
 use crate::engine::ops::stats::{StatsReport, Window};
 
 use super::keymap::{self, Command, Scope};
@@ -35,6 +36,9 @@ pub const CATALOG_SKIP: i64 = 20_000;
 /// How long a notification stays.
 const NOTE_SECS: i64 = 6;
 const ERROR_NOTE_SECS: i64 = 12;
+/// Replication samples kept for the backlog and lag trends (one per refresh: 10 minutes at
+/// the default 5 s).
+pub const REPLICATION_SAMPLES: usize = 120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -46,10 +50,11 @@ pub enum View {
     History,
     Catalog,
     Fleet,
+    Replication,
 }
 
 impl View {
-    pub const ALL: [View; 8] = [
+    pub const ALL: [View; 9] = [
         View::Dashboard,
         View::Files,
         View::Jobs,
@@ -58,6 +63,7 @@ impl View {
         View::History,
         View::Catalog,
         View::Fleet,
+        View::Replication,
     ];
 
     pub fn title(self) -> &'static str {
@@ -70,6 +76,19 @@ impl View {
             View::History => "History",
             View::Catalog => "Catalog",
             View::Fleet => "Fleet",
+            View::Replication => "Replication",
+        }
+    }
+
+    /// The name in a tab bar too narrow for every title.
+    pub fn short_title(self) -> &'static str {
+        match self {
+            View::Dashboard => "Dash",
+            View::Archive => "Arch",
+            View::History => "Hist",
+            View::Catalog => "Cat",
+            View::Replication => "Repl",
+            other => other.title(),
         }
     }
 
@@ -87,6 +106,7 @@ impl View {
             View::History => Scope::History,
             View::Catalog => Scope::Catalog,
             View::Fleet => Scope::Fleet,
+            View::Replication => Scope::Replication,
         }
     }
 }
@@ -119,6 +139,8 @@ pub enum Action {
     },
     /// The serve replicas on the database.
     FleetLoaded(Result<Box<FleetReport>, String>),
+    /// The replication backlog, lag and troubled tasks.
+    ReplicationLoaded(Result<Box<ReplicationStatus>, String>),
     /// The keys of the latest drift check: what differs and why.
     DriftItems(Vec<DriftItem>),
     Presigned(Result<PresignReport, String>),
@@ -158,6 +180,7 @@ pub enum Effect {
         limit: i64,
     },
     LoadFleet,
+    LoadReplication,
     Presign(i64),
     Preview(OpRequest),
     StartJob {
@@ -290,6 +313,55 @@ pub struct FleetState {
     pub error: Option<String>,
 }
 
+/// One reading of the replication figures, for the trends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplicationSample {
+    pub at: DateTime<Utc>,
+    pub pending: i64,
+    pub lag_s: f64,
+}
+
+/// The Replication view: the latest status, the figures of every load since the first (the
+/// last `REPLICATION_SAMPLES`), and the selected troubled task.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicationState {
+    pub status: Option<Box<ReplicationStatus>>,
+    pub samples: VecDeque<ReplicationSample>,
+    pub selected: usize,
+    pub loading: bool,
+    pub error: Option<String>,
+}
+
+impl ReplicationState {
+    /// Nothing to show but the figures' zeros: no task open, failed or drained in the last
+    /// minute, and none seen in this session's samples either.
+    pub fn nothing_replicated(&self) -> bool {
+        let Some(s) = &self.status else { return false };
+        s.pending == 0
+            && s.failed == 0
+            && s.in_flight == 0
+            && s.drain_per_s == 0.0
+            && s.troubled.is_empty()
+            && self.samples.iter().all(|x| x.pending == 0)
+    }
+
+    fn loaded(&mut self, status: Box<ReplicationStatus>) {
+        if self.samples.back().map(|x| x.at) != Some(status.generated_at) {
+            self.samples.push_back(ReplicationSample {
+                at: status.generated_at,
+                pending: status.pending,
+                lag_s: status.lag_s,
+            });
+        }
+        while self.samples.len() > REPLICATION_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.selected = self.selected.min(status.troubled.len().saturating_sub(1));
+        self.status = Some(status);
+        self.error = None;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobState {
     Running,
@@ -383,6 +455,7 @@ pub struct App {
     pub archive: ArchiveState,
     pub catalog: CatalogState,
     pub fleet: FleetState,
+    pub replication: ReplicationState,
     /// The keys of the latest drift check of this session.
     pub drift_items: Vec<DriftItem>,
     /// The first drift key shown (the list scrolls with ↑↓).
@@ -411,6 +484,7 @@ impl App {
             archive: ArchiveState::default(),
             catalog: CatalogState::default(),
             fleet: FleetState::default(),
+            replication: ReplicationState::default(),
             drift_items: Vec::new(),
             drift_top: 0,
             notifications: Vec::new(),
@@ -452,6 +526,16 @@ impl App {
                 app.view = View::Fleet;
                 None
             }
+            "replication" => {
+                app.view = View::Replication;
+                match parse_replication(&rest) {
+                    Ok(op) => op,
+                    Err(e) => {
+                        start_error = Some(e);
+                        None
+                    }
+                }
+            }
             "prefetch" => {
                 app.view = View::Catalog;
                 match parse_prefetch(&rest) {
@@ -489,6 +573,7 @@ impl App {
                     | View::Archive
                     | View::Drift
                     | View::Catalog
+                    | View::Replication
             ) {
                 s.push(Scope::List);
             }
@@ -552,7 +637,57 @@ impl App {
                 self.fleet.loading = true;
                 self.effects.push(Effect::LoadFleet);
             }
+            View::Replication => {
+                self.replication.loading = true;
+                self.effects.push(Effect::LoadReplication);
+            }
             View::Jobs | View::Drift => {}
+        }
+    }
+
+    /// The periodic refresh: the current view, and once the Replication view was opened its
+    /// figures too, so the trends have no gap while another view is on screen.
+    fn refresh(&mut self) {
+        self.load_view();
+        let r = &self.replication;
+        if self.view != View::Replication && r.status.is_some() && !r.loading {
+            self.replication.loading = true;
+            self.effects.push(Effect::LoadReplication);
+        }
+    }
+
+    fn move_replication(&mut self, delta: i64) {
+        let n = self
+            .replication
+            .status
+            .as_ref()
+            .map_or(0, |s| s.troubled.len()) as i64;
+        if n > 0 {
+            let r = &mut self.replication;
+            r.selected = (r.selected as i64).saturating_add(delta).clamp(0, n - 1) as usize;
+        }
+    }
+
+    /// `r`: the selected troubled task back in the queue, due now.
+    fn retry_selected(&mut self) {
+        let task = self
+            .replication
+            .status
+            .as_ref()
+            .and_then(|s| s.troubled.get(self.replication.selected));
+        match task {
+            Some(t) => {
+                let op = OpRequest::ReplicationRetry {
+                    ids: vec![t.id],
+                    label: format!("task {} ({})", t.id, t.path),
+                };
+                self.request(op);
+            }
+            None if self.replication.status.is_some() => self.notify(
+                Level::Info,
+                "no failed or retrying replication task to retry",
+            ),
+            None => self.notify(Level::Error, "retry: no task selected (still loading)"),
         }
     }
 
@@ -784,6 +919,7 @@ impl App {
                 }
             }
             View::Catalog => self.move_catalog(delta),
+            View::Replication => self.move_replication(delta),
             _ => {}
         }
     }
@@ -973,6 +1109,8 @@ impl App {
             Command::ArchiveRestore => self.archive_action(None, true),
             Command::MirrorNow => self.mirror_selected(),
             Command::PrefetchAll => self.request(OpRequest::PrefetchUnmirrored),
+            Command::RetryTask => self.retry_selected(),
+            Command::RetryFailed => self.request(OpRequest::ReplicationRetryFailed),
         }
     }
 
@@ -1047,6 +1185,14 @@ impl App {
             "history" => self.goto(View::History),
             "catalog" => self.goto(View::Catalog),
             "fleet" => self.goto(View::Fleet),
+            "replication" => {
+                self.goto(View::Replication);
+                match parse_replication(&rest) {
+                    Ok(Some(op)) => self.request(op),
+                    Ok(None) => {}
+                    Err(e) => self.notify(Level::Error, e),
+                }
+            }
             "prefetch" => {
                 self.goto(View::Catalog);
                 match parse_prefetch(&rest) {
@@ -1242,6 +1388,23 @@ impl App {
                             self.catalog.selected = target;
                         }
                     }
+                    View::Replication => {
+                        let (first, visible) = super::view::replication_rows(self.height);
+                        let n = self
+                            .replication
+                            .status
+                            .as_ref()
+                            .map_or(0, |s| s.troubled.len());
+                        if n == 0 || m.row < first || usize::from(m.row - first) >= visible {
+                            return;
+                        }
+                        // The table scrolls to keep the selection on its last row at most.
+                        let sel = self.replication.selected.min(n - 1);
+                        let target = sel.saturating_sub(visible - 1) + usize::from(m.row - first);
+                        if target < n {
+                            self.replication.selected = target;
+                        }
+                    }
                     View::History => {
                         let target = self.history.top + row as usize;
                         if (row as usize) < self.history_visible_rows()
@@ -1333,6 +1496,31 @@ pub fn parse_prefetch(words: &[&str]) -> Result<OpRequest, String> {
     }
 }
 
+/// The words after `replication` (on the `:` line, or passed on by `mirrorctl replication`):
+/// nothing for the view, `retry failed` or `retry ID…`.
+pub fn parse_replication(words: &[&str]) -> Result<Option<OpRequest>, String> {
+    const USAGE: &str = "usage: replication [retry failed | retry ID…]";
+    match words {
+        [] | ["status"] => Ok(None),
+        ["retry", "failed" | "--failed"] => Ok(Some(OpRequest::ReplicationRetryFailed)),
+        ["retry", ids @ ..] if !ids.is_empty() => {
+            let ids = ids
+                .iter()
+                .flat_map(|w| w.split(','))
+                .filter(|w| !w.is_empty() && *w != "--ids")
+                .map(|w| w.parse::<i64>().map_err(|_| USAGE.to_string()))
+                .collect::<Result<Vec<i64>, String>>()?;
+            let label = match ids.as_slice() {
+                [] => return Err(USAGE.into()),
+                [one] => format!("task {one}"),
+                many => format!("{} tasks", many.len()),
+            };
+            Ok(Some(OpRequest::ReplicationRetry { ids, label }))
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
 fn cycle<T: Copy + PartialEq>(all: &[T], cur: T, step: i64) -> T {
     let n = all.len() as i64;
     let i = all.iter().position(|x| *x == cur).unwrap_or(0) as i64;
@@ -1366,7 +1554,7 @@ fn page_len(rows: i64) -> i64 {
 pub fn tab_at(x: u16, width: u16) -> Option<View> {
     let mut col = super::view::tabs_start(width);
     for v in View::ALL {
-        let w = super::view::tab_label(v).chars().count() as u16;
+        let w = super::view::tab_label(v, width).chars().count() as u16;
         if x >= col && x < col + w {
             return Some(v);
         }
@@ -1394,7 +1582,7 @@ pub fn update(app: &mut App, action: Action) {
             app.notifications
                 .retain(|n| n.at + note_life(n.level) > now);
         }
-        Action::Refresh => app.load_view(),
+        Action::Refresh => app.refresh(),
         Action::StatsLoaded(r) => {
             app.dashboard.loading = false;
             match r {
@@ -1502,6 +1690,19 @@ pub fn update(app: &mut App, action: Action) {
                 }
             }
         }
+        Action::ReplicationLoaded(r) => {
+            app.replication.loading = false;
+            match r {
+                Ok(status) => app.replication.loaded(status),
+                Err(e) => {
+                    // The samples taken behind another view fail quietly; on screen it says so.
+                    if app.view == View::Replication {
+                        app.notify(Level::Error, format!("replication: {e}"));
+                    }
+                    app.replication.error = Some(e);
+                }
+            }
+        }
         Action::HistoryLoaded(r) => {
             app.history.loading = false;
             match r {
@@ -1568,7 +1769,10 @@ pub fn update(app: &mut App, action: Action) {
                 if kind == "prefetch" {
                     app.catalog.invalidate();
                 }
-                if matches!(app.view, View::Dashboard | View::Catalog) {
+                if matches!(
+                    app.view,
+                    View::Dashboard | View::Catalog | View::Replication
+                ) {
                     app.load_view();
                 }
             }

@@ -9,7 +9,8 @@ use super::app::View;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
-    /// Any view with a list (files, jobs, history, archive partitions, drift keys, catalog).
+    /// Any view with a list (files, jobs, history, archive partitions, drift keys, catalog,
+    /// troubled replication tasks).
     List,
     Dashboard,
     Files,
@@ -20,6 +21,7 @@ pub enum Scope {
     History,
     Catalog,
     Fleet,
+    Replication,
 }
 
 impl Scope {
@@ -36,6 +38,7 @@ impl Scope {
             Scope::History => "History",
             Scope::Catalog => "Catalog",
             Scope::Fleet => "Fleet",
+            Scope::Replication => "Replication",
         }
     }
 }
@@ -74,6 +77,8 @@ pub enum Command {
     ArchiveRestore,
     MirrorNow,
     PrefetchAll,
+    RetryTask,
+    RetryFailed,
 }
 
 /// One key: a code and the modifiers that must be held (Shift is implied by the character).
@@ -253,6 +258,13 @@ pub const BINDINGS: &[Binding] = &[
         &[k('8')],
         Command::Goto(View::Fleet),
         "fleet",
+        false,
+    ),
+    b(
+        S::Global,
+        &[k('9')],
+        Command::Goto(View::Replication),
+        "replication",
         false,
     ),
     b(
@@ -452,6 +464,21 @@ pub const BINDINGS: &[Binding] = &[
         "prefetch all: every entry without a fresh copy",
         true,
     ),
+    // `r` refreshes everywhere else; here the view refreshes itself and C-r still works.
+    b(
+        S::Replication,
+        &[k('r')],
+        Command::RetryTask,
+        "retry the selected task: back in the queue, due now (C-r refreshes here)",
+        true,
+    ),
+    b(
+        S::Replication,
+        &[k('R')],
+        Command::RetryFailed,
+        "retry all failed tasks",
+        true,
+    ),
 ];
 
 /// The command bound to `e` in the first scope of `scopes` that binds it.
@@ -546,6 +573,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         &[],
         "fleet",
         "the serve replicas on this database: up, gone or stopped",
+    ),
+    c(
+        "replication",
+        &["retry"],
+        "replication [retry failed|ID…]",
+        "the S3 front's replication to the backup; retry failed tasks or these ids",
     ),
     c(
         "prefetch",

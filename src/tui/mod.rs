@@ -32,7 +32,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{catalog, files, fleet, history, stats};
+use crate::engine::ops::{catalog, files, fleet, history, replication, stats};
 use crate::engine::Ctx;
 
 use app::{update, Action, App, DashboardData, Effect, Options};
@@ -303,6 +303,15 @@ fn execute(
                     .map(Box::new)
                     .map_err(|e| e.to_string());
                 let _ = tx.send(Action::FleetLoaded(r));
+            });
+        }
+        Effect::LoadReplication => {
+            tokio::spawn(async move {
+                let r = replication::status(&ctx, Utc::now())
+                    .await
+                    .map(Box::new)
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Action::ReplicationLoaded(r));
             });
         }
         Effect::LoadHistory => {

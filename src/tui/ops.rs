@@ -4,7 +4,7 @@
 
 use crate::engine::error::Result;
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{archive, drift, prefetch, purge, remirror, validate};
+use crate::engine::ops::{archive, drift, prefetch, purge, remirror, replication, validate};
 use crate::engine::Ctx;
 use crate::headless::bytes;
 
@@ -39,6 +39,11 @@ pub enum OpRequest {
     /// Mirror the `n` most downloaded files of the last `window_days` days that lack a
     /// fresh copy.
     PrefetchTop { n: i64, window_days: i64 },
+    /// Put these replication tasks back in the queue, due now with their attempts reset;
+    /// `label` names them in the confirmation (the selected task's id and path).
+    ReplicationRetry { ids: Vec<i64>, label: String },
+    /// Put every failed replication task back in the queue.
+    ReplicationRetryFailed,
 }
 
 impl OpRequest {
@@ -55,6 +60,7 @@ impl OpRequest {
             OpRequest::PrefetchIds { .. }
             | OpRequest::PrefetchUnmirrored
             | OpRequest::PrefetchTop { .. } => "prefetch",
+            OpRequest::ReplicationRetry { .. } | OpRequest::ReplicationRetryFailed => "retry",
         }
     }
 
@@ -82,6 +88,12 @@ impl OpRequest {
             OpRequest::PrefetchTop { n, window_days } => format!(
                 "prefetch the {n} most downloaded files of the last {window_days} days that lack a fresh copy"
             ),
+            OpRequest::ReplicationRetry { label, .. } => {
+                format!("retry the replication of {label} to the backup")
+            }
+            OpRequest::ReplicationRetryFailed => {
+                "retry every failed replication task to the backup".into()
+            }
         }
     }
 
@@ -92,6 +104,7 @@ impl OpRequest {
             OpRequest::ArchiveRun
             | OpRequest::ArchiveVerify { .. }
             | OpRequest::ArchiveRestore { .. } => "rows",
+            OpRequest::ReplicationRetry { .. } | OpRequest::ReplicationRetryFailed => "tasks",
             _ => "files",
         }
     }
@@ -126,6 +139,11 @@ impl OpRequest {
             OpRequest::PrefetchTop { n, window_days } => {
                 format!("prefetch --top {n} --window {window_days}d --yes")
             }
+            OpRequest::ReplicationRetry { ids, .. } => {
+                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                format!("replication retry --ids {}", ids.join(","))
+            }
+            OpRequest::ReplicationRetryFailed => "replication retry --failed".into(),
         };
         format!("mirrorctl --headless {args}")
     }
@@ -271,6 +289,29 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 bytes: Some(r.bytes),
             })
         }
+        OpRequest::ReplicationRetry { .. } | OpRequest::ReplicationRetryFailed => {
+            let r = replication::retry(ctx, retry_params(op, true), &none).await?;
+            let mut lines = vec![
+                "Puts the tasks back in the queue, due now with their attempts reset;".to_string(),
+                "serve's replication workers then copy each key to the backup.".into(),
+            ];
+            lines.extend(r.tasks.iter().take(3).map(|t| {
+                let why = t.last_error.as_deref().unwrap_or("no error recorded");
+                format!("  {} {}: {why}", t.id, t.path)
+            }));
+            if !r.unknown_ids.is_empty() {
+                let ids: Vec<String> = r.unknown_ids.iter().map(i64::to_string).collect();
+                lines.push(format!(
+                    "Not open or failed (done already?): {}",
+                    ids.join(", ")
+                ));
+            }
+            Ok(Preview {
+                lines,
+                count: Some(r.requeued as u64),
+                bytes: Some(r.tasks.iter().map(|t| t.size.max(0) as u64).sum()),
+            })
+        }
     }
 }
 
@@ -379,7 +420,19 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
             let r = prefetch::run(ctx, prefetch_params(op, false), progress).await?;
             Ok(JobOutcome::from(r.to_string()))
         }
+        OpRequest::ReplicationRetry { .. } | OpRequest::ReplicationRetryFailed => {
+            let r = replication::retry(ctx, retry_params(op, false), progress).await?;
+            Ok(JobOutcome::from(r.to_string()))
+        }
     }
+}
+
+fn retry_params(op: &OpRequest, dry_run: bool) -> replication::RetryParams {
+    let select = match op {
+        OpRequest::ReplicationRetry { ids, .. } => replication::RetrySelector::Ids(ids.clone()),
+        _ => replication::RetrySelector::Failed,
+    };
+    replication::RetryParams { select, dry_run }
 }
 
 fn remirror_params(op: &OpRequest, dry_run: bool) -> remirror::RemirrorParams {

@@ -11,7 +11,7 @@ use ratatui::buffer::Buffer;
 use ratatui::Terminal;
 
 use crate::config::ThemeName;
-use crate::engine::db::{CatalogRow, FleetRow};
+use crate::engine::db::{CatalogRow, FleetRow, TaskRow};
 use crate::engine::jobs::JobEvent;
 use crate::engine::model::{
     DailyDownloads, FileDetail, FileRow, FileSort, OperationRecord, SeriesPoint,
@@ -20,6 +20,7 @@ use crate::engine::ops::archive::{PartitionEntry, PartitionState};
 use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::files::{FileReport, OriginView};
 use crate::engine::ops::fleet::FleetReport;
+use crate::engine::ops::replication::ReplicationStatus;
 use crate::engine::ops::stats::{StatsReport, Window};
 
 use super::app::{
@@ -385,6 +386,106 @@ fn fleet_report() -> FleetReport {
     )
 }
 
+fn task(id: i64, path: &str, state: &str, attempts: i32, error: &str) -> TaskRow {
+    TaskRow {
+        id,
+        path: path.into(),
+        op: if path.ends_with(".tmp") {
+            "delete"
+        } else {
+            "put"
+        }
+        .into(),
+        version: 2,
+        size: 64 * 1024 * id,
+        state: state.into(),
+        attempts,
+        last_error: Some(error.into()),
+        created_at: now() - TimeDelta::minutes(id % 50),
+        next_attempt_at: now() + TimeDelta::seconds(if state == "failed" { 0 } else { 40 }),
+    }
+}
+
+/// A backlog behind a backup that answers slowly: two failed tasks, two retrying.
+fn replication_status() -> ReplicationStatus {
+    ReplicationStatus {
+        generated_at: now(),
+        pending: 1204,
+        pending_bytes: 97_650_000,
+        running: 16,
+        in_flight: 2,
+        failed: 2,
+        oldest_pending_at: Some(now() - TimeDelta::seconds(123)),
+        lag_s: 123.0,
+        drain_per_s: 12.5,
+        eta_s: Some(1204.0 / 12.5),
+        troubled: vec![
+            task(
+                412,
+                "apps/photos/2026/11/IMG_4410.jpg",
+                "failed",
+                10,
+                "backup bucket mod-mirror-backup at http://127.0.0.1:3900: access denied",
+            ),
+            task(
+                398,
+                "apps/reports/q3/summary-final-v2.pdf",
+                "failed",
+                10,
+                "main no longer holds ETag \"9843ed7b\": superseded",
+            ),
+            task(
+                1530,
+                "apps/photos/2026/11/IMG_4502.jpg",
+                "pending",
+                3,
+                "backup: connection reset by peer",
+            ),
+            task(
+                1529,
+                "apps/cache/upload.tmp",
+                "pending",
+                1,
+                "backup: timed out after 30s",
+            ),
+        ],
+    }
+}
+
+/// The Replication view after `n` refreshes of a backlog that grew, then started to drain.
+fn replication_app(size: (u16, u16), n: i64) -> App {
+    let mut app = app_at(Some("replication"), size);
+    for i in 0..n {
+        let mut s = replication_status();
+        s.generated_at = now() - TimeDelta::seconds(5 * (n - 1 - i));
+        let grow = if i < n * 2 / 3 { i } else { n * 4 / 3 - i };
+        s.pending = 200 + grow * 30;
+        s.lag_s = 10.0 + grow as f64 * 3.0;
+        if i == n - 1 {
+            s = replication_status();
+        }
+        update(&mut app, Action::ReplicationLoaded(Ok(Box::new(s))));
+    }
+    app.effects.clear();
+    app
+}
+
+fn idle_replication() -> ReplicationStatus {
+    ReplicationStatus {
+        generated_at: now(),
+        pending: 0,
+        pending_bytes: 0,
+        running: 0,
+        in_flight: 0,
+        failed: 0,
+        oldest_pending_at: None,
+        lag_s: 0.0,
+        drain_per_s: 0.0,
+        eta_s: Some(0.0),
+        troubled: Vec::new(),
+    }
+}
+
 /// Every view (and the popups) at every size, as the operator sees them.
 fn partition(year: i32, month: u32, state: PartitionState, object: Option<&str>) -> PartitionEntry {
     PartitionEntry {
@@ -598,6 +699,40 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     );
     scenes.push(("fleet_empty", fleet_empty));
 
+    let mut replication = replication_app(size, 40);
+    update(&mut replication, code(KeyCode::Down));
+    scenes.push(("replication", replication.clone()));
+
+    let mut retry = replication.clone();
+    update(&mut retry, key('R'));
+    let Some(Effect::Preview(op)) = retry.effects.pop() else {
+        panic!("R asked for no preview");
+    };
+    update(
+        &mut retry,
+        Action::PreviewLoaded {
+            op,
+            result: Ok(Preview {
+                lines: vec![
+                    "Puts the tasks back in the queue, due now with their attempts reset;".into(),
+                    "serve's replication workers then copy each key to the backup.".into(),
+                    "  398 apps/reports/q3/summary-final-v2.pdf: main no longer holds ETag".into(),
+                    "  412 apps/photos/2026/11/IMG_4410.jpg: access denied".into(),
+                ],
+                count: Some(2),
+                bytes: Some(52_428_800),
+            }),
+        },
+    );
+    scenes.push(("replication_confirm_retry_failed", retry));
+
+    let mut replication_empty = app_at(Some("replication"), size);
+    update(
+        &mut replication_empty,
+        Action::ReplicationLoaded(Ok(Box::new(idle_replication()))),
+    );
+    scenes.push(("replication_empty", replication_empty));
+
     let mut error = dash;
     update(
         &mut error,
@@ -623,7 +758,7 @@ fn every_scene_fits_and_shows_its_view() {
         for (name, app) in scenes(size) {
             let text = draw(&app);
             assert!(
-                text.contains("1 Dashboard") && text.contains("8 Fleet"),
+                text.contains("1 Dash") && text.contains("9 Repl"),
                 "{name} at {size:?} lost the tab bar"
             );
             assert!(
@@ -1457,6 +1592,8 @@ fn prefetch_opens_the_catalog_with_its_selection_awaiting_confirmation() {
     update(&mut app, code(KeyCode::Tab));
     assert_eq!(app.view, View::Fleet);
     update(&mut app, code(KeyCode::Tab));
+    assert_eq!(app.view, View::Replication);
+    update(&mut app, code(KeyCode::Tab));
     assert_eq!(app.view, View::Dashboard);
 }
 
@@ -1596,4 +1733,256 @@ fn fleet_view_loads_on_8_and_refresh_and_marks_gone_replicas() {
     let app = App::new(opts(Some("fleet"), false), now(), (80, 24));
     assert_eq!(app.view, View::Fleet);
     assert!(app.effects.iter().any(|e| matches!(e, Effect::LoadFleet)));
+}
+
+#[test]
+fn tab_bar_shortens_the_names_when_they_do_not_fit() {
+    let wide = draw(&app_at(None, (120, 40)));
+    let first = wide.lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.starts_with(" mirrorctl ") && first.ends_with(" 8 Fleet  9 Replication"),
+        "{first}"
+    );
+    let narrow = draw(&app_at(None, (80, 24)));
+    let first = narrow.lines().next().unwrap_or_default().to_string();
+    assert_eq!(
+        first,
+        " 1 Dash  2 Files  3 Jobs  4 Drift  5 Arch  6 Hist  7 Cat  8 Fleet  9 Repl"
+    );
+    // A click lands on the tab drawn there, at either width.
+    for (w, x) in [(80u16, 71u16), (120, 100)] {
+        let mut app = app_at(None, (w, 24));
+        update(
+            &mut app,
+            Action::Mouse(MouseEvent {
+                kind: MouseEventKind::Down(MouseButton::Left),
+                column: x,
+                row: 0,
+                modifiers: KeyModifiers::NONE,
+            }),
+        );
+        assert_eq!(app.view, View::Replication, "click at {x} of {w}");
+    }
+}
+
+#[test]
+fn replication_view_loads_samples_and_retries_through_a_confirmation() {
+    let mut app = app_at(None, (120, 40));
+    update(&mut app, key('9'));
+    assert_eq!(app.view, View::Replication);
+    assert!(matches!(app.effects.as_slice(), [Effect::LoadReplication]));
+    assert!(app.replication.loading);
+    assert!(draw(&app).contains("loading…"));
+    app.effects.clear();
+    update(
+        &mut app,
+        Action::ReplicationLoaded(Ok(Box::new(replication_status()))),
+    );
+    assert!(!app.replication.loading);
+    assert_eq!(app.replication.samples.len(), 1);
+
+    // Each refresh is a sample; the ring keeps the newest REPLICATION_SAMPLES.
+    for i in 1..=(super::app::REPLICATION_SAMPLES as i64 + 10) {
+        update(&mut app, Action::Refresh);
+        assert!(matches!(app.effects.as_slice(), [Effect::LoadReplication]));
+        app.effects.clear();
+        let mut s = replication_status();
+        s.generated_at = now() + TimeDelta::seconds(5 * i);
+        s.pending = i;
+        update(&mut app, Action::ReplicationLoaded(Ok(Box::new(s))));
+    }
+    let samples = &app.replication.samples;
+    assert_eq!(samples.len(), super::app::REPLICATION_SAMPLES);
+    assert_eq!(samples.back().map(|x| x.pending), Some(130));
+    assert_eq!(samples.front().map(|x| x.pending), Some(11));
+    // Behind another view the figures are still sampled, one query at a time.
+    update(&mut app, key('1'));
+    app.effects.clear();
+    update(&mut app, Action::Refresh);
+    assert_eq!(
+        app.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::LoadReplication))
+            .count(),
+        1
+    );
+    update(&mut app, Action::Refresh);
+    assert_eq!(
+        app.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::LoadReplication))
+            .count(),
+        1,
+        "a second sample was asked for while the first was in flight"
+    );
+    update(
+        &mut app,
+        Action::ReplicationLoaded(Err("database x: unreachable".into())),
+    );
+    assert!(app.notifications.is_empty(), "{:?}", app.notifications);
+    update(&mut app, key('9'));
+    app.effects.clear();
+    update(
+        &mut app,
+        Action::ReplicationLoaded(Ok(Box::new(replication_status()))),
+    );
+
+    // Failed first, selectable; the figures that need looking at are coloured.
+    let text = draw(&app);
+    assert!(
+        text.contains("Troubled tasks 2 failed, 2 retrying"),
+        "{text}"
+    );
+    let backend = TestBackend::new(app.width, app.height);
+    let mut terminal = Terminal::new(backend).unwrap_or_else(|e| panic!("{e}"));
+    terminal
+        .draw(|f| view::render(&app, f))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let buf = terminal.backend().buffer();
+    let at = |needle: &str| {
+        text.lines()
+            .enumerate()
+            .find_map(|(y, l)| {
+                l.find(needle)
+                    .map(|b| (l[..b].chars().count() as u16, y as u16))
+            })
+            .unwrap_or_else(|| panic!("{needle:?} not on screen:\n{text}"))
+    };
+    assert_eq!(buf[at("2m 3s")].style().fg, app.theme.warn.fg);
+    assert_eq!(buf[at("2 tasks")].style().fg, app.theme.bad.fg);
+    update(&mut app, code(KeyCode::Down));
+    update(&mut app, code(KeyCode::Down));
+    assert_eq!(app.replication.selected, 2);
+    update(&mut app, key('G'));
+    assert_eq!(app.replication.selected, 3);
+    update(&mut app, key('g'));
+    // A click selects the task drawn on that row, at both sizes.
+    for size in [(80, 24), (120, 40)] {
+        let mut small = replication_app(size, 3);
+        let text = draw(&small);
+        let y = text
+            .lines()
+            .position(|l| l.contains(" 1529 pending"))
+            .unwrap_or_else(|| panic!("task 1529 not on screen:\n{text}"));
+        update(
+            &mut small,
+            Action::Mouse(MouseEvent {
+                kind: MouseEventKind::Down(MouseButton::Left),
+                column: 10,
+                row: y as u16,
+                modifiers: KeyModifiers::NONE,
+            }),
+        );
+        assert_eq!(
+            small.replication.selected, 3,
+            "click at row {y} of {size:?}"
+        );
+    }
+
+    // r: the selected task, through a dry run and the confirmation.
+    update(&mut app, key('r'));
+    let Some(Effect::Preview(op)) = app.effects.pop() else {
+        panic!("r asked for no preview: {:?}", app.effects);
+    };
+    assert!(matches!(&op, OpRequest::ReplicationRetry { ids, .. } if ids == &[412]));
+    assert_eq!(
+        op.headless_command(),
+        "mirrorctl --headless replication retry --ids 412"
+    );
+    // R: every failed task; the count of the dry run and the headless command are shown.
+    update(&mut app, key('R'));
+    let Some(Effect::Preview(op)) = app.effects.pop() else {
+        panic!("R asked for no preview");
+    };
+    assert_eq!(op, OpRequest::ReplicationRetryFailed);
+    assert!(op.mutating());
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op,
+            result: Ok(Preview {
+                lines: vec![],
+                count: Some(2),
+                bytes: Some(1024),
+            }),
+        },
+    );
+    let text = draw(&app);
+    assert!(text.contains("Affects:  2 tasks, 1 KiB"), "{text}");
+    assert!(
+        text.contains("mirrorctl --headless replication retry --failed"),
+        "{text}"
+    );
+    update(&mut app, key('y'));
+    assert!(app.effects.iter().any(|e| matches!(
+        e,
+        Effect::StartJob {
+            op: OpRequest::ReplicationRetryFailed,
+            ..
+        }
+    )));
+    assert_eq!(app.view, View::Jobs);
+    let id = app.jobs[0].id;
+    update(&mut app, key('9'));
+    app.effects.clear();
+    update(
+        &mut app,
+        Action::JobDone {
+            id,
+            result: Ok("requeued 2 tasks".into()),
+        },
+    );
+    assert!(matches!(app.effects.as_slice(), [Effect::LoadReplication]));
+
+    // `:replication retry failed`, and `mirrorctl replication retry --ids 7,8` opens on it.
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key(':'));
+    typed(&mut app, "replication retry failed");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.view, View::Replication);
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Preview(OpRequest::ReplicationRetryFailed))));
+    let app = App::new(opts(Some("replication retry 7,8"), false), now(), (80, 24));
+    assert_eq!(app.view, View::Replication);
+    assert!(app.effects.iter().any(|e| matches!(e,
+        Effect::Preview(OpRequest::ReplicationRetry { ids, .. }) if ids == &[7, 8])));
+
+    // Read-only: both refused before any dry run.
+    let mut ro = App::new(opts(Some("replication"), true), now(), (80, 24));
+    ro.effects.clear();
+    update(
+        &mut ro,
+        Action::ReplicationLoaded(Ok(Box::new(replication_status()))),
+    );
+    for k in ['r', 'R'] {
+        update(&mut ro, key(k));
+        assert!(ro.effects.is_empty(), "{k} in read-only: {:?}", ro.effects);
+        let n = ro.notifications.last().map(|n| n.text.clone());
+        assert!(
+            n.as_deref()
+                .is_some_and(|n| n.contains("refused: retry is not allowed in read-only mode")),
+            "{n:?}"
+        );
+    }
+
+    // Nothing replicated: the empty state says where tasks come from; r has nothing to retry.
+    let mut empty = app_at(Some("replication"), (80, 24));
+    update(
+        &mut empty,
+        Action::ReplicationLoaded(Ok(Box::new(idle_replication()))),
+    );
+    assert!(draw(&empty).contains("writes through the S3 front (serve.s3_listen)"));
+    update(&mut empty, key('r'));
+    assert!(empty.effects.is_empty());
+    // Once tasks were seen, a drained queue shows its figures and trends, not the empty state.
+    let mut drained = replication_app((80, 24), 5);
+    update(
+        &mut drained,
+        Action::ReplicationLoaded(Ok(Box::new(idle_replication()))),
+    );
+    let text = draw(&drained);
+    assert!(text.contains("No task failed"), "{text}");
+    assert!(!text.contains("serve.s3_listen"), "{text}");
 }

@@ -13,6 +13,7 @@ use ratatui::Frame;
 
 use crate::engine::ops::drift::PairStatus;
 use crate::engine::ops::fleet::ReplicaStatus;
+use crate::engine::ops::replication::ReplicationStatus;
 use crate::engine::ops::stats::Window;
 use crate::headless::{bytes, count, percent};
 
@@ -26,20 +27,30 @@ const BRAND: &str = " mirrorctl ";
 /// Room kept at the right of the tab bar for the read-only badge.
 const BADGE_ROOM: u16 = 4;
 
-pub fn tab_label(v: View) -> String {
+/// A tab as the bar at `width` shows it: the view's number and title, or its short title
+/// when every full title and the read-only badge do not fit.
+pub fn tab_label(v: View, width: u16) -> String {
     let n = View::ALL.iter().position(|x| *x == v).unwrap_or(0) + 1;
-    format!(" {n} {} ", v.title())
+    let name = if full_tabs_width() + BADGE_ROOM <= width {
+        v.title()
+    } else {
+        v.short_title()
+    };
+    format!(" {n} {name} ")
 }
 
-/// Column where the first tab starts: after " mirrorctl " when the name, every tab and the
-/// read-only badge fit in `width`, else at 0 (the tabs matter more than the name).
-pub fn tabs_start(width: u16) -> u16 {
-    let tabs: usize = View::ALL
+fn full_tabs_width() -> u16 {
+    View::ALL
         .iter()
-        .map(|v| tab_label(*v).chars().count())
-        .sum();
+        .map(|v| format!(" 0 {} ", v.title()).chars().count() as u16)
+        .sum()
+}
+
+/// Column where the first tab starts: after " mirrorctl " when the name, every full tab and
+/// the read-only badge fit in `width`, else at 0 (the tabs matter more than the name).
+pub fn tabs_start(width: u16) -> u16 {
     let brand = BRAND.len() as u16;
-    if width >= brand + tabs as u16 + BADGE_ROOM {
+    if width >= brand + full_tabs_width() + BADGE_ROOM {
         brand
     } else {
         0
@@ -67,6 +78,7 @@ pub fn render(app: &App, f: &mut Frame) {
         View::History => render_history(app, f, body),
         View::Catalog => render_catalog(app, f, body),
         View::Fleet => render_fleet(app, f, body),
+        View::Replication => render_replication(app, f, body),
     }
     render_status(app, f, status);
     match &app.mode {
@@ -99,7 +111,7 @@ fn render_tabs(app: &App, f: &mut Frame, area: Rect) {
         } else {
             t.text
         };
-        spans.push(Span::styled(tab_label(v), style));
+        spans.push(Span::styled(tab_label(v, area.width), style));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
     if app.read_only {
@@ -805,6 +817,381 @@ fn render_fleet(app: &App, f: &mut Frame, area: Rect) {
     );
 }
 
+// ---- Replication ---------------------------------------------------------------------------
+
+/// The figures' block: four lines and its borders.
+const REPLICATION_FIGURES_H: u16 = 6;
+/// The selected task's path and last error under the table.
+const REPLICATION_DETAIL_H: u16 = 2;
+
+/// The trends' height in a view `body_h` rows tall.
+fn replication_trend_h(body_h: u16) -> u16 {
+    if body_h >= 30 {
+        9
+    } else {
+        5
+    }
+}
+
+/// The screen row of the first troubled task on a terminal `height` rows tall, and how many
+/// tasks fit (the layout `render_replication` draws, for mouse clicks).
+pub fn replication_rows(height: u16) -> (u16, usize) {
+    let body_h = height.saturating_sub(2);
+    let above = REPLICATION_FIGURES_H + replication_trend_h(body_h);
+    // The tab bar, then the table's border and header row.
+    let first = 1 + above + 2;
+    let list_h = body_h.saturating_sub(above + 2 + REPLICATION_DETAIL_H);
+    (first, list_h.saturating_sub(1).max(1) as usize)
+}
+
+fn render_replication(app: &App, f: &mut Frame, area: Rect) {
+    let t = &app.theme;
+    let r = &app.replication;
+    let mut title = vec![Span::styled(" Replication ", t.title)];
+    if let Some(s) = &r.status {
+        title.push(Span::styled(
+            format!("{} pending", count(s.pending)),
+            t.text,
+        ));
+        title.push(Span::styled(", ", t.text));
+        title.push(Span::styled(
+            format!("{} failed ", count(s.failed)),
+            if s.failed > 0 { t.bad } else { t.dim },
+        ));
+        if r.error.is_some() {
+            title.push(Span::styled("· the last refresh failed ", t.bad));
+        }
+    }
+    let b = block(t, Line::from(title));
+    let status = match &r.status {
+        Some(s) if !r.nothing_replicated() => s,
+        _ => {
+            let msg = match (&r.error, &r.status) {
+                (Some(e), _) => vec![Line::from(Span::styled(
+                    format!("cannot load the replication status: {e}"),
+                    t.bad,
+                ))],
+                (None, None) => vec![Line::from(Span::styled("loading…", t.dim))],
+                (None, Some(_)) => vec![
+                    Line::from(Span::styled(
+                        "No replication tasks: writes through the S3 front (serve.s3_listen) \
+                         appear here.",
+                        t.text,
+                    )),
+                    Line::from(""),
+                    Line::from(Span::styled(
+                        "Each write the front records is a task that serve's replication \
+                         workers copy to [buckets.backup]; this view shows the backlog, the lag \
+                         and the failures, and retries them. Nothing is pending and nothing \
+                         failed.",
+                        t.dim,
+                    )),
+                    Line::from(Span::styled(
+                        "The same figures: mirrorctl --headless replication status",
+                        t.dim,
+                    )),
+                ],
+            };
+            f.render_widget(Paragraph::new(msg).block(b).wrap(Wrap { trim: true }), area);
+            return;
+        }
+    };
+    let [figures, trends, table] = Layout::vertical([
+        Constraint::Length(REPLICATION_FIGURES_H),
+        Constraint::Length(replication_trend_h(area.height)),
+        Constraint::Min(4),
+    ])
+    .areas(area);
+    let inner = b.inner(figures);
+    f.render_widget(b, figures);
+    render_replication_figures(app, f, inner, status);
+    let [backlog, lag] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(trends);
+    render_trend(
+        app,
+        f,
+        backlog,
+        "Backlog",
+        |x| x.pending.max(0) as u64,
+        |v| count(v as i64),
+        t.title,
+    );
+    let lag_style = if status.lag_s > 0.0 { t.warn } else { t.good };
+    render_trend(
+        app,
+        f,
+        lag,
+        "Lag",
+        |x| x.lag_s.max(0.0).round() as u64,
+        |v| duration(v as f64),
+        lag_style,
+    );
+    render_troubled(app, f, table, status);
+}
+
+fn render_replication_figures(app: &App, f: &mut Frame, area: Rect, s: &ReplicationStatus) {
+    let t = &app.theme;
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    let left_lines = vec![
+        kv(
+            t,
+            "Pending",
+            vec![
+                Span::styled(tasks(s.pending), t.text),
+                Span::styled(format!(" · {}", bytes(s.pending_bytes)), t.dim),
+            ],
+        ),
+        kv(
+            t,
+            "Copying",
+            vec![
+                Span::styled(count(s.running), t.text),
+                Span::styled(" now", t.dim),
+            ],
+        ),
+        kv(
+            t,
+            "In flight",
+            vec![
+                Span::styled(count(s.in_flight), t.text),
+                Span::styled(" writes not yet recorded", t.dim),
+            ],
+        ),
+        kv(
+            t,
+            "Failed",
+            vec![Span::styled(
+                tasks(s.failed),
+                if s.failed > 0 { t.bad } else { t.good },
+            )],
+        ),
+    ];
+    let oldest = match s.oldest_pending_at {
+        Some(at) => Span::styled(at.format("%Y-%m-%d %H:%M:%S UTC").to_string(), t.text),
+        None => Span::styled("-", t.dim),
+    };
+    let eta = match s.eta_s {
+        Some(_) if s.pending == 0 => Span::styled("nothing pending", t.good),
+        Some(e) => Span::styled(duration(e), t.text),
+        None => Span::styled("none: nothing drained in the last minute", t.warn),
+    };
+    let right_lines = vec![
+        kv(
+            t,
+            "Lag",
+            vec![
+                Span::styled(
+                    duration(s.lag_s),
+                    if s.lag_s > 0.0 { t.warn } else { t.good },
+                ),
+                Span::styled(" behind main", t.dim),
+            ],
+        ),
+        kv(t, "Oldest task", vec![oldest]),
+        kv(
+            t,
+            "Drain",
+            vec![
+                Span::styled(format!("{:.1} tasks/s", s.drain_per_s), t.text),
+                Span::styled(" (last minute)", t.dim),
+            ],
+        ),
+        kv(t, "ETA", vec![eta]),
+    ];
+    f.render_widget(Paragraph::new(left_lines), left);
+    f.render_widget(Paragraph::new(right_lines), right);
+}
+
+fn tasks(n: i64) -> String {
+    format!("{} {}", count(n), if n == 1 { "task" } else { "tasks" })
+}
+
+/// One figure over the samples of this session: a sparkline of the newest that fit, the
+/// latest value and the highest in the title, the time they span at the bottom.
+fn render_trend(
+    app: &App,
+    f: &mut Frame,
+    area: Rect,
+    name: &str,
+    value: impl Fn(&super::app::ReplicationSample) -> u64,
+    label: impl Fn(u64) -> String,
+    style: Style,
+) {
+    let t = &app.theme;
+    let r = &app.replication;
+    let fit = area.width.saturating_sub(2) as usize;
+    let skip = r.samples.len().saturating_sub(fit);
+    let data: Vec<u64> = r.samples.iter().skip(skip).map(&value).collect();
+    let latest = data.last().copied().unwrap_or(0);
+    let max = data.iter().copied().max().unwrap_or(0);
+    let span = match (r.samples.get(skip), r.samples.back()) {
+        (Some(a), Some(b)) => (b.at - a.at).num_milliseconds() as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let b = block(
+        t,
+        Line::from(vec![
+            Span::styled(format!(" {name} "), t.title),
+            Span::styled(label(latest), style),
+            Span::styled(format!(" · max {} ", label(max)), t.dim),
+        ]),
+    )
+    .title_bottom(
+        Line::from(Span::styled(
+            format!(" {} samples over {} ", data.len(), duration(span)),
+            t.dim,
+        ))
+        .right_aligned(),
+    );
+    f.render_widget(
+        Sparkline::default()
+            .block(b)
+            .data(&data)
+            .max(max.max(1))
+            .style(style),
+        area,
+    );
+}
+
+fn render_troubled(app: &App, f: &mut Frame, area: Rect, s: &ReplicationStatus) {
+    let t = &app.theme;
+    let failed = s.troubled.iter().filter(|x| x.state == "failed").count();
+    let retrying = s.troubled.len() - failed;
+    let mut title = vec![
+        Span::styled(" Troubled tasks ", t.title),
+        Span::styled(
+            format!("{failed} failed"),
+            if failed > 0 { t.bad } else { t.dim },
+        ),
+        Span::styled(format!(", {retrying} retrying "), t.dim),
+    ];
+    if (s.failed as usize) > failed {
+        title.push(Span::styled(
+            format!("(the latest {} shown) ", s.troubled.len()),
+            t.dim,
+        ));
+    }
+    let position = if s.troubled.is_empty() {
+        String::new()
+    } else {
+        format!(" {} of {} ", app.replication.selected + 1, s.troubled.len())
+    };
+    let b = block(t, Line::from(title))
+        .title_bottom(Line::from(Span::styled(position, t.dim)).right_aligned());
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    if s.troubled.is_empty() {
+        f.render_widget(
+            Paragraph::new(Span::styled(
+                "No task failed, none is waiting to try again.",
+                t.good,
+            ))
+            .wrap(Wrap { trim: true }),
+            inner,
+        );
+        return;
+    }
+    let [list, detail] =
+        Layout::vertical([Constraint::Min(2), Constraint::Length(REPLICATION_DETAIL_H)])
+            .areas(inner);
+    let wide = area.width >= 100;
+    let mut widths = vec![
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(5),
+    ];
+    let mut names = vec!["ID", "STATE", "TRIES"];
+    if wide {
+        widths.extend([
+            Constraint::Length(6),
+            Constraint::Length(10),
+            Constraint::Length(8),
+            Constraint::Length(8),
+        ]);
+        names.extend(["OP", "SIZE", "QUEUED", "NEXT TRY"]);
+    }
+    let fixed: u16 = widths
+        .iter()
+        .map(|c| match c {
+            Constraint::Length(n) => *n + 1,
+            _ => 0,
+        })
+        .sum();
+    let rest = list.width.saturating_sub(fixed + 1) as usize;
+    let path_w = (rest * 2 / 5).max(4);
+    let error_w = rest.saturating_sub(path_w).max(4);
+    widths.extend([
+        Constraint::Length(path_w as u16),
+        Constraint::Length(error_w as u16),
+    ]);
+    names.extend(["PATH", "LAST ERROR"]);
+    let visible = list.height.saturating_sub(1).max(1) as usize;
+    let sel = app.replication.selected.min(s.troubled.len() - 1);
+    let top = sel.saturating_sub(visible - 1);
+    let right = |v: String| Cell::from(Line::from(v).right_aligned());
+    let rows: Vec<Row> = s
+        .troubled
+        .iter()
+        .enumerate()
+        .skip(top)
+        .take(visible)
+        .map(|(i, x)| {
+            let state_style = if x.state == "failed" { t.bad } else { t.warn };
+            let mut cells = vec![
+                right(x.id.to_string()),
+                Cell::from(Span::styled(x.state.clone(), state_style)),
+                right(x.attempts.to_string()),
+            ];
+            if wide {
+                let next = if x.state == "failed" {
+                    "-".to_string()
+                } else if x.next_attempt_at <= app.now {
+                    "due".to_string()
+                } else {
+                    format!(
+                        "in {}",
+                        duration((x.next_attempt_at - app.now).num_seconds() as f64)
+                    )
+                };
+                cells.extend([
+                    Cell::from(x.op.clone()),
+                    right(bytes(x.size)),
+                    right(ago(app.now, Some(x.created_at))),
+                    right(next),
+                ]);
+            }
+            cells.extend([
+                Cell::from(truncate_left(&x.path, path_w)),
+                Cell::from(Span::styled(
+                    truncate_right(x.last_error.as_deref().unwrap_or("-"), error_w),
+                    t.dim,
+                )),
+            ]);
+            let row = Row::new(cells);
+            if i == sel {
+                row.style(t.selected)
+            } else {
+                row.style(t.text)
+            }
+        })
+        .collect();
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(names).style(t.header))
+            .column_spacing(1),
+        list,
+    );
+    if let Some(x) = s.troubled.get(sel) {
+        let text = Line::from(vec![
+            Span::styled(format!("{} ", x.id), t.key),
+            Span::styled(format!("{} ", x.path), t.text),
+            Span::styled(x.last_error.clone().unwrap_or_default(), t.dim),
+        ]);
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), detail);
+    }
+}
+
 fn render_file_detail(app: &App, f: &mut Frame, area: Rect) {
     let t = &app.theme;
     let Some(d) = &app.files.detail else { return };
@@ -1450,6 +1837,7 @@ pub fn help_lines(t: &Theme) -> Vec<Line<'static>> {
         Scope::Archive,
         Scope::History,
         Scope::Catalog,
+        Scope::Replication,
     ];
     let mut lines = Vec::new();
     for s in scopes {
