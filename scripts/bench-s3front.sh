@@ -69,7 +69,7 @@ APP_KEY=BENCHAPPKEY0001 APP_SECRET=bench-app-secret-0123456789
 cat > "$WORK/config.toml" <<TOML
 [database]
 url = "$URL"
-max_connections = 16
+max_connections = 32
 
 [buckets.mirror]
 bucket = "bench-main"
@@ -87,44 +87,30 @@ secret_access_key = "$GARAGE_SECRET"
 listen = "127.0.0.1:$PORT"
 s3_listen = "127.0.0.1:$S3_PORT"
 
+[s3_front]
+replication_workers = WORKERS
+
 [[s3_front.clients]]
 name = "bench"
 access_key_id = "$APP_KEY"
 secret_access_key = "$APP_SECRET"
 buckets = ["bench-main"]
 TOML
+sed 's/WORKERS/0/' "$WORK/config.toml" > "$WORK/front-only.toml"
+sed -i 's/WORKERS/16/' "$WORK/config.toml"
 M=("$WORK/mirrorctl" --config "$WORK/config.toml")
 "${M[@]}" migrate >/dev/null
-"${M[@]}" serve >"$WORK/serve.log" 2>&1 &
-SERVE_PID=$!
-for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" || { cat "$WORK/serve.log" >&2; exit 1; }
+start_serve() { # start_serve CONFIG
+  "$WORK/mirrorctl" --config "$1" serve >>"$WORK/serve.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && return; sleep 0.1; done
+  cat "$WORK/serve.log" >&2; exit 1
+}
+stop_serve() { kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""; }
 FRONT="http://127.0.0.1:$S3_PORT"
 printf '[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n' > "$WORK/aws-config"
 load() { "$WORK/s3_put_load" "$@"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.stdin.read())['$1'])"; }
-
-# --- 1. PUT throughput ----------------------------------------------------------------------------
-log "PUT throughput: $PUTS x $SIZE bytes, $CONC at once, $ROUNDS rounds"
-load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct warm/ 300 "$SIZE" "$CONC" >/dev/null
-load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main warm/ 300 "$SIZE" "$CONC" >/dev/null
-DIRECT=() FRONTS=()
-for r in $(seq 1 "$ROUNDS"); do
-  for side in $([ $((r % 2)) = 1 ] && echo "direct front" || echo "front direct"); do
-    if [ "$side" = direct ]; then
-      out=$(load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct "r$r/" "$PUTS" "$SIZE" "$CONC")
-      DIRECT+=("$(field puts_per_s <<<"$out")")
-    else
-      out=$(load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main "r$r/" "$PUTS" "$SIZE" "$CONC")
-      FRONTS+=("$(field puts_per_s <<<"$out")")
-    fi
-    [ "$(field errors <<<"$out")" = 0 ] || { echo "$side round $r: errors: $out" >&2; exit 1; }
-    echo "round $r $side: $out"
-  done
-done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-MD=$(median "${DIRECT[@]}") MF=$(median "${FRONTS[@]}")
-RATIO=$(python3 -c "print(f'{$MF/$MD:.2f}')")
 
 wait_drained() {
   local t0; t0=$(date +%s.%N)
@@ -134,7 +120,44 @@ wait_drained() {
   done
   python3 -c "import time; print(f'{time.time()-$t0:.1f}')"
 }
-wait_drained >/dev/null
+
+# --- 1. PUT throughput ----------------------------------------------------------------------------
+# Three columns: Garage directly; the front with replication off (serve.s3_front.replication_workers
+# = 0: the front's own cost, the copies left for later); the front with replication on (every
+# object also copied to the backup bucket on the same Garage meanwhile, so Garage writes twice).
+log "PUT throughput: $PUTS x $SIZE bytes, $CONC at once, $ROUNDS rounds"
+load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct warm/ 300 "$SIZE" "$CONC" >/dev/null
+DIRECT=() FRONTS=() REPLICATING=()
+put_round() { # put_round SIDE ROUND
+  local out
+  case $1 in
+    direct) out=$(load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct "r$2/" "$PUTS" "$SIZE" "$CONC") ;;
+    *) out=$(load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main "$1-r$2/" "$PUTS" "$SIZE" "$CONC") ;;
+  esac
+  [ "$(field errors <<<"$out")" = 0 ] || { echo "$1 round $2: errors: $out" >&2; exit 1; }
+  echo "round $2 $1: $out" >&2
+  field puts_per_s <<<"$out"
+}
+for r in $(seq 1 "$ROUNDS"); do
+  start_serve "$WORK/front-only.toml"
+  load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main warm/ 300 "$SIZE" "$CONC" >/dev/null
+  if [ $((r % 2)) = 1 ]; then
+    DIRECT+=("$(put_round direct "$r")"); FRONTS+=("$(put_round front "$r")")
+  else
+    FRONTS+=("$(put_round front "$r")"); DIRECT+=("$(put_round direct "$r")")
+  fi
+  stop_serve
+  start_serve "$WORK/config.toml"
+  wait_drained >/dev/null
+  REPLICATING+=("$(put_round replicating "$r")")
+  wait_drained >/dev/null
+  stop_serve
+done
+start_serve "$WORK/config.toml"
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+MD=$(median "${DIRECT[@]}") MF=$(median "${FRONTS[@]}") MR=$(median "${REPLICATING[@]}")
+RATIO=$(python3 -c "print(f'{$MF/$MD:.2f}')")
+RATIO_R=$(python3 -c "print(f'{$MR/$MD:.2f}')")
 
 # --- 2. Lag at a sustained rate -------------------------------------------------------------------
 N_LAG=$((RATE * LAG_SECS))
@@ -157,7 +180,7 @@ B=$!
 sleep 2
 AWS_CONFIG_FILE="$WORK/aws-config" AWS_ACCESS_KEY_ID=$APP_KEY AWS_SECRET_ACCESS_KEY=$APP_SECRET \
   aws --endpoint-url "$FRONT" s3 rm --recursive --only-show-errors s3://bench-main/conv/ \
-  --exclude '*' --include 'conv/0000[0-2]*' || true
+  --exclude '*' --include '0000[0-2]*' || true
 wait "$A" "$B"
 CONV_DRAIN=$(wait_drained)
 DRIFT=$("${M[@]}" --headless drift -o json 2>/dev/null || true)
@@ -186,8 +209,8 @@ echo
 echo "code: $CODE; load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "PUT throughput, $SIZE-byte objects, $CONC at once, median of $ROUNDS rounds of $PUTS:"
 echo "  Garage direct: $MD PUT/s (rounds: ${DIRECT[*]})"
-echo "  through the front: $MF PUT/s (rounds: ${FRONTS[*]})"
-echo "  front / direct: $RATIO"
+echo "  through the front, replication off: $MF PUT/s (rounds: ${FRONTS[*]}); front / direct: $RATIO"
+echo "  through the front, replicating to the backup meanwhile: $MR PUT/s (rounds: ${REPLICATING[*]}); front / direct: $RATIO_R"
 echo "Lag at $RATE PUT/s for ${LAG_SECS}s (p50 / p99 / max): $LAG; drained ${DRAIN}s after the last PUT"
 echo "Convergence: $(cat "$WORK/conv-a.json") / $(cat "$WORK/conv-b.json"); drained ${CONV_DRAIN}s after; $CONV_OBJECTS live conv/ objects; drift main/backup/inventory: $DRIFT_SUMMARY"
 echo "RSS of serve during a ${BIG_MIB} MiB multipart upload: before $((RSS_BEFORE / 1024)) MiB, max $((RSS_MAX / 1024)) MiB, after $((RSS_AFTER / 1024)) MiB; upload $(python3 -c "print(f'{$T1-$T0:.1f}')") s; inventory: $BACKED"

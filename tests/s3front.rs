@@ -538,13 +538,13 @@ async fn one_worker_per_path_and_a_stale_copy_never_marks_a_newer_version_done()
         );
         let (code, out, err) = cli(&["replication", "retry", "--failed", "--dry-run"]);
         assert_eq!(code, Some(0), "{err}");
-        assert!(out.contains("would requeue 1 tasks"), "{out}");
+        assert!(out.contains("would requeue 1 task\n"), "{out}");
         let (code, _, err) = cli(&["replication", "retry", "--ids", "999999"]);
         assert_eq!(code, Some(2), "an unknown id is refused: {err}");
         assert!(err.contains("999999"), "{err}");
         let (code, out, err) = cli(&["replication", "retry", "--failed"]);
         assert_eq!(code, Some(0), "{err}");
-        assert!(out.contains("requeued 1 tasks"), "{out}");
+        assert!(out.contains("requeued 1 task\n"), "{out}");
         let (code, out, _) = cli(&["replication", "-o", "json"]);
         assert_eq!(code, Some(0), "nothing failed any more: {out}");
     }

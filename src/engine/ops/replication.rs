@@ -131,7 +131,8 @@ impl std::fmt::Display for RetryReport {
         } else {
             "requeued"
         };
-        write!(f, "{verb} {} tasks", self.requeued)
+        let s = if self.requeued == 1 { "" } else { "s" };
+        write!(f, "{verb} {} task{s}", self.requeued)
     }
 }
 
