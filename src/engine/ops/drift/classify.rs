@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 
 use super::merge::Scan;
 use super::{DriftItem, InventoryStatus, ObjectSide, PairStatus};
@@ -13,15 +14,46 @@ use crate::engine::error::{Error, Result};
 use crate::engine::model::InventoryRow;
 use crate::engine::s3::{ObjectInfo, S3Bucket};
 
-/// Decides one key and records it.
+/// Decides one key and records it: counts it, prints its line, keeps it (`keep_items`) and
+/// hands it to the repair when it disagrees. A key with open replication is `pending`
+/// whatever the buckets say: it is neither compared nor repaired.
 pub(super) async fn classify(
     scan: &Scan,
     key: String,
     mo: Option<ObjectInfo>,
     bo: Option<ObjectInfo>,
     io: Option<InventoryRow>,
+    pending: bool,
+    repair: Option<&mpsc::Sender<DriftItem>>,
 ) {
     let c = &scan.counters;
+    if pending {
+        if mo.is_none() && bo.is_none() && io.is_none() {
+            return;
+        }
+        c.pending.fetch_add(1, Ordering::Relaxed);
+        let in_bucket = mo.is_some() || bo.is_some();
+        if in_bucket {
+            if let Some(sink) = &scan.params.on_line {
+                sink(PairStatus::Pending.mark(), &key);
+            }
+        }
+        if scan.params.keep_items {
+            let item = DriftItem {
+                key,
+                status: in_bucket.then_some(PairStatus::Pending),
+                inventory_status: None,
+                detail: Some("replication pending".into()),
+                main: mo.as_ref().map(ObjectSide::from),
+                backup: bo.as_ref().map(ObjectSide::from),
+                inventory: io,
+            };
+            if let Ok(mut items) = scan.items.lock() {
+                items.push(item);
+            }
+        }
+        return;
+    }
     let (status, mut detail) = match (&mo, &bo) {
         (Some(m), Some(b)) => compare_pair(scan, &key, m, b).await,
         (Some(_), None) => (Some(PairStatus::MissingInBackup), None),
@@ -36,6 +68,7 @@ pub(super) async fn classify(
             PairStatus::Differ => &c.differ,
             PairStatus::Unverifiable => &c.unverifiable,
             PairStatus::Error => &c.errors,
+            PairStatus::Pending => &c.pending,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(sink) = &scan.params.on_line {
@@ -70,19 +103,27 @@ pub(super) async fn classify(
         .fetch_add(1, Ordering::Relaxed);
     }
     let disagrees = status.is_some_and(|s| s != PairStatus::Same) || inventory_status.is_some();
-    if disagrees && (scan.params.keep_items || scan.params.repair) {
-        let item = DriftItem {
-            key,
-            status,
-            inventory_status,
-            detail,
-            main: mo.as_ref().map(ObjectSide::from),
-            backup: bo.as_ref().map(ObjectSide::from),
-            inventory: io,
-        };
+    if !disagrees || !(scan.params.keep_items || repair.is_some()) {
+        return;
+    }
+    let item = DriftItem {
+        key,
+        status,
+        inventory_status,
+        detail,
+        main: mo.as_ref().map(ObjectSide::from),
+        backup: bo.as_ref().map(ObjectSide::from),
+        inventory: io,
+    };
+    if scan.params.keep_items {
         if let Ok(mut items) = scan.items.lock() {
-            items.push(item);
+            items.push(item.clone());
         }
+    }
+    if let Some(queue) = repair {
+        // Waits while the repair is behind: the merge goes at the repair's pace, and memory
+        // stays bounded. A closed queue means the repair stopped (cancelled): nothing to do.
+        let _ = queue.send(item).await;
     }
 }
 

@@ -1,6 +1,7 @@
-//! Listing for `drift`: each bucket's keys and the inventory's rows in one key range, read
-//! page by page on tasks of their own a page ahead of the merge, with retries for the
-//! transient failures of a long listing.
+//! Listing for `drift`: each bucket's keys, the inventory's rows and the paths with open
+//! replication in one key range, read page by page on tasks of their own a page ahead of the
+//! merge, with retries for the transient failures of a long listing. Keys under the excluded
+//! (archive) prefix are dropped here.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -87,7 +88,9 @@ pub(super) fn spawn_listing(
                     past_end = true;
                     break;
                 }
-                keep.push(o);
+                if !counter.excluded(&o.key) {
+                    keep.push(o);
+                }
             }
             let c = if is_main {
                 &counter.counters.main_listed
@@ -145,10 +148,55 @@ pub(super) fn spawn_inventory(
                     past_prefix = !r.path.starts_with(&prefix);
                     !past_prefix
                 })
+                .filter(|r| !scan.excluded(&r.path))
                 .collect();
             scan.counters
                 .inventory_read
                 .fetch_add(keep.len() as u64, Ordering::Relaxed);
+            if tx.send(Ok(keep)).await.is_err() || past_prefix || !full {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads the paths with open replication in `range` on a task of its own, like the inventory.
+pub(super) fn spawn_pending(
+    scan: Arc<Scan>,
+    range: KeyRange,
+) -> mpsc::Receiver<Result<Vec<String>>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let prefix = scan.params.prefix.clone();
+        let mut after = range.after.clone();
+        loop {
+            let page = scan
+                .db
+                .replication_open_range(
+                    &prefix,
+                    after.as_deref(),
+                    range.upto.as_deref(),
+                    INVENTORY_PAGE,
+                )
+                .await;
+            let paths = match page {
+                Ok(paths) => paths,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let full = paths.len() as i64 == INVENTORY_PAGE;
+            after = paths.last().cloned();
+            let mut past_prefix = false;
+            let keep: Vec<String> = paths
+                .into_iter()
+                .take_while(|p| {
+                    past_prefix = !p.starts_with(&prefix);
+                    !past_prefix
+                })
+                .collect();
             if tx.send(Ok(keep)).await.is_err() || past_prefix || !full {
                 return;
             }

@@ -1,15 +1,17 @@
 //! The merge of `drift`: runs the planned key ranges on parallel workers, walks each range's
 //! main listing, backup listing and inventory rows together in byte order, and hands every
-//! key to the classification. Only the keys that disagree are kept.
+//! key to the classification. Only the keys that disagree are kept (when asked), or queued
+//! for the repair.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use tokio::sync::mpsc;
 
 use super::classify::classify;
-use super::listing::{spawn_inventory, spawn_listing, Cursor};
+use super::listing::{spawn_inventory, spawn_listing, spawn_pending, Cursor};
 use super::plan::{more_than_pages, plan_boundaries, ranges_from, KeyRange};
 use super::{BucketName, DriftItem, DriftParams, DriftReport, DriftSummary};
 use crate::engine::db::Db;
@@ -29,6 +31,7 @@ pub(super) struct Counters {
     pub(super) differ: AtomicU64,
     pub(super) unverifiable: AtomicU64,
     pub(super) errors: AtomicU64,
+    pub(super) pending: AtomicU64,
     pub(super) inventory_missing: AtomicU64,
     pub(super) inventory_orphaned: AtomicU64,
     pub(super) inventory_differ: AtomicU64,
@@ -47,6 +50,7 @@ impl Counters {
             inventory_orphaned: g(&self.inventory_orphaned),
             inventory_differ: g(&self.inventory_differ),
             errors: g(&self.errors),
+            pending: g(&self.pending),
         }
     }
 
@@ -71,14 +75,37 @@ pub(super) struct Scan {
     pub(super) params: DriftParams,
     pub(super) counters: Counters,
     pub(super) items: Mutex<Vec<DriftItem>>,
+    /// Keys under this prefix (relative) are the archive's: not compared.
+    pub(super) exclude: Option<String>,
 }
 
+impl Scan {
+    /// Whether a (relative) key is the archive's, not main's.
+    pub(super) fn excluded(&self, key: &str) -> bool {
+        self.exclude.as_deref().is_some_and(|x| key.starts_with(x))
+    }
+}
+
+/// Aborts the progress ticker however the scan ends, cancellation included.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Plans the ranges, merges them `concurrency` at a time and counts every key. With `repair`,
+/// every disagreeing key is sent to it as soon as it is classified; the sender is dropped when
+/// the merge ends (or is dropped, on cancel), which tells the repair that nothing more comes.
 pub(super) async fn compare(
     db: &Db,
     main: &S3Bucket,
     backup: &S3Bucket,
+    exclude: Option<String>,
     params: &DriftParams,
     progress: &Progress,
+    repair: Option<mpsc::Sender<DriftItem>>,
 ) -> Result<DriftReport> {
     let started = Instant::now();
     progress.update(0, None, "planning key ranges");
@@ -114,6 +141,7 @@ pub(super) async fn compare(
         params: params.clone(),
         counters: Counters::default(),
         items: Mutex::new(Vec::new()),
+        exclude: exclude.clone(),
     });
 
     let ticker = {
@@ -139,23 +167,23 @@ pub(super) async fn compare(
             }
         })
     };
+    let ticker = AbortOnDrop(ticker);
 
-    let results: Vec<Result<()>> = stream::iter(ranges)
+    stream::iter(ranges)
         .map(|range| {
             let scan = scan.clone();
             let progress = progress.clone();
+            let repair = repair.clone();
             async move {
                 progress.check()?;
-                scan_range(&scan, range).await
+                scan_range(&scan, range, repair.as_ref()).await
             }
         })
         .buffer_unordered(params.concurrency)
-        .collect()
-        .await;
-    ticker.abort();
-    for r in results {
-        r?;
-    }
+        .try_collect::<Vec<()>>()
+        .await?;
+    drop(repair);
+    drop(ticker);
 
     let c = &scan.counters;
     let mut items = std::mem::take(
@@ -169,7 +197,7 @@ pub(super) async fn compare(
     progress.update(
         c.main_listed.load(Ordering::Relaxed) + c.backup_listed.load(Ordering::Relaxed),
         None,
-        format!("compared: {} differences", items.len()),
+        format!("compared: {} differences", c.differences()),
     );
     Ok(DriftReport {
         main: BucketName {
@@ -187,14 +215,20 @@ pub(super) async fn compare(
         backup_objects: c.backup_listed.load(Ordering::Relaxed),
         inventory_rows: c.inventory_read.load(Ordering::Relaxed),
         ranges: n_ranges,
+        excluded_prefix: exclude,
         elapsed_seconds: started.elapsed().as_secs_f64(),
         items,
         repair: None,
     })
 }
 
-/// Merges main, backup and inventory over one range, in byte order.
-async fn scan_range(scan: &Arc<Scan>, range: KeyRange) -> Result<()> {
+/// Merges main, backup, inventory and the paths with open replication over one range, in byte
+/// order.
+async fn scan_range(
+    scan: &Arc<Scan>,
+    range: KeyRange,
+    repair: Option<&mpsc::Sender<DriftItem>>,
+) -> Result<()> {
     let prefix = scan.params.prefix.clone();
     let mut mc = Cursor::new(spawn_listing(
         scan.main.clone(),
@@ -210,10 +244,12 @@ async fn scan_range(scan: &Arc<Scan>, range: KeyRange) -> Result<()> {
         scan.clone(),
         false,
     ));
-    let mut ic = Cursor::new(spawn_inventory(scan.clone(), range));
+    let mut ic = Cursor::new(spawn_inventory(scan.clone(), range.clone()));
+    let mut pc = Cursor::new(spawn_pending(scan.clone(), range));
     let mut m = mc.next().await?;
     let mut b = bc.next().await?;
     let mut i = ic.next().await?;
+    let mut p = pc.next().await?;
     // Rust orders `str` by bytes, which for UTF-8 is S3's listing order.
     while let Some(key) = [
         m.as_ref().map(|o| o.key.as_str()),
@@ -240,7 +276,12 @@ async fn scan_range(scan: &Arc<Scan>, range: KeyRange) -> Result<()> {
         } else {
             None
         };
-        classify(scan, key, mo, bo, io).await;
+        // Open replication is rare: its cursor only moves up to the current key.
+        while p.as_ref().is_some_and(|path| *path < key) {
+            p = pc.next().await?;
+        }
+        let pending = p.as_ref().is_some_and(|path| *path == key);
+        classify(scan, key, mo, bo, io, pending, repair).await;
     }
     Ok(())
 }

@@ -4,7 +4,12 @@
 //! The key space under the prefix is cut into ranges (planned by probing the main bucket's
 //! key tree), and each range is merged on its own: both listings and the inventory are read
 //! page by page in UTF-8 byte order and walked together, so memory is bounded by
-//! pages × concurrency whatever the bucket size. Only the keys that disagree are kept.
+//! pages × concurrency whatever the bucket size. Only the keys that disagree are kept, and
+//! only when asked: a repair takes them from a bounded queue while the merge goes on.
+//!
+//! Keys under the archive's prefix, when the archive lives in the main bucket, are the
+//! archive's Parquet files, not main's objects: they are not compared. Keys with replication
+//! still open (a `replication_tasks` row `pending` or `running`) are `pending`, not drift.
 
 mod classify;
 mod listing;
@@ -16,6 +21,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
@@ -36,6 +42,11 @@ const SPLIT_ABOVE_PAGES: usize = 5;
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// Upper bound on the one-key listings the planner spends finding range boundaries.
 pub(super) const MAX_PROBES: usize = 600;
+/// Disagreeing keys the merge may queue ahead of the repair: the merge waits when the repair
+/// falls behind, so memory does not grow with the number of differences.
+const REPAIR_QUEUE: usize = 256;
+/// Inventory rows a repair writes per transaction.
+pub(super) const REPAIR_ROWS: usize = 500;
 /// Attempts per listing page on top of the SDK's own retries: a throttled or flaky server in
 /// the middle of a long listing should not throw away the whole run.
 pub(super) const LIST_ATTEMPTS: u32 = 4;
@@ -69,7 +80,7 @@ pub struct DriftParams {
     pub on_line: Option<LineSink>,
     /// Keep the disagreeing keys in the report's `items`. A caller that only wants the
     /// `--combined` lines and the counts turns it off, so memory does not grow with the
-    /// number of differences. A repair keeps them whatever this says: they are its plan.
+    /// number of differences (a repair does not need them: it repairs while it merges).
     pub keep_items: bool,
 }
 
@@ -101,19 +112,24 @@ pub enum PairStatus {
     Unverifiable,
     /// A request about this key failed.
     Error,
+    /// Replication of this key is still open (a task `pending` or `running`): not compared,
+    /// not repaired; the replication worker brings it in line.
+    Pending,
 }
 
 impl PairStatus {
     /// The mark rclone's `--combined` output uses. rclone has no "unverifiable": it prints
     /// such pairs as `=`, which would claim they are the same, so they get `!` like a
-    /// pair whose hash could not be read.
+    /// pair whose hash could not be read. A pending key gets `!` too ("not decided"): `+` or
+    /// `*` would tell a script to copy what replication is copying already, `=` would claim
+    /// an equality nobody checked. The JSON's status tells the three apart.
     pub fn mark(self) -> char {
         match self {
             PairStatus::Same => '=',
             PairStatus::MissingInBackup => '+',
             PairStatus::ExtraInBackup => '-',
             PairStatus::Differ => '*',
-            PairStatus::Unverifiable | PairStatus::Error => '!',
+            PairStatus::Unverifiable | PairStatus::Error | PairStatus::Pending => '!',
         }
     }
 }
@@ -164,8 +180,8 @@ pub struct DriftItem {
     pub inventory: Option<InventoryRow>,
 }
 
-/// The counts of a drift run. Every compared key is counted in exactly one of `same`,
-/// `missing_in_backup`, `extra_in_backup`, `differ`, `unverifiable` and `errors`.
+/// The counts of a drift run. Every key in either bucket is counted in exactly one of `same`,
+/// `missing_in_backup`, `extra_in_backup`, `differ`, `unverifiable`, `pending` and `errors`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DriftSummary {
     pub same: u64,
@@ -177,10 +193,13 @@ pub struct DriftSummary {
     pub inventory_orphaned: u64,
     pub inventory_differ: u64,
     pub errors: u64,
+    /// Keys with replication still open: not drift (they do not make the exit code 3). A key
+    /// only the inventory has counts here too when its replication is open.
+    pub pending: u64,
 }
 
 impl DriftSummary {
-    /// Whether anything disagrees (or could not be checked).
+    /// Whether anything disagrees (or could not be checked). Pending keys do not count.
     pub fn has_drift(&self) -> bool {
         self.missing_in_backup
             + self.extra_in_backup
@@ -216,6 +235,10 @@ pub struct RepairReport {
     pub kept_extra: u64,
     /// Pairs not touched because they could not be verified or failed to compare.
     pub skipped: u64,
+    /// Keys left alone because main changed since the listing: a copy whose source no longer
+    /// had the listed ETag (or was gone), an extra object main now has (`--delete-extra`
+    /// HEADs main before each delete). The next check compares them again.
+    pub main_changed: u64,
     /// Inventory rows inserted or updated to match the buckets.
     pub inventory_written: u64,
     /// Inventory rows soft-deleted because no bucket holds the object.
@@ -245,6 +268,10 @@ pub struct DriftReport {
     pub inventory_rows: u64,
     /// Key ranges the listing was split into.
     pub ranges: usize,
+    /// Keys under this prefix were not compared: the archive's Parquet files, when the archive
+    /// lives in the main bucket (`buckets.archive` unset, or the same bucket and endpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excluded_prefix: Option<String>,
     pub elapsed_seconds: f64,
     /// Every key that disagrees, in byte order.
     pub items: Vec<DriftItem>,
@@ -257,7 +284,9 @@ impl Report for DriftReport {
     /// failures, pairs that could not be verified or compared, extra objects kept.
     fn found_problems(&self) -> bool {
         match &self.repair {
-            Some(r) if !r.dry_run => !r.failures.is_empty() || r.skipped > 0 || r.kept_extra > 0,
+            Some(r) if !r.dry_run => {
+                !r.failures.is_empty() || r.skipped > 0 || r.kept_extra > 0 || r.main_changed > 0
+            }
             _ => self.summary.has_drift(),
         }
     }
@@ -285,16 +314,57 @@ pub async fn run(ctx: &Ctx, params: DriftParams, progress: &Progress) -> Result<
     // Config errors (no backup bucket) surface before anything is written.
     let main = ctx.main().await?.clone();
     let backup = ctx.backup().await?.clone();
+    let exclude = archive_exclusion(ctx, &main, &params.prefix);
     audited(ctx, "drift", &params, mutating, progress, || async {
-        let mut report = merge::compare(&ctx.db, &main, &backup, &params, progress).await?;
-        if params.repair {
-            report.repair = Some(
-                repair::repair(&ctx.db, &main, &backup, &params, &report.items, progress).await,
-            );
-        }
+        let (queue, fixes) = if params.repair {
+            let (tx, rx) = mpsc::channel(REPAIR_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let token = progress.token();
+        // The merge stops at once on cancel (dropping its listings and the queue's sender);
+        // the repair finishes the copies under way, writes their rows and stops.
+        let scan = async {
+            let scan = merge::compare(&ctx.db, &main, &backup, exclude, &params, progress, queue);
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => Err(Error::Cancelled),
+                r = scan => r,
+            }
+        };
+        let fix = async {
+            match fixes {
+                Some(rx) => {
+                    Some(repair::repair(&ctx.db, &main, &backup, &params, rx, progress).await)
+                }
+                None => None,
+            }
+        };
+        let (report, repaired) = tokio::join!(scan, fix);
+        let mut report = report?;
+        progress.check()?;
+        report.repair = repaired;
         Ok(report)
     })
     .await
+}
+
+/// The archive's key prefix relative to main's, when the archive lives in the main bucket
+/// (same bucket on the same endpoint, the default config): its keys are not compared. Not
+/// when the archive prefix is empty (it would be every key) or when the caller's `--prefix`
+/// is inside it (they asked for the archive).
+fn archive_exclusion(
+    ctx: &Ctx,
+    main: &crate::engine::s3::S3Bucket,
+    prefix: &str,
+) -> Option<String> {
+    let archive = ctx.config.archive_bucket().ok()?;
+    if archive.bucket != main.name() || archive.endpoint_label() != main.endpoint() {
+        return None;
+    }
+    let relative = archive.prefix.strip_prefix(main.prefix())?;
+    (!relative.is_empty() && !prefix.starts_with(relative)).then(|| relative.to_string())
 }
 
 pub(super) fn strip(base: &str, key: String) -> String {

@@ -1,223 +1,289 @@
-//! Repair for `drift`: copies what the backup lacks or holds differently from main, deletes
-//! extras when asked, and writes inventory rows that describe the buckets afterwards.
-
-use std::collections::HashSet;
+//! Repair for `drift`: takes each disagreeing key from the merge's bounded queue as soon as it
+//! is classified, copies what the backup lacks or holds differently from main, deletes extras
+//! when asked, and writes inventory rows that describe the buckets afterwards, a batch at a
+//! time. Memory is bounded by the queue, the copies in flight and one batch of rows, never by
+//! the number of differences.
+//!
+//! Objects first, rows second: a crash in between leaves rows that a rerun corrects, never rows
+//! that lie about a copy that did not happen.
 
 use chrono::Utc;
+use futures::future;
 use futures::stream::{self, StreamExt};
+use tokio::sync::mpsc;
 
-use super::{strip, DriftItem, DriftParams, PairStatus, RepairFailure, RepairReport};
+use super::{DriftItem, DriftParams, PairStatus, RepairFailure, RepairReport, REPAIR_ROWS};
 use crate::engine::db::Db;
-use crate::engine::error::{Error, Result};
+use crate::engine::error::Result;
 use crate::engine::jobs::Progress;
 use crate::engine::model::InventoryRow;
-use crate::engine::s3::S3Bucket;
+use crate::engine::s3::{CopyOutcome, S3Bucket};
 
-/// What repair decided for one key.
-struct KeyPlan<'a> {
-    item: &'a DriftItem,
-    copy: bool,
-    delete: bool,
+/// What the repair did for one key.
+#[derive(Default)]
+struct KeyOutcome {
+    copied_bytes: Option<u64>,
+    deleted: bool,
+    kept_extra: bool,
+    skipped: bool,
+    main_changed: bool,
+    failure: Option<RepairFailure>,
+    /// The inventory row that describes the buckets now, when it differs from the stored one.
+    row: Option<InventoryRow>,
+    soft_delete: bool,
 }
 
-/// Copies missing and different objects to the backup, deletes extras when asked, then
-/// writes inventory rows that match what the buckets hold afterwards. Objects first, rows
-/// second: a crash in between leaves rows that a rerun corrects, never rows that lie about
-/// a copy that did not happen.
+/// Repairs the keys the merge sends until it closes the queue, `concurrency` keys at a time.
+/// On cancel it takes no new key, finishes the ones under way and writes their rows.
 pub(super) async fn repair(
     db: &Db,
     main: &S3Bucket,
     backup: &S3Bucket,
     params: &DriftParams,
-    items: &[DriftItem],
+    queue: mpsc::Receiver<DriftItem>,
     progress: &Progress,
 ) -> RepairReport {
-    let server_side = main.same_endpoint(backup);
     let mut report = RepairReport {
         dry_run: params.dry_run,
-        server_side_copy: server_side,
+        server_side_copy: main.same_endpoint(backup),
         ..Default::default()
     };
-    let plans: Vec<KeyPlan> = items
-        .iter()
-        .map(|item| KeyPlan {
-            item,
-            copy: matches!(
-                item.status,
-                Some(PairStatus::MissingInBackup | PairStatus::Differ)
-            ),
-            delete: params.delete_extra && item.status == Some(PairStatus::ExtraInBackup),
-        })
-        .collect();
-    report.skipped = items
-        .iter()
-        .filter(|i| matches!(i.status, Some(PairStatus::Unverifiable | PairStatus::Error)))
-        .count() as u64;
-    report.kept_extra = items
-        .iter()
-        .filter(|i| i.status == Some(PairStatus::ExtraInBackup) && !params.delete_extra)
-        .count() as u64;
-
-    // Copies, `concurrency` at a time.
-    let to_copy: Vec<&DriftItem> = plans.iter().filter(|p| p.copy).map(|p| p.item).collect();
-    let total = to_copy.len() as u64;
-    let mut copied_ok = HashSet::new();
-    if params.dry_run {
-        report.copied = total;
-        report.copied_bytes = to_copy
-            .iter()
-            .filter_map(|i| i.main.as_ref())
-            .map(|m| m.size)
-            .sum();
-        copied_ok.extend(to_copy.iter().map(|i| i.key.as_str()));
-    } else {
-        let results: Vec<(&DriftItem, Result<()>)> = stream::iter(to_copy)
-            .map(|item| async move { (item, copy_one(main, backup, &item.key, server_side).await) })
-            .buffer_unordered(params.concurrency.max(1))
-            .collect()
-            .await;
-        for (item, r) in results {
-            match r {
-                Ok(()) => {
-                    report.copied += 1;
-                    report.copied_bytes += item.main.as_ref().map(|m| m.size).unwrap_or(0);
-                    copied_ok.insert(item.key.as_str());
-                }
-                Err(e) => report.failures.push(RepairFailure {
-                    key: item.key.clone(),
-                    action: "copy".into(),
-                    error: e.to_string(),
-                }),
-            }
-            progress.update(report.copied, Some(total), "copying main → backup");
-        }
-    }
-
-    // Deletes of extra backup objects.
-    let to_delete: Vec<String> = plans
-        .iter()
-        .filter(|p| p.delete)
-        .map(|p| format!("{}{}", backup.prefix(), p.item.key))
-        .collect();
-    let mut deleted_ok = HashSet::new();
-    if params.dry_run {
-        report.deleted = to_delete.len() as u64;
-        deleted_ok.extend(
-            plans
-                .iter()
-                .filter(|p| p.delete)
-                .map(|p| p.item.key.clone()),
-        );
-    } else if !to_delete.is_empty() {
-        match backup.delete_batch(&to_delete).await {
-            Ok(d) => {
-                report.deleted = d.deleted.len() as u64;
-                let base = backup.prefix();
-                deleted_ok.extend(d.deleted.into_iter().map(|k| strip(base, k)));
-                for (k, e) in d.failed {
-                    report.failures.push(RepairFailure {
-                        key: strip(base, k),
-                        action: "delete".into(),
-                        error: e,
-                    });
-                }
-            }
-            Err(e) => report.failures.push(RepairFailure {
-                key: String::new(),
-                action: "delete".into(),
-                error: e.to_string(),
-            }),
-        }
-    }
-
-    // Inventory rows that describe the buckets after the changes above.
-    let now = Utc::now();
-    let mut rows = Vec::new();
+    let keys = stream::unfold(queue, |mut q| async move { q.recv().await.map(|i| (i, q)) })
+        .take_while(|_| future::ready(!progress.is_cancelled()))
+        .map(|item| repair_key(main, backup, params, item))
+        .buffer_unordered(params.concurrency.max(1));
+    futures::pin_mut!(keys);
+    let mut rows: Vec<InventoryRow> = Vec::new();
     let mut soft_deleted = 0u64;
-    for p in &plans {
-        let item = p.item;
-        if matches!(
-            item.status,
-            Some(PairStatus::Unverifiable | PairStatus::Error)
-        ) {
-            continue;
+    while let Some(k) = keys.next().await {
+        if let Some(bytes) = k.copied_bytes {
+            report.copied += 1;
+            report.copied_bytes += bytes;
         }
-        let backup_has = if copied_ok.contains(item.key.as_str()) {
-            true
-        } else if deleted_ok.contains(&item.key) {
-            false
-        } else {
-            item.backup.is_some()
-        };
-        let object = item.main.as_ref().or(if backup_has {
-            item.backup.as_ref()
-        } else {
-            None
-        });
-        let want = match object {
-            None => item.inventory.as_ref().map(|row| {
-                soft_deleted += 1;
-                InventoryRow {
-                    deleted: true,
-                    updated_at: now,
-                    ..row.clone()
-                }
-            }),
-            Some(o) => {
-                let row = InventoryRow {
-                    path: item.key.clone(),
-                    size: o.size as i64,
-                    etag: o.etag.clone(),
-                    content_type: item.inventory.as_ref().and_then(|r| r.content_type.clone()),
-                    is_backed_up: backup_has,
-                    last_modified: o.last_modified,
-                    deleted: false,
-                    updated_at: now,
-                };
-                let unchanged = item.inventory.as_ref().is_some_and(|r| {
-                    r.size == row.size
-                        && r.etag.as_deref().map(|e| e.trim_matches('"')) == row.etag.as_deref()
-                        && r.is_backed_up == row.is_backed_up
-                });
-                (!unchanged).then_some(row)
-            }
-        };
-        rows.extend(want);
-    }
-    report.inventory_soft_deleted = soft_deleted;
-    report.inventory_written = rows.len() as u64 - soft_deleted;
-    if !params.dry_run && !rows.is_empty() {
-        if let Err(e) = db.upsert_inventory(&rows).await {
-            report.failures.push(RepairFailure {
-                key: String::new(),
-                action: "inventory".into(),
-                error: e.to_string(),
-            });
-            report.inventory_written = 0;
-            report.inventory_soft_deleted = 0;
+        report.deleted += k.deleted as u64;
+        report.kept_extra += k.kept_extra as u64;
+        report.skipped += k.skipped as u64;
+        report.main_changed += k.main_changed as u64;
+        report.failures.extend(k.failure);
+        if let Some(row) = k.row {
+            soft_deleted += k.soft_delete as u64;
+            rows.push(row);
+        }
+        if rows.len() >= REPAIR_ROWS {
+            write_rows(db, params, &mut rows, &mut soft_deleted, &mut report).await;
         }
     }
+    write_rows(db, params, &mut rows, &mut soft_deleted, &mut report).await;
     report
 }
 
-/// Copies one object main → backup: server-side on a shared endpoint, else streamed through
-/// this process (memory bounded by the upload's part size).
-async fn copy_one(main: &S3Bucket, backup: &S3Bucket, key: &str, server_side: bool) -> Result<()> {
-    let src = format!("{}{key}", main.prefix());
-    let dst = format!("{}{key}", backup.prefix());
-    if server_side {
-        return backup.copy_from(main, &src, &dst).await;
+/// Writes a batch of inventory rows (not in a dry run) and counts them.
+async fn write_rows(
+    db: &Db,
+    params: &DriftParams,
+    rows: &mut Vec<InventoryRow>,
+    soft_deleted: &mut u64,
+    report: &mut RepairReport,
+) {
+    if rows.is_empty() {
+        return;
     }
-    let Some(obj) = main.get(&src, None).await? else {
-        return Err(Error::S3 {
-            bucket: main.name().to_string(),
-            endpoint: main.endpoint().to_string(),
-            message: format!("get {src:?}: disappeared before the copy"),
-        });
+    let written = if params.dry_run {
+        Ok(())
+    } else {
+        db.upsert_inventory(rows).await
     };
-    let content_type = obj.meta.content_type.clone();
-    backup
-        .put_stream(&dst, obj.body, content_type.as_deref())
-        .await?;
-    Ok(())
+    match written {
+        Ok(()) => {
+            report.inventory_soft_deleted += *soft_deleted;
+            report.inventory_written += rows.len() as u64 - *soft_deleted;
+        }
+        Err(e) => report.failures.push(RepairFailure {
+            key: rows.first().map(|r| r.path.clone()).unwrap_or_default(),
+            action: "inventory".into(),
+            error: format!("{} rows: {e}", rows.len()),
+        }),
+    }
+    rows.clear();
+    *soft_deleted = 0;
+}
+
+/// Decides and does one key's repair.
+async fn repair_key(
+    main: &S3Bucket,
+    backup: &S3Bucket,
+    params: &DriftParams,
+    item: DriftItem,
+) -> KeyOutcome {
+    let mut out = KeyOutcome::default();
+    let main_key = format!("{}{}", main.prefix(), item.key);
+    let backup_key = format!("{}{}", backup.prefix(), item.key);
+    let mut backup_has = item.backup.is_some();
+    match item.status {
+        Some(PairStatus::Unverifiable | PairStatus::Error) => {
+            out.skipped = true;
+            return out;
+        }
+        // Not sent by the merge; left to the replication worker in any case.
+        Some(PairStatus::Pending) => return out,
+        Some(PairStatus::MissingInBackup | PairStatus::Differ) => {
+            let size = item.main.as_ref().map_or(0, |m| m.size);
+            if params.dry_run {
+                out.copied_bytes = Some(size);
+                backup_has = true;
+            } else {
+                // Pinned to the listed ETag: a main object replaced since the listing is the
+                // next check's business, not copied under the old one's row.
+                let etag = match listed_etag(main, &main_key, &item).await {
+                    Ok(Some(etag)) => etag,
+                    Ok(None) => {
+                        out.main_changed = true;
+                        return out;
+                    }
+                    Err(e) => {
+                        out.failure = Some(RepairFailure {
+                            key: item.key.clone(),
+                            action: "copy".into(),
+                            error: e.to_string(),
+                        });
+                        return out;
+                    }
+                };
+                match backup
+                    .copy_object_from(main, &main_key, &backup_key, etag.as_deref())
+                    .await
+                {
+                    Ok(CopyOutcome::Copied { .. }) => {
+                        out.copied_bytes = Some(size);
+                        backup_has = true;
+                    }
+                    Ok(CopyOutcome::SourceChanged | CopyOutcome::SourceMissing) => {
+                        out.main_changed = true;
+                        return out;
+                    }
+                    Err(e) => {
+                        out.failure = Some(RepairFailure {
+                            key: item.key.clone(),
+                            action: "copy".into(),
+                            error: e.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        Some(PairStatus::ExtraInBackup) if params.delete_extra => {
+            // Main may have the key by now (written since the listing): then the backup's
+            // object is not extra, and deleting it would lose the only copy of an old version
+            // the backup was keeping until replication catches up.
+            match main_has(main, &main_key).await {
+                Ok(true) => {
+                    out.main_changed = true;
+                    return out;
+                }
+                Ok(false) if params.dry_run => {
+                    out.deleted = true;
+                    backup_has = false;
+                }
+                Ok(false) => match backup.delete(&backup_key).await {
+                    Ok(()) => {
+                        out.deleted = true;
+                        backup_has = false;
+                    }
+                    Err(e) => {
+                        out.failure = Some(RepairFailure {
+                            key: item.key.clone(),
+                            action: "delete".into(),
+                            error: e.to_string(),
+                        })
+                    }
+                },
+                Err(e) => {
+                    out.failure = Some(RepairFailure {
+                        key: item.key.clone(),
+                        action: "delete".into(),
+                        error: format!("re-checking main: {e}"),
+                    });
+                    return out;
+                }
+            }
+        }
+        Some(PairStatus::ExtraInBackup) => out.kept_extra = true,
+        Some(PairStatus::Same) | None => {}
+    }
+    let (row, soft_delete) = inventory_row(&item, backup_has);
+    out.row = row;
+    out.soft_delete = soft_delete;
+    out
+}
+
+/// The ETag to pin a copy to: the listed one; for a server that lists no ETags, the one HEAD
+/// gives while size and Last-Modified are still the listed ones. `Ok(None)`: main changed.
+async fn listed_etag(
+    main: &S3Bucket,
+    main_key: &str,
+    item: &DriftItem,
+) -> Result<Option<Option<String>>> {
+    let Some(listed) = &item.main else {
+        return Ok(Some(None));
+    };
+    if listed.etag.is_some() {
+        return Ok(Some(listed.etag.clone()));
+    }
+    Ok(match main.head(main_key).await? {
+        // HEAD's Last-Modified is an HTTP date: whole seconds, where listings have more.
+        Some(h)
+            if h.size == listed.size
+                && h.last_modified.map(|t| t.timestamp())
+                    == listed.last_modified.map(|t| t.timestamp()) =>
+        {
+            Some(h.etag)
+        }
+        _ => None,
+    })
+}
+
+async fn main_has(main: &S3Bucket, key: &str) -> Result<bool> {
+    Ok(main.head(key).await?.is_some())
+}
+
+/// The row that describes the key after the repair, if the stored one does not already; and
+/// whether that row is a soft delete (no bucket holds the object).
+fn inventory_row(item: &DriftItem, backup_has: bool) -> (Option<InventoryRow>, bool) {
+    let now = Utc::now();
+    let object = item.main.as_ref().or(if backup_has {
+        item.backup.as_ref()
+    } else {
+        None
+    });
+    match object {
+        None => match &item.inventory {
+            Some(row) => (
+                Some(InventoryRow {
+                    deleted: true,
+                    updated_at: now,
+                    ..row.clone()
+                }),
+                true,
+            ),
+            None => (None, false),
+        },
+        Some(o) => {
+            let row = InventoryRow {
+                path: item.key.clone(),
+                size: o.size as i64,
+                etag: o.etag.clone(),
+                content_type: item.inventory.as_ref().and_then(|r| r.content_type.clone()),
+                is_backed_up: backup_has,
+                last_modified: o.last_modified,
+                deleted: false,
+                updated_at: now,
+            };
+            let unchanged = item.inventory.as_ref().is_some_and(|r| {
+                r.size == row.size
+                    && r.etag.as_deref().map(|e| e.trim_matches('"')) == row.etag.as_deref()
+                    && r.is_backed_up == row.is_backed_up
+            });
+            ((!unchanged).then_some(row), false)
+        }
+    }
 }
