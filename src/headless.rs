@@ -734,14 +734,15 @@ pub fn clear_progress_line() {
 pub fn drift_summary_line(r: &crate::engine::ops::drift::DriftReport) -> String {
     let s = &r.summary;
     format!(
-        "drift: {} same, {} missing in backup, {} extra in backup, {} differ, {} unverifiable, {} errors; \
-         inventory: {} missing, {} orphaned, {} differ ({:.1}s)",
+        "drift: {} same, {} missing in backup, {} extra in backup, {} differ, {} unverifiable, {} errors, \
+         {} pending replication; inventory: {} missing, {} orphaned, {} differ ({:.1}s)",
         s.same,
         s.missing_in_backup,
         s.extra_in_backup,
         s.differ,
         s.unverifiable,
         s.errors,
+        s.pending,
         s.inventory_missing,
         s.inventory_orphaned,
         s.inventory_differ,
@@ -756,7 +757,7 @@ pub fn drift_table(r: &crate::engine::ops::drift::DriftReport) -> String {
     let _ =
         writeln!(
         out,
-        "main   {} at {} ({} objects)\nbackup {} at {} ({} objects)\ninventory {} live rows{}\n",
+        "main   {} at {} ({} objects)\nbackup {} at {} ({} objects)\ninventory {} live rows{}{}\n",
         r.main.bucket,
         r.main.endpoint,
         count(r.main_objects as i64),
@@ -764,7 +765,11 @@ pub fn drift_table(r: &crate::engine::ops::drift::DriftReport) -> String {
         r.backup.endpoint,
         count(r.backup_objects as i64),
         count(r.inventory_rows as i64),
-        if r.prefix.is_empty() { String::new() } else { format!(", prefix {:?}", r.prefix) }
+        if r.prefix.is_empty() { String::new() } else { format!(", prefix {:?}", r.prefix) },
+        match &r.excluded_prefix {
+            Some(x) => format!("\nnot compared: {x:?} (the archive, in the main bucket)"),
+            None => String::new(),
+        }
     );
     for (k, v) in [
         ("same", s.same),
@@ -773,6 +778,7 @@ pub fn drift_table(r: &crate::engine::ops::drift::DriftReport) -> String {
         ("differ", s.differ),
         ("unverifiable", s.unverifiable),
         ("errors", s.errors),
+        ("pending replication", s.pending),
         ("inventory missing", s.inventory_missing),
         ("inventory orphaned", s.inventory_orphaned),
         ("inventory differ", s.inventory_differ),
@@ -794,6 +800,7 @@ pub fn drift_table(r: &crate::engine::ops::drift::DriftReport) -> String {
                         Some(PairStatus::Differ) => "differ",
                         Some(PairStatus::Unverifiable) => "unverifiable",
                         Some(PairStatus::Error) => "error",
+                        Some(PairStatus::Pending) => "pending replication",
                     }
                     .to_string(),
                     match i.inventory_status {
@@ -819,13 +826,14 @@ pub fn drift_table(r: &crate::engine::ops::drift::DriftReport) -> String {
         let _ = writeln!(
             out,
             "\nrepair ({verb}): copy {} objects ({}, {}), delete {} extra, keep {} extra, skip {} unverifiable/error, \
-             write {} inventory rows, soft-delete {}",
+             leave {} changed in main since the listing, write {} inventory rows, soft-delete {}",
             count(rep.copied as i64),
             bytes(rep.copied_bytes as i64),
             if rep.server_side_copy { "server-side" } else { "streamed" },
             count(rep.deleted as i64),
             count(rep.kept_extra as i64),
             count(rep.skipped as i64),
+            count(rep.main_changed as i64),
             count(rep.inventory_written as i64),
             count(rep.inventory_soft_deleted as i64),
         );

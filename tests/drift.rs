@@ -813,3 +813,581 @@ async fn same_differences_as_rclone_check() {
         );
     }
 }
+
+// --- the archive prefix, races with main, pending replication, part layout, Ctrl-C ----------------
+
+/// With the default config the archive is the mirror bucket under `archive/`, and the mirror
+/// bucket is main: the archive's Parquet files are not main's objects and are not compared.
+/// An archive in a bucket of its own excludes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_prefix_in_the_main_bucket_is_not_compared() {
+    for s3 in S3Server::all().await {
+        let db = TestDb::sqlite().await;
+        let (main_cfg, main) = s3.new_bucket("drift-arch-main").await;
+        let (backup_cfg, backup) = s3.new_bucket("drift-arch-backup").await;
+        let parquet = "archive/download_events/year=2026/month=01/part-00000.parquet";
+        let manifest = "archive/download_events/year=2026/month=01/_manifest.json";
+        for k in [parquet, manifest] {
+            main.put_bytes(k, Bytes::from_static(b"PAR1"), None)
+                .await
+                .expect("put");
+        }
+        // Keys that only share the first letters of the prefix are compared.
+        for k in ["archived.txt", "plain/a.txt"] {
+            main.put_bytes(k, Bytes::from(k), None).await.expect("put");
+            backup
+                .put_bytes(k, Bytes::from(k), None)
+                .await
+                .expect("put");
+        }
+        main.put_bytes("archive-not/x", Bytes::from_static(b"x"), None)
+            .await
+            .expect("put");
+
+        let mut config = common::config(&db.url, main_cfg.clone());
+        config.buckets.backup = Some(backup_cfg.clone());
+        let ctx = common::ctx(&db, config.clone());
+        let (r, lines) = check(
+            &ctx,
+            DriftParams {
+                keep_items: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            r.excluded_prefix.as_deref(),
+            Some("archive/"),
+            "{}",
+            s3.name
+        );
+        assert_eq!(
+            lines,
+            vec![
+                ('+', "archive-not/x".to_string()),
+                ('=', "archived.txt".to_string()),
+                ('=', "plain/a.txt".to_string()),
+            ],
+            "{}",
+            s3.name
+        );
+        assert_eq!(r.summary.missing_in_backup, 1, "{}: {:?}", s3.name, r.items);
+        assert_eq!(r.main_objects, 3, "{}", s3.name);
+
+        // Asked for explicitly, the archive is compared.
+        let (r, lines) = check(
+            &ctx,
+            DriftParams {
+                prefix: "archive/".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(r.excluded_prefix, None, "{}", s3.name);
+        assert_eq!(lines.len(), 2, "{}: {lines:?}", s3.name);
+
+        // An archive bucket of its own: `archive/` in main is main's own data.
+        let (archive_cfg, _) = s3.new_bucket("drift-arch-own").await;
+        let mut own = config.clone();
+        let mut archive_cfg = archive_cfg;
+        archive_cfg.prefix = "archive/".into();
+        own.buckets.archive = Some(archive_cfg);
+        let (r, _) = check(&common::ctx(&db, own), DriftParams::default()).await;
+        assert_eq!(r.excluded_prefix, None, "{}", s3.name);
+        assert_eq!(r.summary.missing_in_backup, 3, "{}", s3.name);
+    }
+}
+
+/// Puts `body` at `key` from a synchronous callback (the `--combined` sink), on a thread and
+/// runtime of its own with a client of its own, so a test can change a bucket between the
+/// classification of a key and its repair.
+fn put_now(cfg: &BucketConfig, key: &str, body: &'static [u8]) {
+    let (cfg, key) = (cfg.clone(), key.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let bucket = S3Bucket::connect(&cfg).await.expect("connect");
+            bucket
+                .put_bytes(&key, Bytes::from_static(body), None)
+                .await
+                .expect("put");
+        });
+    })
+    .join()
+    .expect("put thread");
+}
+
+/// Main changes between the listing and the repair: an extra object main now has is not
+/// deleted (`--delete-extra` re-checks main), and a copy whose source was replaced is not made
+/// (it is pinned to the listed ETag). Both are counted `main_changed` and leave exit 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_rechecks_main_before_deleting_or_copying() {
+    for s3 in S3Server::all().await {
+        let db = TestDb::sqlite().await;
+        let (main_cfg, main) = s3.new_bucket("drift-race-main").await;
+        let (backup_cfg, backup) = s3.new_bucket("drift-race-backup").await;
+        backup
+            .put_bytes("race/extra-now-in-main", Bytes::from_static(b"old"), None)
+            .await
+            .expect("put");
+        backup
+            .put_bytes("race/really-extra", Bytes::from_static(b"old"), None)
+            .await
+            .expect("put");
+        main.put_bytes(
+            "race/missing-then-replaced",
+            Bytes::from_static(b"v1"),
+            None,
+        )
+        .await
+        .expect("put");
+        main.put_bytes("race/missing", Bytes::from_static(b"v1"), None)
+            .await
+            .expect("put");
+        let mut config = common::config(&db.url, main_cfg.clone());
+        config.buckets.backup = Some(backup_cfg);
+        let ctx = common::ctx(&db, config);
+
+        let racer = main_cfg.clone();
+        let params = DriftParams {
+            repair: true,
+            delete_extra: true,
+            keep_items: false,
+            on_line: Some(Arc::new(move |_mark, key: &str| {
+                // Classified, not yet repaired: main changes now.
+                let body: &'static [u8] = match key {
+                    "race/extra-now-in-main" => b"new",
+                    "race/missing-then-replaced" => b"v2-longer",
+                    _ => return,
+                };
+                put_now(&racer, key, body);
+            })),
+            ..Default::default()
+        };
+        let r = drift::run(&ctx, params, &Progress::none())
+            .await
+            .expect("drift");
+        let rep = r.repair.as_ref().expect("repair report");
+        assert!(rep.failures.is_empty(), "{}: {rep:?}", s3.name);
+        assert_eq!(rep.main_changed, 2, "{}: {rep:?}", s3.name);
+        assert_eq!((rep.deleted, rep.copied), (1, 1), "{}: {rep:?}", s3.name);
+        assert!(r.found_problems(), "{}: main changed: not clean", s3.name);
+        let got = backup
+            .get("race/extra-now-in-main", None)
+            .await
+            .expect("get");
+        assert!(got.is_some(), "{}: deleted what main now has", s3.name);
+        assert!(
+            backup
+                .head("race/missing-then-replaced")
+                .await
+                .expect("head")
+                .is_none(),
+            "{}: copied a source that changed since the listing",
+            s3.name
+        );
+        assert!(backup
+            .head("race/really-extra")
+            .await
+            .expect("head")
+            .is_none());
+        assert!(backup.head("race/missing").await.expect("head").is_some());
+    }
+}
+
+/// Adds a replication task for `path` in `state` straight into the database, as the S3 front
+/// does (this branch has no writer of its own for the outbox).
+async fn add_task(db: &TestDb, path: &str, state: &str) {
+    use mirrorctl::engine::db::Backend;
+    match db.db.backend() {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db.url).await.expect("sqlite");
+            sqlx::query(
+                "INSERT INTO replication_tasks (path, op, version, state, created_at, next_attempt_at) \
+                 VALUES ($1, 'put', 1, $2, datetime('now'), datetime('now'))",
+            )
+            .bind(path)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .expect("insert task");
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("postgres");
+            sqlx::query(
+                "INSERT INTO replication_tasks (path, op, version, state, created_at, next_attempt_at) \
+                 VALUES ($1, 'put', 1, $2, now(), now())",
+            )
+            .bind(path)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .expect("insert task");
+            pool.close().await;
+        }
+    }
+}
+
+/// A key whose replication is still open (`pending` or `running`) is `pending`: not drift, not
+/// repaired, `!` under `--combined`; a `done` or `failed` task does not hide drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_replication_is_pending_not_drift() {
+    let s3 = S3Server::s3s().await;
+    for db in TestDb::all().await {
+        let label = format!("{:?}", db.db.backend());
+        let (main_cfg, main) = s3.new_bucket("drift-pend-main").await;
+        let (backup_cfg, backup) = s3.new_bucket("drift-pend-backup").await;
+        for k in ["p/new", "p/running", "p/failed", "p/done", "p/zz-same"] {
+            main.put_bytes(k, Bytes::from(k), None).await.expect("put");
+        }
+        // Overwritten on main, the old version still in the backup.
+        backup
+            .put_bytes("p/running", Bytes::from_static(b"old version"), None)
+            .await
+            .expect("put");
+        backup
+            .put_bytes("p/zz-same", Bytes::from("p/zz-same"), None)
+            .await
+            .expect("put");
+        add_task(&db, "p/new", "pending").await;
+        add_task(&db, "p/new", "done").await;
+        add_task(&db, "p/running", "running").await;
+        add_task(&db, "p/failed", "failed").await;
+        add_task(&db, "p/done", "done").await;
+        add_task(&db, "q/elsewhere", "pending").await;
+        let rows: Vec<InventoryRow> = ["p/new", "p/running", "p/failed", "p/done", "p/zz-same"]
+            .iter()
+            .map(|k| InventoryRow {
+                path: k.to_string(),
+                size: k.len() as i64,
+                etag: None,
+                content_type: None,
+                is_backed_up: *k == "p/zz-same",
+                last_modified: None,
+                deleted: false,
+                updated_at: Utc::now(),
+            })
+            .collect();
+        db.db.upsert_inventory(&rows).await.expect("inventory");
+        let mut config = common::config(&db.url, main_cfg);
+        config.buckets.backup = Some(backup_cfg);
+        let ctx = common::ctx(&db, config);
+
+        for params in [DriftParams::default(), split_eight()] {
+            let (r, lines) = check(&ctx, params).await;
+            let s = &r.summary;
+            assert_eq!(s.pending, 2, "{label}: {s:?}");
+            assert_eq!(
+                (s.missing_in_backup, s.differ, s.same),
+                (2, 0, 1),
+                "{label}: {s:?}"
+            );
+            assert_eq!(
+                (s.inventory_missing, s.inventory_differ),
+                (0, 0),
+                "{label}: {:?}",
+                r.items
+            );
+            assert_eq!(
+                lines,
+                vec![
+                    ('+', "p/done".to_string()),
+                    ('+', "p/failed".to_string()),
+                    ('!', "p/new".to_string()),
+                    ('!', "p/running".to_string()),
+                    ('=', "p/zz-same".to_string()),
+                ],
+                "{label}"
+            );
+            let pending: Vec<&str> = r
+                .items
+                .iter()
+                .filter(|i| i.status == Some(PairStatus::Pending))
+                .map(|i| i.key.as_str())
+                .collect();
+            assert_eq!(pending, ["p/new", "p/running"], "{label}");
+            let json = serde_json::to_value(&r).expect("json");
+            assert_eq!(json["summary"]["pending"], 2, "{label}");
+        }
+        // Repair leaves the pending keys to replication.
+        let (r, _) = check(
+            &ctx,
+            DriftParams {
+                repair: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        let rep = r.repair.as_ref().expect("repair");
+        assert_eq!(rep.copied, 2, "{label}: {rep:?}");
+        assert!(
+            backup.head("p/new").await.expect("head").is_none(),
+            "{label}"
+        );
+        let old = backup.head("p/running").await.expect("head").expect("kept");
+        assert_eq!(old.size, 11, "{label}: the running copy was overwritten");
+        // Only pending keys left: no drift, exit 0.
+        let (r, _) = check(&ctx, DriftParams::default()).await;
+        assert_eq!(r.summary.pending, 2, "{label}");
+        assert!(!r.summary.has_drift(), "{label}: {:?}", r.items);
+        assert!(!r.found_problems(), "{label}");
+    }
+}
+
+/// The same Garage bucket reached as `localhost` instead of `127.0.0.1`: another endpoint as
+/// far as mirrorctl knows, so copies to it are streamed through this process.
+fn other_endpoint(cfg: &BucketConfig) -> BucketConfig {
+    let mut c = cfg.clone();
+    c.endpoint = c.endpoint.map(|e| e.replace("127.0.0.1", "localhost"));
+    assert_ne!(c.endpoint, cfg.endpoint, "expected a 127.0.0.1 endpoint");
+    c
+}
+
+/// A repair across endpoints keeps each object's identity: a multipart object is uploaded with
+/// the same parts (so its `-N` ETag is main's), a single-part one in one PUT whatever its size,
+/// so the next check without `--checksum` finds every pair `same`. `copy_object_from` reports a
+/// changed or missing source as such, streamed or server-side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_across_endpoints_keeps_etags_so_the_next_check_is_same() {
+    use mirrorctl::engine::s3::CopyOutcome;
+    let Some(s3) = S3Server::garage() else {
+        return;
+    };
+    let db = TestDb::sqlite().await;
+    let (mut main_cfg, _) = s3.new_bucket("drift-layout-main").await;
+    main_cfg.multipart_threshold = ByteSize(5 * 1024 * 1024);
+    main_cfg.part_size = ByteSize(5 * 1024 * 1024);
+    let main = S3Bucket::connect(&main_cfg).await.expect("connect");
+    let (backup_cfg, _) = s3.new_bucket("drift-layout-backup").await;
+    let mut backup_cfg = other_endpoint(&backup_cfg);
+    // Below the single-part object's size: a plain streamed upload would split it in parts.
+    backup_cfg.multipart_threshold = ByteSize(5 * 1024 * 1024);
+    backup_cfg.part_size = ByteSize(8 * 1024 * 1024);
+    let backup = S3Bucket::connect(&backup_cfg).await.expect("connect");
+    assert!(!backup.same_endpoint(&main));
+
+    let data =
+        |n: usize, salt: u8| -> Vec<u8> { (0..n).map(|i| ((i % 253) as u8) ^ salt).collect() };
+    let mp = main
+        .put_stream(
+            "mp/three-parts.bin",
+            std::io::Cursor::new(data(12 * 1024 * 1024, 1)),
+            Some("application/x-test"),
+        )
+        .await
+        .expect("put multipart");
+    assert_eq!(mp.parts, 3);
+    main.put_bytes(
+        "sp/single-12MiB.bin",
+        Bytes::from(data(12 * 1024 * 1024, 2)),
+        None,
+    )
+    .await
+    .expect("put");
+    main.put_bytes("sp/small.txt", Bytes::from_static(b"small"), None)
+        .await
+        .expect("put");
+    main.put_bytes("sp/empty", Bytes::new(), None)
+        .await
+        .expect("put");
+
+    let mut config = common::config(&db.url, main_cfg.clone());
+    config.buckets.backup = Some(backup_cfg.clone());
+    let ctx = common::ctx(&db, config);
+    let (r, _) = check(&ctx, DriftParams::default()).await;
+    assert_eq!(r.summary.missing_in_backup, 4, "{:?}", r.items);
+    let (r, _) = check(
+        &ctx,
+        DriftParams {
+            repair: true,
+            keep_items: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let rep = r.repair.as_ref().expect("repair");
+    assert!(!rep.server_side_copy);
+    assert!(rep.failures.is_empty(), "{rep:?}");
+    assert_eq!(rep.copied, 4, "{rep:?}");
+    let (r, lines) = check(&ctx, DriftParams::default()).await;
+    assert!(!r.summary.has_drift(), "{:?}", r.items);
+    assert_eq!(r.summary.same, 4, "{lines:?}");
+    for k in ["mp/three-parts.bin", "sp/single-12MiB.bin", "sp/empty"] {
+        let m = main.head(k).await.expect("head").expect("main");
+        let b = backup.head(k).await.expect("head").expect("backup");
+        assert_eq!((m.etag, m.size), (b.etag, b.size), "{k}");
+    }
+    let b = backup
+        .head("mp/three-parts.bin")
+        .await
+        .expect("head")
+        .expect("backup");
+    assert_eq!(b.content_type.as_deref(), Some("application/x-test"));
+
+    // A source that changed or is gone: nothing written, and said so.
+    let (same_cfg, same_ep) = s3.new_bucket("drift-layout-same").await;
+    assert!(same_ep.same_endpoint(&main), "{same_cfg:?}");
+    for dst in [&backup, &same_ep] {
+        let wrong = "0123456789abcdef0123456789abcdef";
+        let out = dst
+            .copy_object_from(&main, "sp/small.txt", "changed", Some(wrong))
+            .await
+            .expect("copy");
+        assert_eq!(out, CopyOutcome::SourceChanged, "{dst:?}");
+        assert!(
+            dst.head("changed").await.expect("head").is_none(),
+            "{dst:?}"
+        );
+        let out = dst
+            .copy_object_from(&main, "no/such/key", "gone", None)
+            .await
+            .expect("copy");
+        assert_eq!(out, CopyOutcome::SourceMissing, "{dst:?}");
+        let out = dst
+            .copy_object_from(&main, "mp/three-parts.bin", "copy.bin", mp.etag.as_deref())
+            .await
+            .expect("copy");
+        assert!(
+            matches!(&out, CopyOutcome::Copied { etag, .. } if *etag == mp.etag),
+            "{dst:?}: {out:?}"
+        );
+    }
+}
+
+/// A loopback TCP proxy to `upstream` (`http://host:port`) that holds every chunk of the
+/// responses for `delay`: a slow server. Counts the connections it accepted.
+async fn slow_proxy(
+    upstream: &str,
+    delay: std::time::Duration,
+) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                });
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            tokio::time::sleep(delay).await;
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), connections)
+}
+
+/// Ctrl-C in the middle of a check (here, on a slow server) ends the process within a second:
+/// exit 1, "cancelled" on stderr, and the audit row says `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_running_check_within_a_second() {
+    let s3 = S3Server::s3s().await;
+    let db = TestDb::sqlite().await;
+    let (main_cfg, main) = s3.new_bucket("drift-sigint-main").await;
+    let (backup_cfg, _) = s3.new_bucket("drift-sigint-backup").await;
+    let puts = futures::stream::iter((0..1500u32).map(|i| {
+        let main = &main;
+        async move {
+            main.put_bytes(&format!("k/{i:05}"), Bytes::from_static(b"x"), None)
+                .await
+        }
+    }));
+    use futures::StreamExt;
+    for r in puts.buffer_unordered(32).collect::<Vec<_>>().await {
+        r.expect("put");
+    }
+    let (endpoint, connections) =
+        slow_proxy(&s3.endpoint, std::time::Duration::from_millis(100)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bucket = |section: &str, name: &str| {
+        format!(
+            "[buckets.{section}]\nbucket = \"{name}\"\nendpoint = \"{endpoint}\"\npath_style = true\n\
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n",
+            s3.key, s3.secret
+        )
+    };
+    let text = format!(
+        "[database]\nurl = \"{}\"\n\n{}{}",
+        db.url,
+        bucket("mirror", &main_cfg.bucket),
+        bucket("backup", &backup_cfg.bucket)
+    );
+    let cfg = common::write_config_file(dir.path(), &text);
+    let mut child = common::command(&cfg)
+        .args(["--headless", "drift", "--combined"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn mirrorctl");
+    // Under way: it has reached the (slow) server.
+    let waited = std::time::Instant::now();
+    while connections.load(Ordering::SeqCst) == 0 {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(20),
+            "mirrorctl never reached the server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "finished too soon"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let sent = std::time::Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st.code();
+        }
+        if sent.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGINT");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let took = sent.elapsed();
+    let mut err = String::new();
+    use std::io::Read as _;
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "exited {took:?} after SIGINT: {err}"
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    let ops = db.db.list_operations(10).await.expect("history");
+    let last = ops.iter().find(|o| o.kind == "drift").expect("a drift row");
+    assert_eq!(last.status, "cancelled", "{err}");
+}

@@ -778,6 +778,301 @@ impl S3Bucket {
             .filter_map(|u| u.key().map(str::to_string))
             .collect())
     }
+
+    // --- Copies that keep the source's identity (drift repair, replication) ------------------
+
+    /// Copies `src_key` of `src` to `dst_key` here so that the copy has the source's ETag: a
+    /// server-side copy when both buckets are on one endpoint (which keeps a multipart `-N`
+    /// ETag on servers like Garage), else a stream through this process that keeps the part
+    /// layout (each part read with `partNumber` and uploaded as the same part) or, for a
+    /// single-part object, one streamed PUT checked by its Content-MD5. Memory is bounded by
+    /// the source's part size. With `if_match`, copies only while the source still has that
+    /// ETag; otherwise nothing is written and the outcome says so.
+    pub async fn copy_object_from(
+        &self,
+        src: &S3Bucket,
+        src_key: &str,
+        dst_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<CopyOutcome> {
+        if self.same_endpoint(src) {
+            self.copy_server_side(src, src_key, dst_key, if_match).await
+        } else {
+            self.copy_streamed(src, src_key, dst_key, if_match).await
+        }
+    }
+
+    async fn copy_server_side(
+        &self,
+        src: &S3Bucket,
+        src_key: &str,
+        dst_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<CopyOutcome> {
+        // Some servers (s3s-fs) ignore x-amz-copy-source-if-match: a HEAD first keeps the
+        // promise there too, up to the moment between the two requests.
+        if let Some(want) = if_match {
+            match src.head(src_key).await? {
+                None => return Ok(CopyOutcome::SourceMissing),
+                Some(m) if m.etag.as_deref() != Some(want.trim_matches('"')) => {
+                    return Ok(CopyOutcome::SourceChanged)
+                }
+                Some(_) => {}
+            }
+        }
+        let source = format!(
+            "{}/{}",
+            src.bucket,
+            utf8_percent_encode(src_key, COPY_SOURCE)
+        );
+        let out = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(source)
+            .set_copy_source_if_match(if_match.map(|e| format!("\"{}\"", e.trim_matches('"'))))
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(CopyOutcome::Copied {
+                etag: unquote(out.copy_object_result().and_then(|r| r.e_tag())),
+                server_side: true,
+            }),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => {
+                Ok(CopyOutcome::SourceChanged)
+            }
+            Err(SdkError::ServiceError(se))
+                if se.raw().status().as_u16() == 404 && se.err().code() != Some("NoSuchBucket") =>
+            {
+                Ok(CopyOutcome::SourceMissing)
+            }
+            Err(e) => Err(self.sdk_err(&format!("copy {src_key:?} from {}", src.bucket), e)),
+        }
+    }
+
+    /// GET of one part (or of the whole object when the server ignores `partNumber`, or the
+    /// object is not multipart), pinned to `if_match`.
+    async fn get_part(
+        &self,
+        key: &str,
+        part: i32,
+        if_match: Option<&str>,
+    ) -> Result<std::result::Result<aws_sdk_s3::operation::get_object::GetObjectOutput, CopyOutcome>>
+    {
+        let get = |part: Option<i32>| {
+            self.client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .set_part_number(part)
+                .set_if_match(if_match.map(|e| format!("\"{}\"", e.trim_matches('"'))))
+                .send()
+        };
+        let mut out = get(Some(part)).await;
+        if part == 1 {
+            if let Err(SdkError::ServiceError(se)) = &out {
+                // Some servers refuse part 1 of an empty object: it has no parts.
+                if se.raw().status().as_u16() == 416 {
+                    out = get(None).await;
+                }
+            }
+        }
+        match out {
+            Ok(o) => Ok(Ok(o)),
+            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => {
+                Ok(Err(CopyOutcome::SourceChanged))
+            }
+            Err(SdkError::ServiceError(se))
+                if se.raw().status().as_u16() == 404 && se.err().code() != Some("NoSuchBucket") =>
+            {
+                Ok(Err(CopyOutcome::SourceMissing))
+            }
+            Err(e) => Err(self.sdk_err(&format!("get {key:?} part {part}"), e)),
+        }
+    }
+
+    async fn copy_streamed(
+        &self,
+        src: &S3Bucket,
+        src_key: &str,
+        dst_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<CopyOutcome> {
+        let first = match src.get_part(src_key, 1, if_match).await? {
+            Ok(o) => o,
+            Err(outcome) => return Ok(outcome),
+        };
+        let parts = first.parts_count().unwrap_or(1).max(1);
+        let etag = unquote(first.e_tag());
+        let content_type = first.content_type().map(str::to_string);
+        if parts == 1 {
+            let size = first.content_length().unwrap_or(0).max(0) as u64;
+            // A single-part ETag is the body's MD5: the server checks the streamed body
+            // against it, so the payload needs no signature of its own (and no buffering).
+            let md5 = etag
+                .as_deref()
+                .filter(|e| e.len() == 32)
+                .and_then(|e| hex::decode(e).ok())
+                .map(aws_smithy_types::base64::encode);
+            let Some(md5) = md5 else {
+                // An opaque ETag (e.g. SSE-KMS) cannot be kept whatever the layout.
+                let body = Box::pin(first.body.into_async_read());
+                let put = self
+                    .put_stream_sized(dst_key, body, content_type.as_deref(), Some(size))
+                    .await?;
+                return Ok(CopyOutcome::Copied {
+                    etag: put.etag,
+                    server_side: false,
+                });
+            };
+            let out = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(dst_key)
+                .set_content_type(content_type)
+                .content_length(size as i64)
+                .content_md5(md5)
+                .body(first.body)
+                .customize()
+                .disable_payload_signing()
+                .send()
+                .await
+                .map_err(|e| self.sdk_err(&format!("put {dst_key:?}"), e))?;
+            return Ok(CopyOutcome::Copied {
+                etag: unquote(out.e_tag()),
+                server_side: false,
+            });
+        }
+        // Multipart: every part is read on its own (`partNumber`, pinned to the first part's
+        // ETag so that all parts come from one version) and uploaded as the same part number.
+        let pin = etag.clone().or_else(|| if_match.map(str::to_string));
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .set_content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| self.sdk_err(&format!("start multipart {dst_key:?}"), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| self.fail(format!("start multipart {dst_key:?}: no upload id")))?
+            .to_string();
+        let mut first = Some(first);
+        let mut done = Vec::with_capacity(parts as usize);
+        let mut result = Ok(None);
+        for n in 1..=parts {
+            let part = match first.take() {
+                Some(o) => o,
+                None => match src.get_part(src_key, n, pin.as_deref()).await {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(outcome)) => {
+                        result = Ok(Some(outcome));
+                        break;
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                },
+            };
+            let len = part.content_length().unwrap_or(0).max(0) as usize;
+            let mut body = part.body.into_async_read();
+            let bytes = match read_chunk(&mut body, len).await {
+                Ok(b) if b.len() == len => b.freeze(),
+                Ok(b) => {
+                    result = Err(src.fail(format!(
+                        "get {src_key:?} part {n}: {} of {len} bytes",
+                        b.len()
+                    )));
+                    break;
+                }
+                Err(e) => {
+                    result = Err(src.fail(format!("get {src_key:?} part {n}: {e}")));
+                    break;
+                }
+            };
+            let req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(dst_key)
+                .upload_id(&upload_id)
+                .part_number(n)
+                .content_length(len as i64)
+                .body(ByteStream::from(bytes))
+                .customize();
+            let req = if self.sign_parts {
+                req
+            } else {
+                req.disable_payload_signing()
+            };
+            match req.send().await {
+                Ok(out) => done.push(
+                    CompletedPart::builder()
+                        .part_number(n)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                ),
+                Err(e) => {
+                    result = Err(self.sdk_err(&format!("upload part {n} of {dst_key:?}"), e));
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(None) => {}
+            Ok(Some(outcome)) => {
+                self.abort(dst_key, &upload_id).await;
+                return Ok(outcome);
+            }
+            Err(e) => {
+                self.abort(dst_key, &upload_id).await;
+                return Err(e);
+            }
+        }
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(CopyOutcome::Copied {
+                etag: unquote(out.e_tag()),
+                server_side: false,
+            }),
+            Err(e) => {
+                self.abort(dst_key, &upload_id).await;
+                Err(self.sdk_err(&format!("complete multipart {dst_key:?}"), e))
+            }
+        }
+    }
+}
+
+/// What `S3Bucket::copy_object_from` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// The copy exists, with this ETag.
+    Copied {
+        etag: Option<String>,
+        /// Copied by the server (one endpoint), not streamed through this process.
+        server_side: bool,
+    },
+    /// The source no longer has the ETag `if_match` named: nothing was written.
+    SourceChanged,
+    /// The source does not exist (any more): nothing was written.
+    SourceMissing,
 }
 
 /// Reads up to `n` bytes (fewer only at end of input).

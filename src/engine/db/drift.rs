@@ -1,5 +1,6 @@
 //! Inventory reads for `drift`: live `backup_inventory` rows in UTF-8 byte order, one key
-//! range at a time, so they merge with S3 listings (which are always in byte order).
+//! range at a time, so they merge with S3 listings (which are always in byte order); and the
+//! paths with replication still open, read the same way.
 
 use super::{on_pool, Db, Pool};
 use crate::engine::error::Result;
@@ -43,6 +44,50 @@ impl Db {
         );
         let r = on_pool!(self, |p| {
             let mut q = sqlx::query_as::<_, InventoryRow>(&sql).bind(lower);
+            if let Some(u) = upto {
+                q = q.bind(u);
+            }
+            q.fetch_all(p).await
+        });
+        r.map_err(|e| self.err(e))
+    }
+}
+
+impl Db {
+    /// Up to `limit` distinct paths with a replication task still open (`pending` or
+    /// `running`), with `path >= prefix`, `path > after` and `path <= upto`, in byte order:
+    /// one page of a key range, merged with the listings like the inventory rows. Paths past
+    /// the prefix are returned too (the caller stops at the first one).
+    pub async fn replication_open_range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let collate = match self.pool {
+            Pool::Postgres(_) => " COLLATE \"C\"",
+            Pool::Sqlite(_) => "",
+        };
+        let (lower_op, lower) = match after {
+            Some(a) if a >= prefix => (">", a),
+            _ => (">=", prefix),
+        };
+        let upper = if upto.is_some() {
+            format!(" AND path{collate} <= $2")
+        } else {
+            String::new()
+        };
+        // The state list is a subset of the partial index `replication_tasks_open_path`'s, so
+        // both databases walk that index in path order.
+        let sql = format!(
+            "SELECT DISTINCT path{collate} AS path FROM replication_tasks \
+             WHERE state IN ('pending', 'running') AND path{collate} {lower_op} $1{upper} \
+             ORDER BY path{collate} LIMIT {limit}",
+            limit = limit.max(1)
+        );
+        let r = on_pool!(self, |p| {
+            let mut q = sqlx::query_scalar::<_, String>(&sql).bind(lower);
             if let Some(u) = upto {
                 q = q.bind(u);
             }

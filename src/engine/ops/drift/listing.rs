@@ -1,0 +1,234 @@
+//! Listing for `drift`: each bucket's keys, the inventory's rows and the paths with open
+//! replication in one key range, read page by page on tasks of their own a page ahead of the
+//! merge, with retries for the transient failures of a long listing. Keys under the excluded
+//! (archive) prefix are dropped here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::merge::Scan;
+use super::plan::KeyRange;
+use super::{strip, INVENTORY_PAGE, LIST_ATTEMPTS, PAGE, READ_AHEAD};
+use crate::engine::error::{Error, Result};
+use crate::engine::model::InventoryRow;
+use crate::engine::s3::{ObjectInfo, S3Bucket};
+
+/// One listing page with retries; returns the objects and the continuation token.
+pub(super) async fn list_with_retry(
+    bucket: &S3Bucket,
+    prefix: &str,
+    after: Option<&str>,
+    token: Option<&str>,
+    max_keys: i32,
+) -> Result<(Vec<ObjectInfo>, Option<String>)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match bucket.list_page(prefix, after, token, max_keys).await {
+            Ok(p) => return Ok((p.objects, p.next_token)),
+            Err(e) if attempt < LIST_ATTEMPTS && is_transient(&e) => {
+                tracing::warn!("drift: retrying a listing page: {e}");
+                tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Errors worth another try: not a missing bucket, not bad credentials.
+fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::S3 { message, .. } => {
+            !(message.contains("does not exist")
+                || message.contains("access denied")
+                || message.contains("credentials rejected"))
+        }
+        _ => false,
+    }
+}
+
+/// Lists one bucket's keys in `range` on a task of its own, a page ahead of the merge.
+pub(super) fn spawn_listing(
+    bucket: S3Bucket,
+    prefix: String,
+    range: KeyRange,
+    counter: Arc<Scan>,
+    is_main: bool,
+) -> mpsc::Receiver<Result<Vec<ObjectInfo>>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let base = bucket.prefix().to_string();
+        let full_prefix = format!("{base}{prefix}");
+        let mut after = range.after.as_ref().map(|a| format!("{base}{a}"));
+        let mut token: Option<String> = None;
+        loop {
+            let page = list_with_retry(
+                &bucket,
+                &full_prefix,
+                after.as_deref(),
+                token.as_deref(),
+                PAGE,
+            )
+            .await;
+            let (objects, next) = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut past_end = false;
+            let mut keep = Vec::with_capacity(objects.len());
+            for mut o in objects {
+                o.key = strip(&base, o.key);
+                if range.upto.as_ref().is_some_and(|u| o.key > *u) {
+                    past_end = true;
+                    break;
+                }
+                if !counter.excluded(&o.key) {
+                    keep.push(o);
+                }
+            }
+            let c = if is_main {
+                &counter.counters.main_listed
+            } else {
+                &counter.counters.backup_listed
+            };
+            c.fetch_add(keep.len() as u64, Ordering::Relaxed);
+            if tx.send(Ok(keep)).await.is_err() || past_end {
+                return;
+            }
+            match next {
+                Some(t) => {
+                    token = Some(t);
+                    after = None;
+                }
+                None => return,
+            }
+        }
+    });
+    rx
+}
+
+/// Reads the inventory rows in `range` on a task of its own, a page ahead of the merge.
+pub(super) fn spawn_inventory(
+    scan: Arc<Scan>,
+    range: KeyRange,
+) -> mpsc::Receiver<Result<Vec<InventoryRow>>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let prefix = scan.params.prefix.clone();
+        let mut after = range.after.clone();
+        loop {
+            let page = scan
+                .db
+                .inventory_range(
+                    &prefix,
+                    after.as_deref(),
+                    range.upto.as_deref(),
+                    INVENTORY_PAGE,
+                )
+                .await;
+            let rows = match page {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let full = rows.len() as i64 == INVENTORY_PAGE;
+            after = rows.last().map(|r| r.path.clone());
+            let mut past_prefix = false;
+            let keep: Vec<InventoryRow> = rows
+                .into_iter()
+                .take_while(|r| {
+                    past_prefix = !r.path.starts_with(&prefix);
+                    !past_prefix
+                })
+                .filter(|r| !scan.excluded(&r.path))
+                .collect();
+            scan.counters
+                .inventory_read
+                .fetch_add(keep.len() as u64, Ordering::Relaxed);
+            if tx.send(Ok(keep)).await.is_err() || past_prefix || !full {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads the paths with open replication in `range` on a task of its own, like the inventory.
+pub(super) fn spawn_pending(
+    scan: Arc<Scan>,
+    range: KeyRange,
+) -> mpsc::Receiver<Result<Vec<String>>> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let prefix = scan.params.prefix.clone();
+        let mut after = range.after.clone();
+        loop {
+            let page = scan
+                .db
+                .replication_open_range(
+                    &prefix,
+                    after.as_deref(),
+                    range.upto.as_deref(),
+                    INVENTORY_PAGE,
+                )
+                .await;
+            let paths = match page {
+                Ok(paths) => paths,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let full = paths.len() as i64 == INVENTORY_PAGE;
+            after = paths.last().cloned();
+            let mut past_prefix = false;
+            let keep: Vec<String> = paths
+                .into_iter()
+                .take_while(|p| {
+                    past_prefix = !p.starts_with(&prefix);
+                    !past_prefix
+                })
+                .collect();
+            if tx.send(Ok(keep)).await.is_err() || past_prefix || !full {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A page-buffered reader over a listing task.
+pub(super) struct Cursor<T> {
+    rx: mpsc::Receiver<Result<Vec<T>>>,
+    buf: std::vec::IntoIter<T>,
+}
+
+impl<T> Cursor<T> {
+    pub(super) fn new(rx: mpsc::Receiver<Result<Vec<T>>>) -> Self {
+        Cursor {
+            rx,
+            buf: Vec::new().into_iter(),
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Option<T>> {
+        loop {
+            if let Some(x) = self.buf.next() {
+                return Ok(Some(x));
+            }
+            match self.rx.recv().await {
+                Some(Ok(page)) => self.buf = page.into_iter(),
+                Some(Err(e)) => return Err(e),
+                None => return Ok(None),
+            }
+        }
+    }
+}
