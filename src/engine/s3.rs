@@ -25,12 +25,10 @@ use crate::config::BucketConfig;
 use crate::engine::error::{Error, Result};
 
 mod forward;
-mod replicate;
 pub use forward::{
     BodyStream, BoxError, DeleteFailure, ForwardError, Forwarded, GetOut, HeadOut, ListOut,
     ListRequest, ReadRequest, WriteMeta,
 };
-pub use replicate::CopyOutcome;
 
 /// S3 deletes at most this many keys per DeleteObjects request.
 pub const DELETE_BATCH: usize = 1000;

@@ -236,11 +236,11 @@ impl Worker {
         }
         let outcome = self
             .backup
-            .replicate_from(&self.main, path, etag.as_deref())
+            .copy_object_from(&self.main, path, path, etag.as_deref())
             .await
             .map_err(|e| e.to_string())?;
         match outcome {
-            CopyOutcome::Copied => Ok(TaskEnd::Replicated { version }),
+            CopyOutcome::Copied { .. } => Ok(TaskEnd::Replicated { version }),
             CopyOutcome::SourceMissing if etag.is_none() => {
                 self.backup.delete(path).await.map_err(|e| e.to_string())?;
                 Ok(TaskEnd::Replicated { version })
