@@ -1,6 +1,10 @@
 //! The binary: parse arguments, pick the TUI, a headless command or the demo, and map errors
 //! to the documented exit codes (0 ok, 1 runtime, 2 usage/config/refused, 3 problems found).
 
+// The command dispatch awaits every operation inline; the release build computes the
+// layout of that one future past the default query depth (128).
+#![recursion_limit = "256"]
+
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
