@@ -534,34 +534,46 @@ impl S3Bucket {
         match res {
             Ok((parts, bytes)) => {
                 let n = parts.len();
-                let out = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await;
-                match out {
-                    Ok(out) => Ok(PutResult {
-                        etag: unquote(out.e_tag()),
-                        bytes,
-                        parts: n,
-                    }),
-                    Err(e) => {
-                        self.abort(key, &upload_id).await;
-                        Err(self.sdk_err(&format!("complete multipart {key:?}"), e))
-                    }
-                }
+                let etag = self.complete_or_abort(key, &upload_id, parts).await?;
+                Ok(PutResult {
+                    etag,
+                    bytes,
+                    parts: n,
+                })
             }
             Err(e) => {
                 self.abort(key, &upload_id).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Completes a multipart upload with its parts (in order); when that fails the upload is
+    /// aborted, so no parts are left behind. The object's ETag.
+    async fn complete_or_abort(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<Option<String>> {
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(unquote(out.e_tag())),
+            Err(e) => {
+                self.abort(key, upload_id).await;
+                Err(self.sdk_err(&format!("complete multipart {key:?}"), e))
             }
         }
     }
@@ -1032,29 +1044,11 @@ impl S3Bucket {
                 return Err(e);
             }
         }
-        let out = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(dst_key)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(done))
-                    .build(),
-            )
-            .send()
-            .await;
-        match out {
-            Ok(out) => Ok(CopyOutcome::Copied {
-                etag: unquote(out.e_tag()),
-                server_side: false,
-            }),
-            Err(e) => {
-                self.abort(dst_key, &upload_id).await;
-                Err(self.sdk_err(&format!("complete multipart {dst_key:?}"), e))
-            }
-        }
+        let etag = self.complete_or_abort(dst_key, &upload_id, done).await?;
+        Ok(CopyOutcome::Copied {
+            etag,
+            server_side: false,
+        })
     }
 }
 
