@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
+use super::listing::with_retry;
 use super::merge::Scan;
 use super::{DriftItem, InventoryStatus, ObjectSide, PairStatus};
 use crate::engine::error::{Error, Result};
@@ -225,8 +226,8 @@ async fn compare_pair(
     let main_key = format!("{}{key}", scan.main.prefix());
     let backup_key = format!("{}{key}", scan.backup.prefix());
     let heads = tokio::try_join!(
-        scan.main.head_with_checksum(&main_key),
-        scan.backup.head_with_checksum(&backup_key)
+        with_retry("a HEAD", || scan.main.head_with_checksum(&main_key)),
+        with_retry("a HEAD", || scan.backup.head_with_checksum(&backup_key))
     );
     let why = match heads {
         Ok((Some(mh), Some(bh))) => {

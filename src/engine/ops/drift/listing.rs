@@ -24,13 +24,27 @@ pub(super) async fn list_with_retry(
     token: Option<&str>,
     max_keys: i32,
 ) -> Result<(Vec<ObjectInfo>, Option<String>)> {
+    let page = with_retry("a listing page", || {
+        bucket.list_page(prefix, after, token, max_keys)
+    })
+    .await?;
+    Ok((page.objects, page.next_token))
+}
+
+/// `request` again after a transient failure (throttling, a connection cut off), up to
+/// `LIST_ATTEMPTS` times with a growing pause.
+pub(super) async fn with_retry<T, F, Fut>(what: &str, mut request: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match bucket.list_page(prefix, after, token, max_keys).await {
-            Ok(p) => return Ok((p.objects, p.next_token)),
+        match request().await {
+            Ok(v) => return Ok(v),
             Err(e) if attempt < LIST_ATTEMPTS && is_transient(&e) => {
-                tracing::warn!("drift: retrying a listing page: {e}");
+                tracing::warn!("drift: retrying {what}: {e}");
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
             }
             Err(e) => return Err(e),
