@@ -642,30 +642,6 @@ impl Db {
         r.map_err(|e| self.err(e))
     }
 
-    /// Which of `paths` have a task not yet done (pending, running or failed).
-    pub async fn paths_awaiting_replication(&self, paths: &[String]) -> Result<Vec<String>> {
-        if paths.is_empty() {
-            return Ok(Vec::new());
-        }
-        let r: Result<Vec<String>, sqlx::Error> = on_pool!(self, |p| {
-            let mut out = Vec::new();
-            for chunk in paths.chunks(500) {
-                let mut qb = QueryBuilder::new(
-                    "SELECT DISTINCT path FROM replication_tasks \
-                     WHERE state IN ('pending', 'running', 'failed') AND path IN (",
-                );
-                let mut s = qb.separated(", ");
-                for path in chunk {
-                    s.push_bind(path);
-                }
-                qb.push(")");
-                out.extend(qb.build_query_scalar::<String>().fetch_all(p).await?);
-            }
-            Ok(out)
-        });
-        r.map_err(|e| self.err(e))
-    }
-
     /// Deletes done tasks finished before `before`; returns how many.
     pub async fn prune_done_tasks(&self, before: DateTime<Utc>) -> Result<u64> {
         let r = on_pool!(self, |p| sqlx::query(
@@ -675,24 +651,6 @@ impl Db {
         .execute(p)
         .await
         .map(|r| r.rows_affected()));
-        r.map_err(|e| self.err(e))
-    }
-
-    /// Seconds from each task's creation to its end, for tasks finished since `since`
-    /// (the replication lag clients saw).
-    pub async fn replication_lags(
-        &self,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>> {
-        let r = on_pool!(self, |p| {
-            sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
-                "SELECT created_at, finished_at FROM replication_tasks \
-             WHERE state = 'done' AND finished_at >= $1 ORDER BY finished_at",
-            )
-            .bind(since)
-            .fetch_all(p)
-            .await
-        });
         r.map_err(|e| self.err(e))
     }
 }

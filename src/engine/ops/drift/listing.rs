@@ -132,20 +132,65 @@ pub(super) fn spawn_inventory(
     scan: Arc<Scan>,
     range: KeyRange,
 ) -> mpsc::Receiver<Result<Vec<InventoryRow>>> {
+    spawn_db_pages(
+        scan,
+        range,
+        |scan, prefix, after, upto| async move {
+            scan.db
+                .inventory_range(&prefix, after.as_deref(), upto.as_deref(), INVENTORY_PAGE)
+                .await
+        },
+        |r: &InventoryRow| r.path.as_str(),
+        true,
+    )
+}
+
+/// Reads the paths with open replication in `range` on a task of its own, like the inventory.
+pub(super) fn spawn_pending(
+    scan: Arc<Scan>,
+    range: KeyRange,
+) -> mpsc::Receiver<Result<Vec<String>>> {
+    spawn_db_pages(
+        scan,
+        range,
+        |scan, prefix, after, upto| async move {
+            scan.db
+                .replication_open_range(&prefix, after.as_deref(), upto.as_deref(), INVENTORY_PAGE)
+                .await
+        },
+        |p: &String| p.as_str(),
+        false,
+    )
+}
+
+/// Database rows of `range` under the scan's prefix, `INVENTORY_PAGE` at a time in byte
+/// order, read by `read(scan, prefix, after, upto)` on a task of its own a page ahead of the
+/// merge; rows under an excluded prefix are dropped, and with `count_inventory` the rows kept
+/// are counted as inventory read.
+fn spawn_db_pages<T, R, Fut>(
+    scan: Arc<Scan>,
+    range: KeyRange,
+    read: R,
+    path: fn(&T) -> &str,
+    count_inventory: bool,
+) -> mpsc::Receiver<Result<Vec<T>>>
+where
+    T: Send + 'static,
+    R: Fn(Arc<Scan>, String, Option<String>, Option<String>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<Vec<T>>> + Send,
+{
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
         let prefix = scan.params.prefix.clone();
         let mut after = range.after.clone();
         loop {
-            let page = scan
-                .db
-                .inventory_range(
-                    &prefix,
-                    after.as_deref(),
-                    range.upto.as_deref(),
-                    INVENTORY_PAGE,
-                )
-                .await;
+            let page = read(
+                scan.clone(),
+                prefix.clone(),
+                after.clone(),
+                range.upto.clone(),
+            )
+            .await;
             let rows = match page {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -154,63 +199,21 @@ pub(super) fn spawn_inventory(
                 }
             };
             let full = rows.len() as i64 == INVENTORY_PAGE;
-            after = rows.last().map(|r| r.path.clone());
+            after = rows.last().map(|r| path(r).to_string());
             let mut past_prefix = false;
-            let keep: Vec<InventoryRow> = rows
+            let keep: Vec<T> = rows
                 .into_iter()
                 .take_while(|r| {
-                    past_prefix = !r.path.starts_with(&prefix);
+                    past_prefix = !path(r).starts_with(&prefix);
                     !past_prefix
                 })
-                .filter(|r| !scan.excluded(&r.path))
+                .filter(|r| !scan.excluded(path(r)))
                 .collect();
-            scan.counters
-                .inventory_read
-                .fetch_add(keep.len() as u64, Ordering::Relaxed);
-            if tx.send(Ok(keep)).await.is_err() || past_prefix || !full {
-                return;
+            if count_inventory {
+                scan.counters
+                    .inventory_read
+                    .fetch_add(keep.len() as u64, Ordering::Relaxed);
             }
-        }
-    });
-    rx
-}
-
-/// Reads the paths with open replication in `range` on a task of its own, like the inventory.
-pub(super) fn spawn_pending(
-    scan: Arc<Scan>,
-    range: KeyRange,
-) -> mpsc::Receiver<Result<Vec<String>>> {
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
-    tokio::spawn(async move {
-        let prefix = scan.params.prefix.clone();
-        let mut after = range.after.clone();
-        loop {
-            let page = scan
-                .db
-                .replication_open_range(
-                    &prefix,
-                    after.as_deref(),
-                    range.upto.as_deref(),
-                    INVENTORY_PAGE,
-                )
-                .await;
-            let paths = match page {
-                Ok(paths) => paths,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
-            let full = paths.len() as i64 == INVENTORY_PAGE;
-            after = paths.last().cloned();
-            let mut past_prefix = false;
-            let keep: Vec<String> = paths
-                .into_iter()
-                .take_while(|p| {
-                    past_prefix = !p.starts_with(&prefix);
-                    !past_prefix
-                })
-                .collect();
             if tx.send(Ok(keep)).await.is_err() || past_prefix || !full {
                 return;
             }
