@@ -307,6 +307,24 @@ pub enum Command {
         #[command(subcommand)]
         action: DemoAction,
     },
+    /// Print a shell completion script
+    ///
+    /// bash:  mirrorctl completions bash > ~/.local/share/bash-completion/completions/mirrorctl
+    /// zsh:   mirrorctl completions zsh > "${fpath[1]}/_mirrorctl"
+    /// fish:  mirrorctl completions fish > ~/.config/fish/completions/mirrorctl.fish
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or write one page per command into a directory
+    ///
+    /// mirrorctl man > mirrorctl.1 && man ./mirrorctl.1
+    /// mirrorctl man --dir /usr/local/share/man/man1   (mirrorctl.1, mirrorctl-stats.1, ...)
+    Man {
+        /// Write mirrorctl.1 and a mirrorctl-COMMAND.1 page per command here
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +505,8 @@ impl Command {
             Command::Prefetch { .. } => "prefetch",
             Command::Serve { .. } => "serve",
             Command::Demo { .. } => "demo",
+            Command::Completions { .. } => "completions",
+            Command::Man { .. } => "man",
         }
     }
 }

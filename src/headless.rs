@@ -10,6 +10,7 @@ use crate::engine::ops::history::HistoryReport;
 use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
+pub mod docs;
 pub mod fleet;
 pub mod replication;
 
@@ -52,37 +53,25 @@ pub fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// Columns aligned to their widest cell; `right` marks right-aligned (numeric) columns.
+/// Columns aligned to their widest cell by display width (a CJK character takes two columns);
+/// `right` marks right-aligned (numeric) columns. Two spaces between columns, no borders.
 pub fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
+    use comfy_table::{CellAlignment, ContentArrangement, Table};
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.iter().copied())
+        .add_rows(rows.iter().map(|r| r.iter().map(String::as_str)));
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((0, 2));
+        if right.get(i).copied().unwrap_or(false) {
+            column.set_cell_alignment(CellAlignment::Right);
         }
     }
     let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let last = cells.len() - 1;
-        for (i, c) in cells.into_iter().enumerate() {
-            let pad = widths[i] - c.chars().count();
-            if right.get(i).copied().unwrap_or(false) {
-                out.push_str(&" ".repeat(pad));
-                out.push_str(c);
-            } else {
-                out.push_str(c);
-                if i != last {
-                    out.push_str(&" ".repeat(pad));
-                }
-            }
-            if i != last {
-                out.push_str("  ");
-            }
-        }
+    for line in t.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
-    };
-    line(headers.to_vec(), &mut out);
-    for r in rows {
-        line(r.iter().map(String::as_str).collect(), &mut out);
     }
     out
 }
@@ -694,39 +683,85 @@ impl DriftLines {
     }
 }
 
-/// Progress of a long headless run on stderr: one line redrawn in place on a terminal (at
-/// most 10 times a second), otherwise a plain line every 5 seconds for logs and cron mail.
+/// The bar of the running headless job, so the result can clear it before it is printed.
+static BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// Progress of a long headless run on stderr: on a terminal a bar with done/total, rate and
+/// ETA (a spinner with the count when the total is unknown), cleared when the job finishes so
+/// nothing is printed over the result; otherwise a plain line every 5 seconds for logs and
+/// cron mail.
 pub fn progress() -> crate::engine::jobs::Progress {
     use crate::engine::jobs::{JobEvent, Progress};
     use std::io::IsTerminal as _;
     use std::time::{Duration, Instant};
-    let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_secs(5)
-    };
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            None,
+            indicatif::ProgressDrawTarget::stderr_with_hz(10),
+        );
+        bar.set_style(bar_style(false));
+        if let Ok(mut slot) = BAR.lock() {
+            *slot = Some(bar.clone());
+        }
+        return Progress::with_sink(move |e| match e {
+            JobEvent::Progress { done, total, msg } => {
+                if bar.is_finished() {
+                    return;
+                }
+                if total.is_some() != bar.length().is_some() {
+                    bar.set_style(bar_style(total.is_some()));
+                }
+                match total {
+                    Some(t) => bar.set_length(t),
+                    None => bar.unset_length(),
+                }
+                bar.set_position(done);
+                bar.set_message(msg);
+                bar.enable_steady_tick(Duration::from_millis(200));
+            }
+            JobEvent::Finished { .. } => bar.finish_and_clear(),
+            JobEvent::Started { .. } => {}
+        });
+    }
     let last = std::sync::Mutex::new(Instant::now());
     Progress::with_sink(move |e| {
-        if let JobEvent::Progress { msg, .. } = e {
+        if let JobEvent::Progress {
+            done, total, msg, ..
+        } = e
+        {
             let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-            if last.elapsed() >= every {
+            if last.elapsed() >= Duration::from_secs(5) {
                 *last = Instant::now();
-                if tty {
-                    eprint!("\r\x1b[2K{msg}");
-                } else {
-                    eprintln!("mirrorctl: {msg}");
+                match total {
+                    Some(t) => eprintln!("mirrorctl: {msg} ({done}/{t})"),
+                    None => eprintln!("mirrorctl: {msg}"),
                 }
             }
         }
     })
 }
 
-/// Clears the progress line before the result is printed.
+fn bar_style(with_total: bool) -> indicatif::ProgressStyle {
+    let template = if with_total {
+        "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} {rate} ETA {eta}"
+    } else {
+        "{spinner} {msg} {human_pos} {rate} {elapsed}"
+    };
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", s.per_sec());
+            },
+        )
+        .progress_chars("=> ")
+}
+
+/// Clears the progress bar (if any) before the result is printed.
 pub fn clear_progress_line() {
-    use std::io::IsTerminal as _;
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K");
+    if let Some(bar) = BAR.lock().ok().and_then(|mut b| b.take()) {
+        bar.finish_and_clear();
     }
 }
 
@@ -863,5 +898,22 @@ mod tests {
             &[vec!["10".into(), "x".into()]],
         );
         assert_eq!(t, " A  BB\n10  x\n");
+    }
+
+    #[test]
+    fn tables_align_wide_characters_by_display_width() {
+        let t = table(
+            &["KEY", "SIZE"],
+            &[false, true],
+            &[
+                vec!["日本語.zip".into(), "1 KiB".into()],
+                vec!["abc.zip".into(), "10 KiB".into()],
+            ],
+        );
+        // "日本語.zip" is 10 columns wide (each CJK character takes two).
+        assert_eq!(
+            t,
+            "KEY           SIZE\n日本語.zip   1 KiB\nabc.zip     10 KiB\n"
+        );
     }
 }

@@ -123,6 +123,22 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(Command::Demo { action }) = &cli.command {
         return run_demo(action).await;
     }
+    if let Some(Command::Completions { shell }) = &cli.command {
+        headless::docs::to_stdout(&headless::docs::completions(*shell));
+        return Ok(0);
+    }
+    if let Some(Command::Man { dir }) = &cli.command {
+        match dir {
+            Some(dir) => {
+                let pages = headless::docs::man_pages(dir).map_err(|e| {
+                    Error::Usage(format!("cannot write man pages to {}: {e}", dir.display()))
+                })?;
+                eprintln!("wrote {pages} man pages to {}", dir.display());
+            }
+            None => headless::docs::to_stdout(&headless::docs::man_page()),
+        }
+        return Ok(0);
+    }
     let (ctx, _demo) = open(&cli).await?;
     if let Some(Command::Migrate) = &cli.command {
         let r = ctx.db.migrate().await?;
@@ -474,6 +490,8 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         }
         Command::Migrate
         | Command::Demo { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Serve { .. }
         | Command::Catalog { .. }
         | Command::Replication { .. } => {

@@ -120,6 +120,50 @@ fn bad_flags_exit_2() {
 }
 
 #[test]
+fn completions_and_man_pages_need_no_config_and_cover_every_command() {
+    // No config, no database: a packager runs these at build time.
+    let env = [("HOME", "/nonexistent")];
+    let (code, script, err) = run(&["completions", "bash"], &env);
+    assert_eq!(code, 0, "{err}");
+    // bash loads the script and completes a command name from its prefix.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{script}\nCOMP_WORDS=(mirrorctl repl); COMP_CWORD=1; _mirrorctl mirrorctl repl mirrorctl; echo \"${{COMPREPLY[@]}}\""
+        ))
+        .output()
+        .expect("run bash");
+    let completed = String::from_utf8_lossy(&out.stdout);
+    assert!(completed.contains("replication"), "{completed:?}");
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let (code, script, err) = run(&["completions", shell], &env);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(script.contains("validate"), "{shell}");
+    }
+    let (code, _, err) = run(&["completions", "tcsh"], &env);
+    assert_eq!(code, 2, "{err}");
+
+    let (code, page, err) = run(&["man"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(page.contains(".TH mirrorctl 1"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("man1");
+    let (code, _, err) = run(&["man", "--dir", target.to_str().unwrap()], &env);
+    assert_eq!(code, 0, "{err}");
+    for page in [
+        "mirrorctl.1",
+        "mirrorctl-purge.1",
+        "mirrorctl-archive-run.1",
+    ] {
+        let text = std::fs::read_to_string(target.join(page)).expect(page);
+        assert!(text.starts_with(".ie"), "{page}: {text}");
+    }
+    let (code, _, err) = run(&["man", "--dir", "/proc/no/such/dir"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
 fn unreachable_database_exits_1_naming_it_without_hanging() {
     let t = Instant::now();
     let (code, _, err) = run(
