@@ -334,6 +334,15 @@ pub enum ThemeName {
     Mono,
 }
 
+/// The zone the terminal UI shows times in; each time carries its label either way.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeZoneName {
+    #[default]
+    Utc,
+    Local,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TuiConfig {
@@ -343,6 +352,8 @@ pub struct TuiConfig {
     pub read_only: bool,
     #[serde(default)]
     pub theme: ThemeName,
+    #[serde(default)]
+    pub timezone: TimeZoneName,
 }
 
 fn default_refresh() -> HumanDuration {
@@ -355,6 +366,7 @@ impl Default for TuiConfig {
             refresh: default_refresh(),
             read_only: false,
             theme: ThemeName::Dark,
+            timezone: TimeZoneName::Utc,
         }
     }
 }

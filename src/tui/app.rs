@@ -197,6 +197,9 @@ pub struct DashboardData {
     pub last_validate: Option<DateTime<Utc>>,
     pub last_drift: Option<DateTime<Utc>>,
     pub last_archive: Option<DateTime<Utc>>,
+    /// The newest finished drift check and archive run, whatever their outcome (audit log).
+    pub latest_drift_run: Option<crate::engine::model::OperationRecord>,
+    pub latest_archive_run: Option<crate::engine::model::OperationRecord>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -420,11 +423,27 @@ pub struct Notification {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     Normal,
-    Command { input: String },
-    Filter { input: String },
-    Help { scroll: u16 },
-    Confirm { op: OpRequest, preview: Preview },
-    Message { title: String, body: String },
+    Command {
+        input: String,
+    },
+    Filter {
+        input: String,
+    },
+    Help {
+        scroll: u16,
+    },
+    Confirm {
+        op: OpRequest,
+        preview: Preview,
+    },
+    Message {
+        title: String,
+        body: String,
+    },
+    /// Quit was asked for while jobs run: the titles of the jobs a quit would cancel.
+    QuitConfirm {
+        jobs: Vec<String>,
+    },
 }
 
 /// How the app was asked to start.
@@ -433,6 +452,7 @@ pub struct Options {
     pub read_only: bool,
     pub theme: ThemeName,
     pub refresh: Duration,
+    pub timezone: crate::config::TimeZoneName,
     /// The command named on the command line (`mirrorctl --demo drift`).
     pub start: Option<String>,
 }
@@ -445,6 +465,8 @@ pub struct App {
     pub height: u16,
     pub read_only: bool,
     pub theme: Theme,
+    /// The zone times are shown in (`tui.timezone`).
+    pub timezone: crate::config::TimeZoneName,
     /// The time rendering uses for "ago" and rates; set by ticks, so tests fix it.
     pub now: DateTime<Utc>,
     pub dashboard: DashboardState,
@@ -463,8 +485,14 @@ pub struct App {
     pub notifications: Vec<Notification>,
     pub effects: Vec<Effect>,
     pub quit: bool,
+    /// When a confirmed quit started cancelling the running jobs; the app quits once they end
+    /// (or after `QUIT_GRACE`).
+    pub quitting: Option<DateTime<Utc>>,
     next_job: u64,
 }
+
+/// How long a confirmed quit waits for cancelled jobs to record their end.
+const QUIT_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 
 impl App {
     pub fn new(opts: Options, now: DateTime<Utc>, (width, height): (u16, u16)) -> App {
@@ -475,6 +503,7 @@ impl App {
             height,
             read_only: opts.read_only,
             theme: Theme::from_name(opts.theme),
+            timezone: opts.timezone,
             now,
             dashboard: DashboardState::default(),
             files: FilesState::default(),
@@ -490,6 +519,7 @@ impl App {
             notifications: Vec::new(),
             effects: Vec::new(),
             quit: false,
+            quitting: None,
             next_job: 1,
         };
         let start = opts.start.as_deref().unwrap_or("dashboard");
@@ -631,6 +661,8 @@ impl App {
             View::Archive => {
                 self.archive.loading = true;
                 self.effects.push(Effect::LoadArchive);
+                // The latest archive run (from the audit log) comes with the stats.
+                self.effects.push(Effect::LoadStats(self.dashboard.window));
             }
             View::Catalog => self.load_catalog(true),
             View::Fleet => {
@@ -641,7 +673,9 @@ impl App {
                 self.replication.loading = true;
                 self.effects.push(Effect::LoadReplication);
             }
-            View::Jobs | View::Drift => {}
+            // The latest drift check (from the audit log) comes with the stats.
+            View::Drift => self.effects.push(Effect::LoadStats(self.dashboard.window)),
+            View::Jobs => {}
         }
     }
 
@@ -1005,6 +1039,59 @@ impl App {
         self.goto(View::Jobs);
     }
 
+    /// Jobs that have not ended yet (running or being cancelled).
+    fn unfinished_jobs(&self) -> impl Iterator<Item = &JobEntry> {
+        self.jobs
+            .iter()
+            .filter(|j| matches!(j.state, JobState::Running | JobState::Cancelling))
+    }
+
+    /// Quits at once when no job runs; otherwise asks first.
+    fn request_quit(&mut self) {
+        let jobs: Vec<String> = self
+            .unfinished_jobs()
+            .map(|j| format!("#{} {}", j.id, j.op.title()))
+            .collect();
+        if jobs.is_empty() {
+            self.quit = true;
+        } else {
+            self.mode = Mode::QuitConfirm { jobs };
+        }
+    }
+
+    /// Cancels every running job and quits once they have ended, so their audit rows end
+    /// `cancelled` and nothing is left half-written (operations stop between units of work).
+    fn confirm_quit(&mut self) {
+        self.mode = Mode::Normal;
+        let running: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .map(|j| j.id)
+            .collect();
+        for id in &running {
+            self.cancel_job(Some(*id));
+        }
+        if self.unfinished_jobs().next().is_none() {
+            self.quit = true;
+            return;
+        }
+        self.quitting = Some(self.now);
+        self.notify(
+            Level::Info,
+            "quitting: waiting for the cancelled jobs to end (Ctrl-C quits now)",
+        );
+    }
+
+    /// After a confirmed quit: quit once no job is left, or when the grace period is over.
+    fn quit_when_jobs_ended(&mut self) {
+        if let Some(since) = self.quitting {
+            if self.unfinished_jobs().next().is_none() || self.now - since > QUIT_GRACE {
+                self.quit = true;
+            }
+        }
+    }
+
     fn cancel_job(&mut self, id: Option<u64>) {
         let target = match id {
             Some(id) => self.jobs.iter_mut().find(|j| j.id == id),
@@ -1043,7 +1130,7 @@ impl App {
 
     fn exec(&mut self, cmd: Command) {
         match cmd {
-            Command::Quit => self.quit = true,
+            Command::Quit => self.request_quit(),
             Command::Help => self.mode = Mode::Help { scroll: 0 },
             Command::Prompt => {
                 self.mode = Mode::Command {
@@ -1140,7 +1227,8 @@ impl App {
             }
         };
         match name {
-            "q" | "q!" | "quit" | "exit" => self.quit = true,
+            "q" | "quit" | "exit" => self.request_quit(),
+            "q!" => self.confirm_quit(),
             "dashboard" | "dash" | "stats" => {
                 self.goto(View::Dashboard);
                 window(self, arg);
@@ -1267,7 +1355,12 @@ impl App {
             return;
         }
         if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
-            self.quit = true;
+            match self.mode {
+                // Ctrl-C on the question, or while jobs are being cancelled: quit now.
+                Mode::QuitConfirm { .. } => self.confirm_quit(),
+                _ if self.quitting.is_some() => self.quit = true,
+                _ => self.request_quit(),
+            }
             return;
         }
         // Nothing is bound to Alt: a terminal reports Esc followed quickly by a key as Alt+key,
@@ -1345,6 +1438,16 @@ impl App {
             Mode::Message { .. } => {
                 if matches!(key.code, KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q')) {
                     self.mode = Mode::Normal;
+                }
+                return;
+            }
+            Mode::QuitConfirm { .. } => {
+                match key.code {
+                    KeyCode::Enter | KeyCode::Char('y') | KeyCode::Char('Y') => self.confirm_quit(),
+                    KeyCode::Esc | KeyCode::Char('n') | KeyCode::Char('N') => {
+                        self.mode = Mode::Normal
+                    }
+                    _ => {}
                 }
                 return;
             }
@@ -1581,6 +1684,7 @@ pub fn update(app: &mut App, action: Action) {
             app.now = now;
             app.notifications
                 .retain(|n| n.at + note_life(n.level) > now);
+            app.quit_when_jobs_ended();
         }
         Action::Refresh => app.refresh(),
         Action::StatsLoaded(r) => {
@@ -1724,7 +1828,7 @@ pub fn update(app: &mut App, action: Action) {
                     body: format!(
                         "{}\n\nexpires {}",
                         p.url,
-                        p.expires_at.format("%Y-%m-%d %H:%M UTC")
+                        super::widgets::clock(p.expires_at, app.timezone, false)
                     ),
                 }
             }
@@ -1769,13 +1873,22 @@ pub fn update(app: &mut App, action: Action) {
                 if kind == "prefetch" {
                     app.catalog.invalidate();
                 }
+                // The Dashboard's and the Drift and Archive views' "last run" come from the
+                // audit log, which now has this job's row.
                 if matches!(
                     app.view,
-                    View::Dashboard | View::Catalog | View::Replication
+                    View::Dashboard
+                        | View::Catalog
+                        | View::Replication
+                        | View::Drift
+                        | View::Archive
                 ) {
                     app.load_view();
+                } else {
+                    app.effects.push(Effect::LoadStats(app.dashboard.window));
                 }
             }
+            app.quit_when_jobs_ended();
         }
     }
 }

@@ -56,6 +56,7 @@ pub async fn run(ctx: Ctx, view: Option<&str>) -> Result<u8> {
         read_only: ctx.read_only,
         theme: ctx.config.tui.theme,
         refresh: ctx.config.tui.refresh.0.max(MIN_REFRESH),
+        timezone: ctx.config.tui.timezone,
         start: view.map(str::to_string),
     };
     let mut terminal = enter()?;
@@ -208,17 +209,28 @@ fn execute(
                         window,
                         series: true,
                     };
-                    let (stats, last_validate, last_drift, last_archive) = tokio::try_join!(
+                    let (
+                        stats,
+                        last_validate,
+                        last_drift,
+                        last_archive,
+                        latest_drift_run,
+                        latest_archive_run,
+                    ) = tokio::try_join!(
                         stats::run(&ctx, params),
                         ctx.db.last_finished("validate"),
                         ctx.db.last_finished("drift"),
                         ctx.db.last_finished("archive"),
+                        ctx.db.latest_finished_operation("drift"),
+                        ctx.db.latest_finished_operation("archive"),
                     )?;
                     Ok::<_, Error>(Box::new(DashboardData {
                         stats,
                         last_validate,
                         last_drift,
                         last_archive,
+                        latest_drift_run,
+                        latest_archive_run,
                     }))
                 }
                 .await;

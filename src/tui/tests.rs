@@ -41,6 +41,7 @@ fn opts(start: Option<&str>, read_only: bool) -> Options {
         read_only,
         theme: ThemeName::Dark,
         refresh: Duration::from_secs(5),
+        timezone: crate::config::TimeZoneName::Utc,
         start: start.map(str::to_string),
     }
 }
@@ -101,6 +102,17 @@ fn dashboard_data() -> DashboardData {
         last_validate: Some(now() - TimeDelta::minutes(42)),
         last_drift: None,
         last_archive: Some(now() - TimeDelta::days(3)),
+        latest_drift_run: None,
+        latest_archive_run: Some(OperationRecord {
+            id: 77,
+            kind: "archive".into(),
+            params: serde_json::json!({ "older_than_months": 3 }),
+            operator: "cron@mirror-1".into(),
+            started_at: now() - TimeDelta::days(3) - TimeDelta::minutes(2),
+            finished_at: Some(now() - TimeDelta::days(3)),
+            status: "ok".into(),
+            summary: Some(serde_json::json!({ "archived": 2, "rows": 184_233, "dry_run": false })),
+        }),
     }
 }
 
@@ -1985,4 +1997,157 @@ fn replication_view_loads_samples_and_retries_through_a_confirmation() {
     let text = draw(&drained);
     assert!(text.contains("No task failed"), "{text}");
     assert!(!text.contains("serve.s3_listen"), "{text}");
+}
+
+/// Starts a validate job through its confirmation; returns the app on the Jobs view.
+fn app_with_running_job() -> App {
+    let mut app = app_at(None, (100, 30));
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op: OpRequest::Validate,
+            result: Ok(Preview {
+                lines: vec![],
+                count: Some(3),
+                bytes: None,
+            }),
+        },
+    );
+    update(&mut app, key('y'));
+    assert_eq!(app.jobs[0].state, JobState::Running);
+    app.effects.clear();
+    app
+}
+
+#[test]
+fn quitting_with_a_running_job_asks_and_a_confirmed_quit_cancels_it_first() {
+    let mut app = app_with_running_job();
+    update(&mut app, key('q'));
+    assert!(!app.quit, "a running job must not be killed without asking");
+    assert!(matches!(app.mode, Mode::QuitConfirm { .. }));
+    let text = draw(&app);
+    assert!(text.contains("Quit?") && text.contains("#1 "), "{text}");
+    // n stays, nothing cancelled.
+    update(&mut app, key('n'));
+    assert_eq!(app.mode, Mode::Normal);
+    assert!(!app.quit && app.effects.is_empty());
+    assert_eq!(app.jobs[0].state, JobState::Running);
+    // y cancels the job, and the app waits for it to end before quitting.
+    update(&mut app, key('q'));
+    update(&mut app, key('y'));
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::CancelJob(1))));
+    assert_eq!(app.jobs[0].state, JobState::Cancelling);
+    assert!(!app.quit);
+    update(&mut app, Action::Tick(now() + TimeDelta::seconds(1)));
+    assert!(!app.quit, "quits only once the cancelled job has ended");
+    update(
+        &mut app,
+        Action::JobDone {
+            id: 1,
+            result: Err("cancelled".into()),
+        },
+    );
+    assert!(app.quit);
+}
+
+#[test]
+fn a_confirmed_quit_gives_up_waiting_after_its_grace_and_ctrl_c_forces_it() {
+    let mut app = app_with_running_job();
+    typed(&mut app, ":q!");
+    update(&mut app, code(KeyCode::Enter));
+    assert_eq!(app.jobs[0].state, JobState::Cancelling);
+    assert!(!app.quit);
+    update(&mut app, Action::Tick(now() + TimeDelta::seconds(16)));
+    assert!(app.quit, "a job that never ends does not keep the UI open");
+
+    let mut app = app_with_running_job();
+    let ctrl_c = || Action::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    update(&mut app, ctrl_c());
+    assert!(matches!(app.mode, Mode::QuitConfirm { .. }));
+    update(&mut app, ctrl_c());
+    assert!(!app.quit && app.quitting.is_some());
+    update(&mut app, ctrl_c());
+    assert!(app.quit);
+
+    // Without running jobs, q quits at once.
+    let mut app = app_at(None, (80, 24));
+    update(&mut app, key('q'));
+    assert!(app.quit);
+}
+
+#[test]
+fn drift_view_shows_the_latest_run_from_the_audit_log_with_zoned_times() {
+    let mut app = app_at(Some("drift"), (100, 30));
+    let mut data = dashboard_data();
+    data.latest_drift_run = Some(OperationRecord {
+        id: 41,
+        kind: "drift".into(),
+        params: serde_json::json!({}),
+        operator: "oncall@mirror-1".into(),
+        started_at: now() - TimeDelta::minutes(7),
+        finished_at: Some(now() - TimeDelta::minutes(5)),
+        status: "found_problems".into(),
+        summary: Some(serde_json::json!({
+            "summary": { "same": 2040, "missing_in_backup": 12, "differ": 3 },
+            "elapsed_seconds": 1.5
+        })),
+    });
+    update(&mut app, Action::StatsLoaded(Ok(Box::new(data.clone()))));
+    let text = draw(&app);
+    let at = (now() - TimeDelta::minutes(5)).format("%Y-%m-%d %H:%M UTC");
+    assert!(
+        text.contains(&format!("Last run:  {at} (5m ago)")),
+        "{text}"
+    );
+    assert!(text.contains("found_problems"), "{text}");
+    assert!(text.contains("Latest run #41"), "{text}");
+    assert!(text.contains("missing in backup 12"), "{text}");
+
+    // With tui.timezone = "local" the label is the offset, never a bare time.
+    let mut app = App::new(
+        Options {
+            timezone: crate::config::TimeZoneName::Local,
+            ..opts(Some("drift"), false)
+        },
+        now(),
+        (100, 30),
+    );
+    update(&mut app, Action::StatsLoaded(Ok(Box::new(data))));
+    let local = (now() - TimeDelta::minutes(5))
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M %:z")
+        .to_string();
+    let text = draw(&app);
+    assert!(text.contains(&local), "{local} in {text}");
+
+    // After a job finishes, the view asks for the audit log again.
+    let mut app = app_at(Some("drift"), (100, 30));
+    app.effects.clear();
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op: OpRequest::Validate,
+            result: Ok(Preview {
+                lines: vec![],
+                count: None,
+                bytes: None,
+            }),
+        },
+    );
+    update(&mut app, key('y'));
+    app.effects.clear();
+    update(
+        &mut app,
+        Action::JobDone {
+            id: 1,
+            result: Ok("ok".into()),
+        },
+    );
+    assert!(app
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::LoadStats(_))));
 }

@@ -21,7 +21,7 @@ use super::app::{sort_label, App, JobState, Level, Mode, View};
 use super::keymap::{self, Scope, BINDINGS, COMMANDS};
 use super::ops;
 use super::theme::Theme;
-use super::widgets::{ago, bar, centered, duration, truncate_left, truncate_right};
+use super::widgets::{ago, bar, centered, clock, duration, truncate_left, truncate_right};
 
 const BRAND: &str = " mirrorctl ";
 /// Room kept at the right of the tab bar for the read-only badge.
@@ -85,6 +85,7 @@ pub fn render(app: &App, f: &mut Frame) {
         Mode::Help { scroll } => render_help(app, f, area, *scroll),
         Mode::Confirm { op, preview } => render_confirm(app, f, area, op, preview),
         Mode::Message { title, body } => render_message(app, f, area, title, body),
+        Mode::QuitConfirm { jobs } => render_quit_confirm(app, f, area, jobs),
         Mode::Normal | Mode::Command { .. } | Mode::Filter { .. } => {}
     }
     if app.view == View::History && app.history.open && app.mode == Mode::Normal {
@@ -968,7 +969,7 @@ fn render_replication_figures(app: &App, f: &mut Frame, area: Rect, s: &Replicat
         ),
     ];
     let oldest = match s.oldest_pending_at {
-        Some(at) => Span::styled(at.format("%Y-%m-%d %H:%M:%S UTC").to_string(), t.text),
+        Some(at) => Span::styled(clock(at, app.timezone, true), t.text),
         None => Span::styled("-", t.dim),
     };
     let eta = match s.eta_s {
@@ -1283,14 +1284,8 @@ fn render_file_detail(app: &App, f: &mut Frame, area: Rect) {
             t,
             "Updated",
             vec![
-                cell(
-                    file.mirrored_at.format("%Y-%m-%d %H:%M").to_string(),
-                    t.text,
-                ),
-                cell(
-                    r.origin.updated_at.format("%Y-%m-%d %H:%M").to_string(),
-                    t.text,
-                ),
+                cell(clock(file.mirrored_at, app.timezone, false), t.text),
+                cell(clock(r.origin.updated_at, app.timezone, false), t.text),
             ],
         ),
         kv(
@@ -1499,6 +1494,58 @@ fn render_jobs(app: &App, f: &mut Frame, area: Rect) {
 
 // ---- Drift and Archive ---------------------------------------------------------------------
 
+/// "Last run:  2026-12-07 14:05 UTC (5m ago) · found_problems", or "never".
+fn last_run_line<'a>(app: &App, last: Option<&crate::engine::model::OperationRecord>) -> Line<'a> {
+    let t = &app.theme;
+    let mut spans = vec![Span::styled("Last run:  ", t.dim)];
+    match last.and_then(|op| op.finished_at.map(|at| (op, at))) {
+        Some((op, at)) => {
+            spans.push(Span::styled(
+                format!(
+                    "{} ({})",
+                    clock(at, app.timezone, false),
+                    ago(app.now, Some(at))
+                ),
+                t.text,
+            ));
+            spans.push(Span::styled(" · ", t.dim));
+            spans.push(Span::styled(op.status.clone(), status_style(t, &op.status)));
+        }
+        None => spans.push(Span::styled("never", t.dim)),
+    }
+    Line::from(spans)
+}
+
+/// An audit summary as "name: value" lines: numbers and short strings, nested one level.
+fn summary_lines(summary: Option<&serde_json::Value>) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(serde_json::Value::Object(map)) = summary else {
+        return out;
+    };
+    for (k, v) in map {
+        match v {
+            serde_json::Value::Object(inner) => {
+                let parts: Vec<String> = inner
+                    .iter()
+                    .filter(|(_, v)| v.is_number() || v.is_boolean())
+                    .map(|(ik, iv)| format!("{} {iv}", ik.replace('_', " ")))
+                    .collect();
+                if !parts.is_empty() {
+                    out.push(format!("{}: {}", k.replace('_', " "), parts.join(", ")));
+                }
+            }
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => {
+                out.push(format!("{}: {v}", k.replace('_', " ")))
+            }
+            serde_json::Value::String(s) if s.len() <= 120 => {
+                out.push(format!("{}: {s}", k.replace('_', " ")))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
     let t = &app.theme;
     let (kind, what, command, keys, last) = match v {
@@ -1507,14 +1554,20 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
             "Compares the main bucket, the backup bucket and the inventory; a repair copies what the backup lacks.",
             "mirrorctl --headless drift",
             "c check · R repair · ↑↓ scroll the keys",
-            app.dashboard.data.as_ref().and_then(|d| d.last_drift),
+            app.dashboard
+                .data
+                .as_ref()
+                .and_then(|d| d.latest_drift_run.as_ref()),
         ),
         _ => (
             "archive",
             "Exports old months of download events to Parquet on S3, verifies them, then drops the rows.",
             "mirrorctl --headless archive list",
             "a archive old partitions · ↑↓ select · v verify · R restore",
-            app.dashboard.data.as_ref().and_then(|d| d.last_archive),
+            app.dashboard
+                .data
+                .as_ref()
+                .and_then(|d| d.latest_archive_run.as_ref()),
         ),
     };
     let mut text = vec![
@@ -1528,10 +1581,7 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
             Span::styled("Headless:  ", t.dim),
             Span::styled(command, t.text),
         ]),
-        Line::from(vec![
-            Span::styled("Last run:  ", t.dim),
-            Span::styled(ago(app.now, last), t.text),
-        ]),
+        last_run_line(app, last),
         Line::from(""),
     ];
     match app.jobs.iter().rev().find(|j| j.op.kind() == kind) {
@@ -1554,10 +1604,26 @@ fn render_operation_view(app: &App, f: &mut Frame, area: Rect, v: View) {
                 )));
             }
         }
-        None => text.push(Line::from(Span::styled(
-            format!("No {kind} job in this session; the audit log (6 History) has earlier runs."),
-            t.dim,
-        ))),
+        None => match last {
+            // The latest persisted result: the audit row's summary, after a restart too.
+            Some(op) => {
+                text.push(Line::from(vec![
+                    Span::styled(format!("Latest run #{} ", op.id), t.header),
+                    Span::styled(op.status.clone(), status_style(t, &op.status)),
+                    Span::styled(
+                        format!(" · by {} · from the audit log (6 History)", op.operator),
+                        t.dim,
+                    ),
+                ]));
+                for line in summary_lines(op.summary.as_ref()) {
+                    text.push(Line::from(Span::styled(format!("  {line}"), t.text)));
+                }
+            }
+            None => text.push(Line::from(Span::styled(
+                format!("No {kind} run in the audit log yet."),
+                t.dim,
+            ))),
+        },
     }
     if v == View::Archive {
         text.push(Line::from(""));
@@ -1681,7 +1747,7 @@ fn partition_lines(app: &App) -> Vec<Line<'static>> {
 fn status_style(t: &Theme, status: &str) -> Style {
     match status {
         "ok" | "dry_run" => t.good,
-        "found_problems" | "cancelled" | "running" => t.warn,
+        "found_problems" | "partial" | "cancelled" | "interrupted" | "running" => t.warn,
         "failed" => t.bad,
         _ => t.text,
     }
@@ -1788,7 +1854,7 @@ fn render_history_detail(app: &App, f: &mut Frame, area: Rect) {
         ]),
         Line::from(vec![
             Span::styled("started  ", t.dim),
-            Span::styled(o.started_at.format("%Y-%m-%d %H:%M:%S").to_string(), t.text),
+            Span::styled(clock(o.started_at, app.timezone, true), t.text),
         ]),
         Line::from(Span::styled("params", t.header)),
     ];
@@ -1951,6 +2017,46 @@ fn render_confirm(
                         format!(" Confirm {} ", op.kind()),
                         style.add_modifier(Modifier::BOLD),
                     )),
+            )
+            .wrap(Wrap { trim: false }),
+        r,
+    );
+}
+
+fn render_quit_confirm(app: &App, f: &mut Frame, area: Rect, jobs: &[String]) {
+    let t = &app.theme;
+    let mut lines = vec![Line::from(Span::styled(
+        match jobs.len() {
+            1 => "1 job is running:".to_string(),
+            n => format!("{n} jobs are running:"),
+        },
+        t.text,
+    ))];
+    for j in jobs {
+        lines.push(Line::from(Span::styled(format!("  {j}"), t.header)));
+    }
+    lines.push(Line::from(""));
+    lines.push(Line::from(Span::styled(
+        "Quitting cancels them: each stops between two units of work, its audit row ends \
+         `cancelled`, and nothing is left half-written. The app quits once they have ended.",
+        t.text,
+    )));
+    let w = area.width.saturating_sub(4).min(80);
+    let h = (jobs.len() as u16 + 9).min(area.height);
+    let r = centered(area, w, h);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(
+                block(t, " Quit? ").title_bottom(
+                    Line::from(vec![
+                        Span::styled(" y ", t.key),
+                        Span::styled("cancel the jobs and quit  ", t.dim),
+                        Span::styled(" n ", t.key),
+                        Span::styled("stay ", t.dim),
+                    ])
+                    .alignment(Alignment::Right),
+                ),
             )
             .wrap(Wrap { trim: false }),
         r,

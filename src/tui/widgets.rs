@@ -62,6 +62,23 @@ pub fn truncate_right(s: &str, w: usize) -> String {
     out
 }
 
+/// A time in the UI's zone with its label: "2026-12-07 14:05 UTC", or with `tui.timezone =
+/// "local"` "2026-12-07 15:05 +01:00".
+pub fn clock(t: DateTime<Utc>, zone: crate::config::TimeZoneName, seconds: bool) -> String {
+    let fmt = if seconds {
+        "%Y-%m-%d %H:%M:%S"
+    } else {
+        "%Y-%m-%d %H:%M"
+    };
+    match zone {
+        crate::config::TimeZoneName::Utc => format!("{} UTC", t.format(fmt)),
+        crate::config::TimeZoneName::Local => t
+            .with_timezone(&chrono::Local)
+            .format(&format!("{fmt} %:z"))
+            .to_string(),
+    }
+}
+
 /// "5m ago", "3h ago", "2d ago", or "never".
 pub fn ago(now: DateTime<Utc>, t: Option<DateTime<Utc>>) -> String {
     let Some(t) = t else { return "never".into() };

@@ -266,4 +266,18 @@ impl Db {
         });
         r.map_err(|e| self.err(e))
     }
+
+    /// The newest finished operation of `kind` (any outcome), for views that show the latest
+    /// result after a restart.
+    pub async fn latest_finished_operation(&self, kind: &str) -> Result<Option<OperationRecord>> {
+        let r = on_pool!(self, |p| sqlx::query_as::<_, OperationRecord>(
+            "SELECT id, kind, params, operator, started_at, finished_at, status, summary \
+             FROM operations WHERE kind = $1 AND finished_at IS NOT NULL \
+             ORDER BY finished_at DESC, id DESC LIMIT 1"
+        )
+        .bind(kind)
+        .fetch_optional(p)
+        .await);
+        r.map_err(|e| self.err(e))
+    }
 }
