@@ -30,7 +30,7 @@ pub fn purge_table(r: &PurgeReport) -> String {
     if r.candidates == 0 {
         let _ = writeln!(out, "nothing to purge: no live file is selected");
     }
-    if let Some(i) = &r.impact {
+    if let Some(i) = r.impact.as_ref().filter(|_| r.candidates > 0) {
         for (n, line) in impact_lines(i).iter().enumerate() {
             let _ = writeln!(out, "{}{line}", if n == 0 { "price: " } else { "       " });
         }
