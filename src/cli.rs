@@ -4,6 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+const PURGE_EXAMPLES: &str = "\
+Examples:
+  mirrorctl --headless purge --unused-days 90 --dry-run
+  mirrorctl --headless purge --max-bytes 500GiB --dry-run -o json
+  mirrorctl --headless purge --prefix 'mods/1234/' --dry-run
+  mirrorctl --headless purge --match 'mods/*/old-*.zip' --stale --yes
+  mirrorctl --headless purge --match '*.[Tt][Mm][Pp]' --max-delete 5000 --yes";
+
 const AFTER_HELP: &str = "\
 Examples:
   mirrorctl --demo                          open the terminal UI on the embedded demo
@@ -160,8 +168,25 @@ pub enum Command {
         #[arg(long, short = 'j', default_value_t = crate::engine::ops::drift::DEFAULT_CONCURRENCY)]
         concurrency: usize,
     },
-    /// Delete stale, unused or least-recently-used objects and soft-delete their rows
-    #[command(group(clap::ArgGroup::new("selection").required(true).args(["stale", "unused_days", "max_bytes"])))]
+    /// Delete stale, unused, least-recently-used or named objects and soft-delete their rows
+    ///
+    /// Pick files with one of --stale, --unused-days N, --max-bytes SIZE, and narrow them (or
+    /// pick them alone) by key with --prefix P and/or --match GLOB. With --max-bytes and a key
+    /// scope the budget is for the files in scope: least recently used first until they fit.
+    ///
+    /// GLOB: `*` any run of characters, `/` included (keys are flat, as in `aws s3 --include`);
+    /// `?` one character; `[a-z]`, `[!a-z]` one of / none of a set; `[*]`, `[?]`, `[[]` those
+    /// characters literally. `%`, `_` and `\` are ordinary characters. Case-sensitive.
+    ///
+    /// Every run shows its price: the downloads of the candidates in the last --impact-days
+    /// days that the mirror served (hits), which would have been misses fetched from the
+    /// origin, their bytes, and the hit rate of that window now → without those hits
+    /// (hit rate = hits / (hits + misses), errors and 304s excluded).
+    #[command(
+        group(clap::ArgGroup::new("selection").required(true).multiple(true).args(["stale", "unused_days", "max_bytes", "prefix", "pattern"])),
+        group(clap::ArgGroup::new("target").args(["stale", "unused_days", "max_bytes"])),
+        after_help = PURGE_EXAMPLES
+    )]
     Purge {
         /// Files marked stale
         #[arg(long)]
@@ -169,10 +194,19 @@ pub enum Command {
         /// Files not downloaded for N days or more
         #[arg(long, value_name = "N")]
         unused_days: Option<u32>,
-        /// Least recently used first until the live mirror fits in SIZE (e.g. 500GiB)
+        /// Least recently used first until the live mirror (or the files in scope) fits in SIZE (e.g. 500GiB)
         #[arg(long, value_name = "SIZE")]
         max_bytes: Option<String>,
-        /// Show the candidates, count and bytes, touching nothing
+        /// Only keys starting with P (byte for byte; no wildcards)
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// Only keys matching GLOB (quote it for the shell)
+        #[arg(long = "match", value_name = "GLOB")]
+        pattern: Option<String>,
+        /// Days of downloads the price is replayed over (0: skip it)
+        #[arg(long, value_name = "N", default_value_t = crate::engine::ops::purge::DEFAULT_IMPACT_DAYS)]
+        impact_days: u32,
+        /// Show the candidates, count, bytes and price, touching nothing
         #[arg(long)]
         dry_run: bool,
         /// Allow deleting up to N objects (default policy.max_delete)

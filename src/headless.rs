@@ -12,7 +12,10 @@ use crate::engine::ops::stats::StatsReport;
 pub mod catalog;
 pub mod docs;
 pub mod fleet;
+pub mod purge;
 pub mod replication;
+
+pub use purge::purge_table;
 
 /// Bytes as "1.23 GiB".
 pub fn bytes(n: i64) -> String {
@@ -470,46 +473,6 @@ pub fn remirror_table(r: &crate::engine::ops::remirror::RemirrorReport) -> Strin
             "… and {} more (see --output json)",
             count(r.items_omitted as i64)
         );
-    }
-    out
-}
-
-pub fn purge_table(r: &crate::engine::ops::purge::PurgeReport) -> String {
-    let mut out = String::new();
-    if r.dry_run {
-        let _ = writeln!(
-            out,
-            "dry run ({}): {} objects, {} would be deleted; nothing was changed",
-            r.selection,
-            count(r.candidates as i64),
-            bytes(r.bytes as i64)
-        );
-    } else {
-        let _ = writeln!(
-            out,
-            "purged ({}): {} of {} objects deleted, {} freed, {} failed",
-            r.selection,
-            count(r.deleted as i64),
-            count(r.candidates as i64),
-            bytes(r.bytes_freed as i64),
-            count(r.failed as i64)
-        );
-    }
-    if !r.first_keys.is_empty() {
-        out.push_str(if r.dry_run {
-            "\nfirst candidates (least recently used first):\n"
-        } else {
-            "\nfirst keys:\n"
-        });
-        for k in &r.first_keys {
-            let _ = writeln!(out, "  {k}");
-        }
-    }
-    if !r.errors.is_empty() {
-        out.push_str("\nerrors:\n");
-        for e in &r.errors {
-            let _ = writeln!(out, "  {e}");
-        }
     }
     out
 }

@@ -212,8 +212,41 @@ fn tui_start(cmd: &Command) -> String {
                 format!("replication retry {}", ids.join(","))
             }
         }
+        Command::Purge { .. } => purge_start(cmd),
         other => other.name().to_string(),
     }
+}
+
+/// `mirrorctl purge …` without --headless: the TUI's `:purge` words for the same selection.
+fn purge_start(cmd: &Command) -> String {
+    let Command::Purge {
+        stale,
+        unused_days,
+        max_bytes,
+        prefix,
+        pattern,
+        max_delete,
+        ..
+    } = cmd
+    else {
+        return cmd.name().to_string();
+    };
+    let mut words: Vec<String> = vec!["purge".into()];
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            words.push(name.to_string());
+            words.push(shlex::try_quote(&v).map(|q| q.into_owned()).unwrap_or(v));
+        }
+    };
+    flag("unused", unused_days.map(|d| d.to_string()));
+    flag("max-bytes", max_bytes.clone());
+    flag("prefix", prefix.clone());
+    flag("match", pattern.clone());
+    flag("max-delete", max_delete.map(|n| n.to_string()));
+    if *stale {
+        words.push("stale".into());
+    }
+    words.join(" ")
 }
 
 /// Builds the context: the demo's, or the configured database and buckets.
@@ -366,6 +399,9 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             stale,
             unused_days,
             max_bytes,
+            prefix,
+            pattern,
+            impact_days,
             dry_run,
             max_delete,
             yes,
@@ -378,15 +414,15 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
                     config::parse_size(size)
                         .map_err(|e| Error::Usage(format!("--max-bytes: {e}")))?,
                 ),
-                _ => {
-                    return Err(Error::Usage(
-                        "purge needs --stale, --unused-days N or --max-bytes SIZE".into(),
-                    )
-                    .into())
-                }
+                // `--prefix` / `--match` alone: every live file they name (the engine refuses
+                // a purge with no selection at all).
+                _ => purge::PurgeTarget::All,
             };
             let params = purge::PurgeParams {
                 target,
+                prefix: prefix.clone(),
+                pattern: pattern.clone(),
+                impact_days: *impact_days,
                 dry_run: *dry_run,
                 max_delete: *max_delete,
                 yes: *yes,

@@ -205,6 +205,9 @@ fn purge_params(target: PurgeTarget) -> PurgeParams {
         dry_run: false,
         max_delete: None,
         yes: true,
+        prefix: None,
+        pattern: None,
+        impact_days: purge::DEFAULT_IMPACT_DAYS,
     }
 }
 

@@ -325,6 +325,9 @@ async fn a_purge_during_fills_is_not_undone_by_them() {
         dry_run: false,
         max_delete: None,
         yes: true,
+        prefix: None,
+        pattern: None,
+        impact_days: mirrorctl::engine::ops::purge::DEFAULT_IMPACT_DAYS,
     };
     let report = mirrorctl::engine::ops::purge::run(&ctx, params, &progress)
         .await

@@ -46,6 +46,9 @@ impl Worker {
                     dry_run: false,
                     max_delete: None,
                     yes: true,
+                    prefix: None,
+                    pattern: None,
+                    impact_days: purge::DEFAULT_IMPACT_DAYS,
                 };
                 let r = purge::run(ctx, p, progress).await?;
                 Ok(r.to_string())

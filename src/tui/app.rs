@@ -22,6 +22,7 @@ use crate::engine::ops::stats::{StatsReport, Window};
 
 use super::keymap::{self, Command, Scope};
 use super::ops::{OpRequest, Preview};
+use super::purge_command;
 use super::theme::Theme;
 
 /// Rows fetched per files query; more than any screen shows, so scrolling within a page
@@ -455,6 +456,8 @@ pub struct Options {
     pub timezone: crate::config::TimeZoneName,
     /// The command named on the command line (`mirrorctl --demo drift`).
     pub start: Option<String>,
+    /// `policy.unused_days`: what `:purge unused` means without DAYS.
+    pub unused_days: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +470,8 @@ pub struct App {
     pub theme: Theme,
     /// The zone times are shown in (`tui.timezone`).
     pub timezone: crate::config::TimeZoneName,
+    /// `policy.unused_days`.
+    pub unused_days: u32,
     /// The time rendering uses for "ago" and rates; set by ticks, so tests fix it.
     pub now: DateTime<Utc>,
     pub dashboard: DashboardState,
@@ -504,6 +509,7 @@ impl App {
             read_only: opts.read_only,
             theme: Theme::from_name(opts.theme),
             timezone: opts.timezone,
+            unused_days: opts.unused_days,
             now,
             dashboard: DashboardState::default(),
             files: FilesState::default(),
@@ -539,7 +545,16 @@ impl App {
             }
             "validate" => Some(OpRequest::Validate),
             "remirror" => Some(OpRequest::RemirrorStale),
-            "purge" => Some(OpRequest::PurgeStale),
+            "purge" => {
+                let args = start.trim_start().strip_prefix(name).unwrap_or_default();
+                match purge_command::parse(args, app.unused_days) {
+                    Ok(req) => Some(OpRequest::Purge(req)),
+                    Err(e) => {
+                        start_error = Some(e);
+                        None
+                    }
+                }
+            }
             "drift" => {
                 app.view = View::Drift;
                 Some(OpRequest::DriftCheck)
@@ -1325,17 +1340,13 @@ impl App {
                 },
                 None => self.notify(Level::Error, "usage: remirror stale|ID"),
             },
-            "purge" => match (arg, rest.get(1)) {
-                (Some("stale"), _) => self.request(OpRequest::PurgeStale),
-                (Some("unused"), days) => match days.map(|d| d.parse::<u32>()) {
-                    None => self.request(OpRequest::PurgeUnused { days: 90 }),
-                    Some(Ok(days)) if days > 0 => self.request(OpRequest::PurgeUnused { days }),
-                    Some(_) => {
-                        self.notify(Level::Error, "purge unused: DAYS must be a positive number")
-                    }
-                },
-                _ => self.notify(Level::Error, "usage: purge stale | purge unused [DAYS]"),
-            },
+            "purge" => {
+                let args = line.trim_start().strip_prefix(name).unwrap_or_default();
+                match purge_command::parse(args, self.unused_days) {
+                    Ok(req) => self.request(OpRequest::Purge(req)),
+                    Err(e) => self.notify(Level::Error, e),
+                }
+            }
             "cancel" => match arg.map(|a| a.trim_start_matches('#').parse::<u64>()) {
                 None => self.cancel_job(None),
                 Some(Ok(id)) => self.cancel_job(Some(id)),

@@ -626,9 +626,9 @@ pub const COMMANDS: &[CommandSpec] = &[
     ),
     c(
         "purge",
-        &["stale", "unused"],
-        "purge stale | purge unused [DAYS]",
-        "delete stale or unused objects",
+        &["stale", "unused", "max-bytes", "prefix", "match"],
+        super::purge_command::USAGE_SHORT,
+        "delete objects",
     ),
     c("cancel", &[], "cancel [JOB]", "cancel a running job"),
     c("refresh", &[], "refresh", "reload the current view now"),

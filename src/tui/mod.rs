@@ -5,6 +5,7 @@
 mod app;
 mod keymap;
 mod ops;
+mod purge_command;
 mod theme;
 mod view;
 mod widgets;
@@ -58,6 +59,7 @@ pub async fn run(ctx: Ctx, view: Option<&str>) -> Result<u8> {
         refresh: ctx.config.tui.refresh.0.max(MIN_REFRESH),
         timezone: ctx.config.tui.timezone,
         start: view.map(str::to_string),
+        unused_days: ctx.config.policy.unused_days,
     };
     let mut terminal = enter()?;
     let result = event_loop(&mut terminal, ctx, opts, started).await;

@@ -7,6 +7,9 @@ use crate::engine::jobs::Progress;
 use crate::engine::ops::{archive, drift, prefetch, purge, remirror, replication, validate};
 use crate::engine::Ctx;
 use crate::headless::bytes;
+use crate::headless::purge::impact_lines;
+
+pub use super::purge_command::PurgeRequest;
 
 /// An operation the operator asked for, with its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,10 +20,9 @@ pub enum OpRequest {
     Remirror { id: i64, key: String },
     /// Fetch every stale file again.
     RemirrorStale,
-    /// Delete stale objects and soft-delete their rows.
-    PurgeStale,
-    /// Delete objects not downloaded for this many days.
-    PurgeUnused { days: u32 },
+    /// Delete objects (stale, unused, over a byte budget, or by key) and soft-delete their
+    /// rows.
+    Purge(PurgeRequest),
     /// Compare main, backup and inventory.
     DriftCheck,
     /// Copy what the backup lacks and fix the inventory.
@@ -52,7 +54,7 @@ impl OpRequest {
         match self {
             OpRequest::Validate => "validate",
             OpRequest::Remirror { .. } | OpRequest::RemirrorStale => "remirror",
-            OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => "purge",
+            OpRequest::Purge(_) => "purge",
             OpRequest::DriftCheck | OpRequest::DriftRepair => "drift",
             OpRequest::ArchiveRun
             | OpRequest::ArchiveVerify { .. }
@@ -70,10 +72,7 @@ impl OpRequest {
             OpRequest::Validate => "validate every mirrored file against origin and mirror".into(),
             OpRequest::Remirror { key, .. } => format!("remirror {key} from the origin"),
             OpRequest::RemirrorStale => "remirror every stale file from the origin".into(),
-            OpRequest::PurgeStale => "purge stale objects".into(),
-            OpRequest::PurgeUnused { days } => {
-                format!("purge objects not downloaded for {days} days")
-            }
+            OpRequest::Purge(r) => r.title(),
             OpRequest::DriftCheck => "check drift between main, backup and inventory".into(),
             OpRequest::DriftRepair => "repair drift: copy missing objects to the backup".into(),
             OpRequest::ArchiveRun => "archive old download partitions to Parquet".into(),
@@ -124,8 +123,7 @@ impl OpRequest {
             OpRequest::Validate => "validate --all".to_string(),
             OpRequest::Remirror { id, .. } => format!("remirror {id}"),
             OpRequest::RemirrorStale => "remirror --all-stale".into(),
-            OpRequest::PurgeStale => "purge --stale --yes".into(),
-            OpRequest::PurgeUnused { days } => format!("purge --unused-days {days} --yes"),
+            OpRequest::Purge(r) => r.headless_args(),
             OpRequest::DriftCheck => "drift".into(),
             OpRequest::DriftRepair => "drift --repair --yes".into(),
             OpRequest::ArchiveRun => "archive run --yes".into(),
@@ -156,6 +154,8 @@ pub struct Preview {
     pub lines: Vec<String>,
     pub count: Option<u64>,
     pub bytes: Option<u64>,
+    /// What it costs, e.g. a purge's replayed downloads and hit rate (warning colour).
+    pub price: Vec<String>,
 }
 
 /// A dry run of `op`: counts and bytes for the confirmation dialog.
@@ -172,6 +172,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 ],
                 count: Some(s.objects.max(0) as u64),
                 bytes: Some(s.bytes.max(0) as u64),
+                price: Vec::new(),
             })
         }
         OpRequest::Remirror { .. } | OpRequest::RemirrorStale => {
@@ -184,23 +185,12 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 lines,
                 count: Some(r.candidates),
                 bytes: Some(r.bytes),
+                price: Vec::new(),
             })
         }
-        OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => {
-            let r = purge::run(ctx, purge_params(op, true), &none).await?;
-            let mut lines = vec![
-                format!(
-                    "Deletes the objects {} from the mirror bucket,",
-                    r.selection
-                ),
-                "then soft-deletes their rows.".into(),
-            ];
-            lines.extend(r.first_keys.iter().take(3).map(|k| format!("  {k}")));
-            Ok(Preview {
-                lines,
-                count: Some(r.candidates),
-                bytes: Some(r.bytes),
-            })
+        OpRequest::Purge(req) => {
+            let r = purge::run(ctx, purge_params(req, true), &none).await?;
+            Ok(purge_preview(&r))
         }
         OpRequest::DriftCheck => Ok(Preview {
             lines: vec![
@@ -209,6 +199,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
             ],
             count: None,
             bytes: None,
+            price: Vec::new(),
         }),
         OpRequest::DriftRepair => {
             let r = drift::run(ctx, drift_params(true, true), &none).await?;
@@ -228,6 +219,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 ],
                 count: Some(copy.0),
                 bytes: Some(copy.1),
+                price: Vec::new(),
             })
         }
         OpRequest::ArchiveRun => {
@@ -244,6 +236,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 count: None,
                 // SQLite keeps no size per month: say nothing rather than "0 B".
                 bytes: (r.bytes > 0).then_some(r.bytes),
+                price: Vec::new(),
             })
         }
         OpRequest::ArchiveVerify { partition } => Ok(Preview {
@@ -253,6 +246,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
             ],
             count: None,
             bytes: None,
+            price: Vec::new(),
         }),
         OpRequest::ArchiveRestore { partition } => {
             let list = archive::list(ctx).await?;
@@ -264,6 +258,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 ],
                 count: entry.map(|e| e.rows.max(0) as u64),
                 bytes: entry.and_then(|e| e.bytes).map(|b| b.max(0) as u64),
+                price: Vec::new(),
             })
         }
         OpRequest::PrefetchIds { .. }
@@ -287,6 +282,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 count: Some(r.candidates),
                 // The catalog's sizes: entries of unknown size count as 0.
                 bytes: Some(r.bytes),
+                price: Vec::new(),
             })
         }
         OpRequest::ReplicationRetry { .. } | OpRequest::ReplicationRetryFailed => {
@@ -310,8 +306,27 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
                 lines,
                 count: Some(r.requeued as u64),
                 bytes: Some(r.tasks.iter().map(|t| t.size.max(0) as u64).sum()),
+                price: Vec::new(),
             })
         }
+    }
+}
+
+/// The confirmation of a purge from its dry run: what goes, and its price.
+pub fn purge_preview(r: &purge::PurgeReport) -> Preview {
+    let mut lines = vec![
+        format!("Selects the files {}.", r.selection),
+        "Deletes their objects from the mirror bucket, then soft-deletes their rows.".into(),
+    ];
+    if r.candidates == 0 {
+        lines.push("No live file is selected: nothing to purge.".into());
+    }
+    lines.extend(r.first_keys.iter().take(3).map(|k| format!("  {k}")));
+    Preview {
+        lines,
+        count: Some(r.candidates),
+        bytes: Some(r.bytes),
+        price: r.impact.as_ref().map(impact_lines).unwrap_or_default(),
     }
 }
 
@@ -356,8 +371,8 @@ async fn run_op(ctx: &Ctx, op: &OpRequest, progress: &Progress) -> Result<JobOut
                 r.failed
             )))
         }
-        OpRequest::PurgeStale | OpRequest::PurgeUnused { .. } => {
-            let r = purge::run(ctx, purge_params(op, false), progress).await?;
+        OpRequest::Purge(req) => {
+            let r = purge::run(ctx, purge_params(req, false), progress).await?;
             Ok(JobOutcome::from(r.to_string()))
         }
         OpRequest::DriftCheck | OpRequest::DriftRepair => {
@@ -450,14 +465,15 @@ fn remirror_params(op: &OpRequest, dry_run: bool) -> remirror::RemirrorParams {
     }
 }
 
-fn purge_params(op: &OpRequest, dry_run: bool) -> purge::PurgeParams {
+fn purge_params(req: &PurgeRequest, dry_run: bool) -> purge::PurgeParams {
     purge::PurgeParams {
-        target: match op {
-            OpRequest::PurgeUnused { days } => purge::PurgeTarget::UnusedDays(*days),
-            _ => purge::PurgeTarget::Stale,
-        },
+        target: req.target,
+        prefix: req.prefix.clone(),
+        pattern: req.pattern.clone(),
+        impact_days: purge::DEFAULT_IMPACT_DAYS,
         dry_run,
-        max_delete: None,
+        max_delete: req.max_delete,
+        // The TUI's confirmation is the operator's yes.
         yes: !dry_run,
     }
 }

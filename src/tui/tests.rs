@@ -20,6 +20,7 @@ use crate::engine::ops::archive::{PartitionEntry, PartitionState};
 use crate::engine::ops::catalog::CatalogList;
 use crate::engine::ops::files::{FileReport, OriginView};
 use crate::engine::ops::fleet::FleetReport;
+use crate::engine::ops::purge::{PurgeImpact, PurgeReport, PurgeTarget};
 use crate::engine::ops::replication::ReplicationStatus;
 use crate::engine::ops::stats::{StatsReport, Window};
 
@@ -27,7 +28,7 @@ use super::app::{
     update, Action, App, DashboardData, Effect, JobState, Level, Mode, Options, View,
 };
 use super::keymap::{self, BINDINGS, COMMANDS};
-use super::ops::{OpRequest, Preview};
+use super::ops::{self, OpRequest, Preview, PurgeRequest};
 use super::view;
 
 fn now() -> DateTime<Utc> {
@@ -43,6 +44,7 @@ fn opts(start: Option<&str>, read_only: bool) -> Options {
         refresh: Duration::from_secs(5),
         timezone: crate::config::TimeZoneName::Utc,
         start: start.map(str::to_string),
+        unused_days: 90,
     }
 }
 
@@ -552,6 +554,7 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
                 lines: vec!["checks every file".into()],
                 count: Some(2100),
                 bytes: Some(16_441_000),
+                price: Vec::new(),
             }),
         },
     );
@@ -641,6 +644,7 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
                 ],
                 count: Some(1),
                 bytes: Some(4165),
+                price: Vec::new(),
             }),
         },
     );
@@ -666,6 +670,7 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
                 ],
                 count: Some(53),
                 bytes: Some(412_330),
+                price: Vec::new(),
             }),
         },
     );
@@ -733,10 +738,25 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
                 ],
                 count: Some(2),
                 bytes: Some(52_428_800),
+                price: Vec::new(),
             }),
         },
     );
     scenes.push(("replication_confirm_retry_failed", retry));
+
+    let mut purge = app_at(None, size);
+    purge.dashboard.data = Some(dashboard_data());
+    update(
+        &mut purge,
+        Action::PreviewLoaded {
+            op: OpRequest::Purge(PurgeRequest {
+                prefix: Some("mods/".into()),
+                ..PurgeRequest::new(PurgeTarget::MaxBytes(500 << 30))
+            }),
+            result: Ok(ops::purge_preview(&purge_report())),
+        },
+    );
+    scenes.push(("confirm_purge_max_bytes", purge));
 
     let mut replication_empty = app_at(Some("replication"), size);
     update(
@@ -779,6 +799,133 @@ fn every_scene_fits_and_shows_its_view() {
             );
         }
     }
+}
+
+/// A dry run of `purge --max-bytes 500GiB --prefix mods/` as the engine reports it.
+fn purge_report() -> PurgeReport {
+    PurgeReport {
+        selection: "least recently used under \"mods/\" until those fit in 500 GiB".into(),
+        candidates: 1204,
+        bytes: 3_328_599_654,
+        dry_run: true,
+        first_keys: vec![
+            "mods/1841/old-texture-pack.zip".into(),
+            "mods/77/with space/ü.zip".into(),
+        ],
+        impact: Some(PurgeImpact {
+            days: 30,
+            since: now() - TimeDelta::days(30),
+            downloads: 4711,
+            bytes: 9_876_543_210,
+            files: 412,
+            requests: 101_234,
+            hit_rate: Some(0.931),
+            hit_rate_after: Some(0.884),
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn purge_confirmation_names_count_bytes_price_and_the_headless_command() {
+    let mut app = app_at(None, (100, 30));
+    update(
+        &mut app,
+        Action::PreviewLoaded {
+            op: OpRequest::Purge(PurgeRequest {
+                prefix: Some("mods/".into()),
+                pattern: Some("*it's.zip".into()),
+                max_delete: Some(5000),
+                ..PurgeRequest::new(PurgeTarget::MaxBytes(500 << 30))
+            }),
+            result: Ok(ops::purge_preview(&purge_report())),
+        },
+    );
+    let text = draw(&app);
+    for want in [
+        "1,204 files, 3.10 GiB",
+        "4,711 downloads (9.20",
+        "GiB of origin egress) into misses (412 files)",
+        "hit rate 93.1% → 88.4%",
+        "--max-bytes 500GiB --prefix mods/ --match",
+        "\"*it's.zip\" --max-delete 5000 --yes",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}
+
+#[test]
+fn purge_commands_take_the_headless_options_and_the_policy_window() {
+    let mut app = App::new(
+        Options {
+            unused_days: 45,
+            ..opts(None, false)
+        },
+        now(),
+        (80, 24),
+    );
+    app.effects.clear();
+    let preview_of = |app: &App| {
+        app.effects.iter().find_map(|e| match e {
+            Effect::Preview(OpRequest::Purge(r)) => Some(r.clone()),
+            _ => None,
+        })
+    };
+    for (line, want) in [
+        (
+            "purge unused",
+            PurgeRequest::new(PurgeTarget::UnusedDays(45)),
+        ),
+        (
+            "purge max-bytes 2GiB max-delete 10",
+            PurgeRequest {
+                max_delete: Some(10),
+                ..PurgeRequest::new(PurgeTarget::MaxBytes(2 << 30))
+            },
+        ),
+        (
+            "purge match 'mods/*.zip'",
+            PurgeRequest {
+                pattern: Some("mods/*.zip".into()),
+                ..PurgeRequest::new(PurgeTarget::All)
+            },
+        ),
+        (
+            "purge --stale --prefix \"a b/\"",
+            PurgeRequest {
+                prefix: Some("a b/".into()),
+                ..PurgeRequest::new(PurgeTarget::Stale)
+            },
+        ),
+    ] {
+        app.effects.clear();
+        update(&mut app, key(':'));
+        typed(&mut app, line);
+        update(&mut app, code(KeyCode::Enter));
+        assert_eq!(preview_of(&app), Some(want), "{line}");
+    }
+    app.effects.clear();
+    update(&mut app, key(':'));
+    typed(&mut app, "purge");
+    update(&mut app, code(KeyCode::Enter));
+    assert!(preview_of(&app).is_none());
+    assert!(app
+        .notifications
+        .last()
+        .is_some_and(|n| n.level == Level::Error && n.text.contains("usage: purge")));
+    // `mirrorctl purge --unused-days 7 --prefix mods/` opens on that purge, not another.
+    let app = App::new(
+        opts(Some("purge unused 7 prefix mods/"), false),
+        now(),
+        (80, 24),
+    );
+    assert_eq!(
+        preview_of(&app),
+        Some(PurgeRequest {
+            prefix: Some("mods/".into()),
+            ..PurgeRequest::new(PurgeTarget::UnusedDays(7))
+        })
+    );
 }
 
 #[test]
@@ -925,7 +1072,7 @@ fn command_line_completes_and_runs() {
     assert!(app
         .effects
         .iter()
-        .any(|e| matches!(e, Effect::Preview(OpRequest::PurgeUnused { days: 30 }))));
+        .any(|e| matches!(e, Effect::Preview(OpRequest::Purge(r)) if r.target == PurgeTarget::UnusedDays(30))));
     update(&mut app, key(':'));
     typed(&mut app, "frobnicate");
     update(&mut app, code(KeyCode::Enter));
@@ -976,11 +1123,12 @@ fn confirmation_starts_a_job_that_reports_progress_and_finishes() {
         lines: vec![],
         count: Some(12),
         bytes: Some(3400),
+        price: Vec::new(),
     };
     update(
         &mut app,
         Action::PreviewLoaded {
-            op: OpRequest::PurgeStale,
+            op: OpRequest::Purge(PurgeRequest::new(PurgeTarget::Stale)),
             result: Ok(preview),
         },
     );
@@ -999,8 +1147,8 @@ fn confirmation_starts_a_job_that_reports_progress_and_finishes() {
         e,
         Effect::StartJob {
             id: 1,
-            op: OpRequest::PurgeStale
-        }
+            op: OpRequest::Purge(r)
+        } if r.target == PurgeTarget::Stale
     )));
     update(
         &mut app,
@@ -1058,6 +1206,7 @@ fn declining_a_confirmation_changes_nothing() {
                 lines: vec![],
                 count: Some(3),
                 bytes: None,
+                price: Vec::new(),
             }),
         },
     );
@@ -1449,6 +1598,7 @@ fn mirror_now_confirms_a_prefetch_of_the_selected_entry_and_refreshes_the_list()
                 lines: vec![],
                 count: Some(1),
                 bytes: Some(2699),
+                price: Vec::new(),
             }),
         },
     );
@@ -1916,6 +2066,7 @@ fn replication_view_loads_samples_and_retries_through_a_confirmation() {
                 lines: vec![],
                 count: Some(2),
                 bytes: Some(1024),
+                price: Vec::new(),
             }),
         },
     );
@@ -2010,6 +2161,7 @@ fn app_with_running_job() -> App {
                 lines: vec![],
                 count: Some(3),
                 bytes: None,
+                price: Vec::new(),
             }),
         },
     );
@@ -2134,6 +2286,7 @@ fn drift_view_shows_the_latest_run_from_the_audit_log_with_zoned_times() {
                 lines: vec![],
                 count: None,
                 bytes: None,
+                price: Vec::new(),
             }),
         },
     );

@@ -1989,6 +1989,12 @@ fn render_confirm(
             Span::styled(figures.join(", "), t.warn),
         ]));
     }
+    for (i, l) in preview.price.iter().enumerate() {
+        text.push(Line::from(vec![
+            Span::styled(if i == 0 { "Price:    " } else { "          " }, t.dim),
+            Span::styled(l.clone(), t.warn),
+        ]));
+    }
     text.push(Line::from(""));
     text.push(Line::from(Span::styled("Same from a script:", t.dim)));
     text.push(Line::from(Span::styled(op.headless_command(), t.text)));
@@ -2003,7 +2009,10 @@ fn render_confirm(
         Span::styled("Esc", t.key),
         Span::styled(" cancel", t.dim),
     ]));
-    let h = (text.len() as u16 + 3).min(area.height);
+    // Rows after wrapping: a long key, price or command takes more than one.
+    let inner = usize::from(w.saturating_sub(2)).max(1);
+    let rows: usize = text.iter().map(|l| l.width().max(1).div_ceil(inner)).sum();
+    let h = (rows as u16 + 3).min(area.height);
     let r = centered(area, w, h);
     f.render_widget(Clear, r);
     let style = if op.mutating() { t.warn } else { t.title };

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
+use super::key_scope::{push_key_scope, KeyScope};
 use super::{on_pool, ts, Backend, Db};
 use crate::engine::error::Result;
 
@@ -78,9 +79,18 @@ where
     }
 }
 
-/// How a purge picks its candidates.
+/// How a purge picks its candidates: a condition on use or staleness, within a key scope.
 #[derive(Debug, Clone)]
-pub enum PurgeSelector {
+pub struct PurgeSelector {
+    pub by: PurgeBy,
+    pub keys: KeyScope,
+}
+
+/// The condition on use or staleness of a purge.
+#[derive(Debug, Clone)]
+pub enum PurgeBy {
+    /// Every live file in the key scope.
+    All,
     Stale,
     /// `coalesce(last_downloaded_at, mirrored_at)` at or before this time.
     UsedBefore(DateTime<Utc>),
@@ -93,22 +103,27 @@ pub enum PurgeSelector {
 
 const LAST_USED: &str = "coalesce(m.last_downloaded_at, m.mirrored_at)";
 
-fn push_selector<'a, DB: sqlx::Database>(qb: &mut QueryBuilder<'a, DB>, sel: &'a PurgeSelector)
-where
+pub(super) fn push_selector<'a, DB: sqlx::Database>(
+    qb: &mut QueryBuilder<'a, DB>,
+    backend: Backend,
+    sel: &'a PurgeSelector,
+) where
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    match sel {
-        PurgeSelector::Stale => {
+    match &sel.by {
+        PurgeBy::All => {}
+        PurgeBy::Stale => {
             qb.push(" AND m.is_stale");
         }
-        PurgeSelector::UsedBefore(t) => {
+        PurgeBy::UsedBefore(t) => {
             qb.push(" AND ")
                 .push(LAST_USED)
                 .push(" <= ")
                 .push_bind(ts(*t));
         }
-        PurgeSelector::LruThrough { last_used_at, id } => {
+        PurgeBy::LruThrough { last_used_at, id } => {
             qb.push(" AND (")
                 .push(LAST_USED)
                 .push(" < ")
@@ -122,6 +137,7 @@ where
                 .push("))");
         }
     }
+    push_key_scope(qb, backend, &sel.keys);
 }
 
 /// One purge candidate.
@@ -379,42 +395,46 @@ impl Db {
         r.map(|id| id.is_some()).map_err(|e| self.err(e))
     }
 
-    /// Bytes of the live files of `bucket`.
-    pub async fn live_bytes(&self, bucket: &str) -> Result<i64> {
+    /// Bytes of the live files of `bucket` in `keys`.
+    pub async fn live_bytes(&self, bucket: &str, keys: &KeyScope) -> Result<i64> {
         let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
-            sqlx::query_scalar(
-            "SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM mirrored_files WHERE deleted_at IS NULL AND bucket = $1"
-        )
-        .bind(bucket)
-        .fetch_one(p)
-        .await
+            let mut qb = QueryBuilder::new(
+                "SELECT CAST(coalesce(sum(m.size), 0) AS BIGINT) FROM mirrored_files m \
+                 WHERE m.deleted_at IS NULL AND m.bucket = ",
+            );
+            qb.push_bind(bucket);
+            push_key_scope(&mut qb, self.backend(), keys);
+            qb.build_query_scalar().fetch_one(p).await
         });
         r.map_err(|e| self.err(e))
     }
 
-    /// The last (last use, id) position, in least-recently-used order, that has to go so that
-    /// at least `excess` bytes are freed; `None` when nothing has to go.
+    /// The last (last use, id) position, in least-recently-used order among the live files of
+    /// `bucket` in `keys`, that has to go so that at least `excess` bytes are freed; `None`
+    /// when nothing has to go.
     pub async fn lru_boundary(
         &self,
         bucket: &str,
+        keys: &KeyScope,
         excess: i64,
     ) -> Result<Option<(DateTime<Utc>, i64)>> {
         if excess <= 0 {
             return Ok(None);
         }
         // A row is needed while the bytes before it (in LRU order) are still short of `excess`.
-        let sql = format!(
-            "SELECT last_used_at, id FROM (SELECT m.id, {LAST_USED} AS last_used_at, \
-             sum(m.size) OVER (ORDER BY {LAST_USED}, m.id ROWS UNBOUNDED PRECEDING) - m.size AS before \
-             FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = $1) w \
-             WHERE before < $2 ORDER BY last_used_at DESC, id DESC LIMIT 1"
-        );
-        let r: Result<Option<(DateTime<Utc>, i64)>, sqlx::Error> =
-            on_pool!(self, |p| sqlx::query_as(&sql)
-                .bind(bucket)
-                .bind(excess)
-                .fetch_optional(p)
-                .await);
+        let r: Result<Option<(DateTime<Utc>, i64)>, sqlx::Error> = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT last_used_at, id FROM (SELECT m.id, {LAST_USED} AS last_used_at, \
+                 sum(m.size) OVER (ORDER BY {LAST_USED}, m.id ROWS UNBOUNDED PRECEDING) - m.size AS before \
+                 FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = "
+            ));
+            qb.push_bind(bucket);
+            push_key_scope(&mut qb, self.backend(), keys);
+            qb.push(") w WHERE before < ")
+                .push_bind(excess)
+                .push(" ORDER BY last_used_at DESC, id DESC LIMIT 1");
+            qb.build_query_as().fetch_optional(p).await
+        });
         r.map_err(|e| self.err(e))
     }
 
@@ -431,13 +451,13 @@ impl Db {
                  WHERE m.deleted_at IS NULL AND m.bucket = ",
             );
             qb.push_bind(bucket);
-            push_selector(&mut qb, sel);
+            push_selector(&mut qb, self.backend(), sel);
             let (candidates, bytes): (i64, i64) = qb.build_query_as().fetch_one(p).await?;
             let mut qb = QueryBuilder::new(
                 "SELECT m.key FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = ",
             );
             qb.push_bind(bucket);
-            push_selector(&mut qb, sel);
+            push_selector(&mut qb, self.backend(), sel);
             qb.push(" ORDER BY ")
                 .push(LAST_USED)
                 .push(", m.id LIMIT ")
@@ -464,7 +484,7 @@ impl Db {
             let mut qb = QueryBuilder::new("SELECT m.id, m.key, m.size FROM mirrored_files m");
             qb.push(live_in_bucket(self.backend())).push_bind(bucket);
             qb.push(" AND m.id > ").push_bind(after_id);
-            push_selector(&mut qb, sel);
+            push_selector(&mut qb, self.backend(), sel);
             qb.push(" ORDER BY m.id LIMIT ").push_bind(limit);
             qb.build_query_as::<PurgeRow>().fetch_all(p).await
         });

@@ -10,11 +10,13 @@ mod events;
 mod files;
 mod fleet;
 mod inventory;
+mod key_scope;
 mod leases;
 mod lifecycle;
 mod oplog;
 mod partitions;
 mod prefetch;
+mod purge_impact;
 mod replication;
 
 use std::str::FromStr;
@@ -34,13 +36,15 @@ pub use catalog::{
 };
 pub use changes::{Change, Changes};
 pub use fleet::{FleetBeat, FleetRow};
+pub use key_scope::{KeyScope, MAX_PATTERN_BYTES};
 pub use leases::{LeaseHolder, Leased};
 pub use lifecycle::{
-    FileScope, LifecycleRow, PurgePlan, PurgeRow, PurgeSelector, Remirrored, StaleMark,
+    FileScope, LifecycleRow, PurgeBy, PurgePlan, PurgeRow, PurgeSelector, Remirrored, StaleMark,
 };
 pub use oplog::LockGuard;
 pub use partitions::{month_bounds, partition_name, Month};
 pub use prefetch::PrefetchRow;
+pub use purge_impact::PurgeImpactRow;
 pub use replication::{
     BacklogCounts, ClaimedTask, FrontWrite, InventoryState, TaskEnd, TaskRow, WrittenObject,
 };

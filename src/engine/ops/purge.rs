@@ -2,12 +2,17 @@
 //! soft-deletes their rows. Objects go first (batch delete), rows only for the keys S3
 //! confirmed, so a crash at any point leaves rows that a rerun selects and finishes: deleting
 //! an object that is already gone succeeds, and no object is deleted that a row still needs.
+//!
+//! Every plan also carries its price (`impact`): the downloads of the candidates in the last
+//! `impact_days` days that the mirror served (cache hits) and that would have been misses,
+//! fetched from the origin, had the files been gone; and the hit rate of that window now and
+//! without those hits.
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::engine::db::{Db, PurgePlan, PurgeRow, PurgeSelector};
+use crate::engine::db::{Db, KeyScope, PurgeBy, PurgePlan, PurgeRow, PurgeSelector};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
 use crate::engine::s3::{S3Bucket, DELETE_BATCH};
@@ -20,22 +25,36 @@ const SAMPLE_KEYS: i64 = 20;
 const DELETES_IN_FLIGHT: usize = 8;
 /// Per-key errors kept in the report.
 const MAX_ERRORS: usize = 20;
+/// The window the price of a purge is computed over when none is given: the window of
+/// `stats --window 30d`, and well inside what `archive` keeps (`policy.archive_after_months`).
+pub const DEFAULT_IMPACT_DAYS: u32 = 30;
+/// The longest window accepted for `--impact-days` and `--unused-days` (100 years).
+const MAX_DAYS: u32 = 36_500;
 
 /// Which objects to purge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PurgeTarget {
+    /// Every file in the key scope (`--prefix` / `--match` alone).
+    All,
     /// Files marked stale.
     Stale,
     /// Files whose last download (or mirroring, if never downloaded) is this many days ago or more.
     UnusedDays(u32),
-    /// Least recently used first until the live mirror fits in this many bytes.
+    /// Least recently used first until the live files in the key scope fit in this many bytes.
     MaxBytes(u64),
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PurgeParams {
     pub target: PurgeTarget,
+    /// Only keys starting with this (byte for byte).
+    pub prefix: Option<String>,
+    /// Only keys matching this glob (see `engine::db::KeyScope`).
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    /// The window of the price replay in days; 0 skips it.
+    pub impact_days: u32,
     pub dry_run: bool,
     /// Raises `policy.max_delete` for this run.
     pub max_delete: Option<u64>,
@@ -58,6 +77,32 @@ pub struct PurgeReport {
     pub first_keys: Vec<String>,
     /// The first per-key delete errors.
     pub errors: Vec<String>,
+    /// What the purge costs, replayed over recent downloads; `None` with `impact_days` 0.
+    pub impact: Option<PurgeImpact>,
+}
+
+/// The price of a purge over the last `days` days of downloads: the candidates' cache hits,
+/// which would have been misses (served from the origin) without the files, and the hit rate
+/// (hits / (hits + misses), errors and 304s excluded) of the window now and without them.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct PurgeImpact {
+    pub days: u32,
+    /// The start of the window: the start of the hour `days` days ago.
+    pub since: DateTime<Utc>,
+    /// Downloads of the candidates served from the mirror in the window.
+    pub downloads: u64,
+    /// Their bytes: what the origin would have sent instead.
+    pub bytes: u64,
+    /// Candidates downloaded from the mirror at least once in the window. With pull-through
+    /// refilling the mirror on a miss, only each one's first download would miss: `files`
+    /// is the lower bound of the extra misses, `downloads` the upper.
+    pub files: u64,
+    /// Hits plus misses of every file in the window.
+    pub requests: u64,
+    /// hits / requests in the window; `None` without requests.
+    pub hit_rate: Option<f64>,
+    /// (hits - downloads) / requests: the window again with the candidates' hits as misses.
+    pub hit_rate_after: Option<f64>,
 }
 
 /// The one-line summary the TUI's job list and the data plane's workers show.
@@ -70,7 +115,17 @@ impl std::fmt::Display for PurgeReport {
             self.candidates,
             humansize::format_size(self.bytes_freed, humansize::BINARY),
             self.failed
-        )
+        )?;
+        if let Some(i) = &self.impact {
+            write!(
+                f,
+                "; in the last {} days they served {} downloads ({})",
+                i.days,
+                i.downloads,
+                humansize::format_size(i.bytes, humansize::BINARY)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -86,8 +141,29 @@ impl Report for PurgeReport {
 
 /// Previews (`dry_run`) or runs a purge.
 pub async fn run(ctx: &Ctx, p: PurgeParams, progress: &Progress) -> Result<PurgeReport> {
-    if p.target == PurgeTarget::UnusedDays(0) {
-        return Err(Error::Usage("--unused-days must be at least 1".into()));
+    match p.target {
+        PurgeTarget::UnusedDays(0) => {
+            return Err(Error::Usage("--unused-days must be at least 1".into()))
+        }
+        PurgeTarget::UnusedDays(d) if d > MAX_DAYS => {
+            return Err(Error::Usage(format!(
+                "--unused-days {d} is more than {MAX_DAYS}"
+            )))
+        }
+        _ => {}
+    }
+    if p.impact_days > MAX_DAYS {
+        return Err(Error::Usage(format!(
+            "--impact-days {} is more than {MAX_DAYS}",
+            p.impact_days
+        )));
+    }
+    let keys = KeyScope::new(p.prefix.as_deref(), p.pattern.as_deref()).map_err(Error::Usage)?;
+    if p.target == PurgeTarget::All && keys.is_all() {
+        return Err(Error::Usage(
+            "purge needs --stale, --unused-days N, --max-bytes SIZE, --prefix P or --match GLOB"
+                .into(),
+        ));
     }
     if !p.dry_run {
         ctx.check_writable("purge")?;
@@ -101,7 +177,7 @@ pub async fn run(ctx: &Ctx, p: PurgeParams, progress: &Progress) -> Result<Purge
     let mirror = ctx.mirror().await?;
     // The plan is made under the lock, so the count confirmed is the count deleted.
     audited(ctx, "purge", &p, !p.dry_run, progress, || {
-        plan_and_delete(&ctx.db, mirror, &p, limit, progress)
+        plan_and_delete(&ctx.db, mirror, &p, keys, limit, progress)
     })
     .await
 }
@@ -110,15 +186,19 @@ async fn plan_and_delete(
     db: &Db,
     mirror: &S3Bucket,
     p: &PurgeParams,
+    keys: KeyScope,
     limit: u64,
     progress: &Progress,
 ) -> Result<PurgeReport> {
-    let (selector, selection) = selector(db, mirror, p.target).await?;
+    let (selector, selection) = selector(db, mirror, p.target, keys).await?;
     let mut report = PurgeReport {
         selection,
         dry_run: p.dry_run,
         ..Default::default()
     };
+    if p.impact_days > 0 {
+        report.impact = Some(impact(db, mirror.name(), selector.as_ref(), p.impact_days).await?);
+    }
     let Some(selector) = selector else {
         return Ok(report);
     };
@@ -139,35 +219,78 @@ async fn plan_and_delete(
     Ok(report)
 }
 
-/// The database selector for a target, and the target in words; `None` when nothing can match
-/// (the mirror already fits its byte budget).
+/// The price of the purge `sel` picks (nothing when `None`) over the last `days` days.
+async fn impact(
+    db: &Db,
+    bucket: &str,
+    sel: Option<&PurgeSelector>,
+    days: u32,
+) -> Result<PurgeImpact> {
+    let start = Utc::now() - TimeDelta::days(i64::from(days));
+    // On the hour, as the rollup the window's totals come from: both count the same events.
+    let since = start.duration_trunc(TimeDelta::hours(1)).unwrap_or(start);
+    let lost = match sel {
+        Some(sel) => db.purge_impact(bucket, sel, since).await?,
+        None => Default::default(),
+    };
+    let totals = db.download_totals(Some(since)).await?;
+    let hits = totals.hits.max(0) as u64;
+    let requests = hits + totals.misses.max(0) as u64;
+    let downloads = lost.downloads.max(0) as u64;
+    let rate = |h: u64| (requests > 0).then(|| h as f64 / requests as f64);
+    Ok(PurgeImpact {
+        days,
+        since,
+        downloads,
+        bytes: lost.bytes.max(0) as u64,
+        files: lost.files.max(0) as u64,
+        requests,
+        hit_rate: rate(hits),
+        hit_rate_after: rate(hits.saturating_sub(downloads)),
+    })
+}
+
+/// The database selector for a target, and the selection in words; `None` when nothing can
+/// match (the files in scope already fit their byte budget).
 async fn selector(
     db: &Db,
     mirror: &S3Bucket,
     target: PurgeTarget,
+    keys: KeyScope,
 ) -> Result<(Option<PurgeSelector>, String)> {
-    Ok(match target {
-        PurgeTarget::Stale => (Some(PurgeSelector::Stale), "stale".into()),
-        PurgeTarget::UnusedDays(days) => (
-            Some(PurgeSelector::UsedBefore(
-                Utc::now() - TimeDelta::days(i64::from(days)),
-            )),
-            format!("unused for {days} days"),
-        ),
-        PurgeTarget::MaxBytes(max) => {
-            let label = format!(
-                "least recently used until the mirror fits in {}",
-                humansize::format_size(max, humansize::BINARY)
-            );
-            let live = db.live_bytes(mirror.name()).await?;
-            let excess = live.saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
-            let boundary = db.lru_boundary(mirror.name(), excess).await?;
+    let scope = keys.describe();
+    let within = scope
+        .as_deref()
+        .map(|s| format!(" {s}"))
+        .unwrap_or_default();
+    let (by, label) = match target {
+        PurgeTarget::All => (Some(PurgeBy::All), format!("every file{within}")),
+        PurgeTarget::Stale => (Some(PurgeBy::Stale), format!("stale{within}")),
+        PurgeTarget::UnusedDays(days) => {
+            let before = Utc::now()
+                .checked_sub_signed(TimeDelta::days(i64::from(days)))
+                .ok_or_else(|| Error::Usage(format!("--unused-days {days} is too far back")))?;
             (
-                boundary.map(|(last_used_at, id)| PurgeSelector::LruThrough { last_used_at, id }),
+                Some(PurgeBy::UsedBefore(before)),
+                format!("unused for {days} days{within}"),
+            )
+        }
+        PurgeTarget::MaxBytes(max) => {
+            let budget = humansize::format_size(max, humansize::BINARY);
+            let label = match &scope {
+                None => format!("least recently used until the mirror fits in {budget}"),
+                Some(s) => format!("least recently used {s} until those fit in {budget}"),
+            };
+            let live = db.live_bytes(mirror.name(), &keys).await?;
+            let excess = live.saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
+            let boundary = db.lru_boundary(mirror.name(), &keys, excess).await?;
+            (
+                boundary.map(|(last_used_at, id)| PurgeBy::LruThrough { last_used_at, id }),
                 label,
             )
         }
-    })
+    };
+    Ok((by.map(|by| PurgeSelector { by, keys }), label))
 }
 
 /// Pages through the candidates by id (never more than were planned), deletes each page's
