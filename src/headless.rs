@@ -10,6 +10,7 @@ use crate::engine::ops::history::HistoryReport;
 use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
+pub mod check;
 pub mod fleet;
 pub mod replication;
 

@@ -197,6 +197,8 @@ pub struct DashboardData {
     pub last_validate: Option<DateTime<Utc>>,
     pub last_drift: Option<DateTime<Utc>>,
     pub last_archive: Option<DateTime<Utc>>,
+    /// The `[alerts]` checks and `[costs]` estimates of these figures.
+    pub check: Option<crate::engine::ops::check::CheckReport>,
 }
 
 #[derive(Debug, Clone, Default)]

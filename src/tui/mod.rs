@@ -32,7 +32,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{catalog, files, fleet, history, replication, stats};
+use crate::engine::ops::{catalog, check, files, fleet, history, replication, stats};
 use crate::engine::Ctx;
 
 use app::{update, Action, App, DashboardData, Effect, Options};
@@ -214,11 +214,13 @@ fn execute(
                         ctx.db.last_finished("drift"),
                         ctx.db.last_finished("archive"),
                     )?;
+                    let check = check::assess(&ctx, &stats, last_validate).await?;
                     Ok::<_, Error>(Box::new(DashboardData {
                         stats,
                         last_validate,
                         last_drift,
                         last_archive,
+                        check: Some(check),
                     }))
                 }
                 .await;
