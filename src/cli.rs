@@ -17,7 +17,8 @@ Configuration: --config PATH, else $MIRRORCTL_CONFIG, else the user config dir
 (config.toml). MIRRORCTL_DATABASE_URL overrides database.url.
 
 Exit codes: 0 done and nothing wrong; 1 runtime failure (unreachable server, I/O,
-busy lock); 2 usage, config or refused; 3 done and problems were found.";
+busy lock); 2 usage, config or refused; 3 done and problems were found.
+`check` is a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (see `check --help`).";
 
 #[derive(Debug, Parser)]
 #[command(
