@@ -82,6 +82,9 @@ if ! command -v rclone >/dev/null; then
   apt_install rclone
 fi
 
+# --- promtool, the linter of the alerting rules and of both metric expositions ------------------
+command -v promtool >/dev/null || apt_install prometheus
+
 # --- The aws CLI, a real client of the S3 front ------------------------------------------------
 if ! command -v aws >/dev/null; then
   log "installing the aws CLI"

@@ -25,7 +25,8 @@ Configuration: --config PATH, else $MIRRORCTL_CONFIG, else the user config dir
 (config.toml). MIRRORCTL_DATABASE_URL overrides database.url.
 
 Exit codes: 0 done and nothing wrong; 1 runtime failure (unreachable server, I/O,
-busy lock); 2 usage, config or refused; 3 done and problems were found.";
+busy lock); 2 usage, config or refused; 3 done and problems were found.
+`check` is a monitoring plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (see `check --help`).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -310,6 +311,33 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<ReplicationAction>,
     },
+    /// Compare the mirror's figures with the [alerts] thresholds, as a monitoring plugin
+    ///
+    /// Checks the hit rate and error rate of the window, the storage cost per month (from
+    /// [costs]), the age of the last successful `validate` and the replication lag against the
+    /// thresholds the config's [alerts] sets: each key is the critical threshold and its
+    /// `warn_` twin the warning one. Unset keys are not checked; with none set it prints "OK -
+    /// no thresholds configured" and exits 0. Always headless.
+    ///
+    /// Output (Nagios/Icinga plugin format): a first line `OK - …`, `WARNING - …` or
+    /// `CRITICAL - …` naming what is past its threshold, with performance data after `|`; then
+    /// one line per check and the [costs] estimates. `-o json` prints the same as one document.
+    ///
+    /// Exit codes (the plugin convention, not the other commands'): 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN — check could not run (bad flag, bad config, unreachable
+    /// database); it then prints `UNKNOWN - <reason>` (JSON: {"status": "unknown", "error": …}).
+    /// A usage or config error never exits 2 here, so 2 always means critical.
+    ///
+    /// Examples:
+    ///   mirrorctl --headless check
+    ///   mirrorctl --headless check --window 7d -o json
+    ///   command_line  /usr/bin/mirrorctl --config /etc/mirrorctl.toml check   (Nagios)
+    #[command(verbatim_doc_comment)]
+    Check {
+        /// Time window of the rates and savings: 24h, 7d, 30d or all
+        #[arg(long, short = 'w', default_value = "24h")]
+        window: String,
+    },
     /// Apply the database schema migrations
     Migrate,
     /// Run the data plane: the download proxy that fills the mirror and records every download
@@ -534,6 +562,7 @@ impl Command {
             Command::Drift { .. } => "drift",
             Command::Fleet => "fleet",
             Command::Replication { .. } => "replication",
+            Command::Check { .. } => "check",
             Command::Migrate => "migrate",
             Command::Catalog { .. } => "catalog",
             Command::Prefetch { .. } => "prefetch",

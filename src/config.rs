@@ -106,6 +106,10 @@ pub struct Config {
     pub serve: ServeConfig,
     #[serde(default)]
     pub s3_front: S3FrontConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub costs: CostsConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -583,6 +587,76 @@ impl Default for S3FrontConfig {
     }
 }
 
+/// `[alerts]`: the thresholds `check` and the dashboard compare against. Each key is the
+/// critical threshold and its `warn_` twin the warning one; every key is optional and an unset
+/// one is not checked.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Hit rate (0..1) of the window under which it is critical / a warning.
+    pub hit_rate_below: Option<f64>,
+    pub warn_hit_rate_below: Option<f64>,
+    /// Error rate (0..1) of the window over which it is critical / a warning.
+    pub error_rate_above: Option<f64>,
+    pub warn_error_rate_above: Option<f64>,
+    /// Storage cost per month (in `costs.currency`) over which it is critical / a warning.
+    pub storage_cost_above: Option<f64>,
+    pub warn_storage_cost_above: Option<f64>,
+    /// The last successful `validate` older than this (or none at all) is critical / a warning.
+    pub validation_older_than: Option<HumanDuration>,
+    pub warn_validation_older_than: Option<HumanDuration>,
+    /// The replication lag (age of the oldest task not done) over this is critical / a warning.
+    pub replication_lag_above: Option<HumanDuration>,
+    pub warn_replication_lag_above: Option<HumanDuration>,
+}
+
+impl AlertsConfig {
+    /// Whether any threshold is set.
+    pub fn any(&self) -> bool {
+        self != &AlertsConfig::default()
+    }
+}
+
+/// `[costs]`: prices for the cost estimates. GB is 10^9 bytes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CostsConfig {
+    /// A label printed with amounts ("USD", "EUR", "$").
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    /// Price of one GB stored for a month in the mirror bucket.
+    pub storage_per_gb_month: Option<f64>,
+    /// Price of one GB fetched from the origin (its egress): each byte served from the mirror
+    /// instead saves it.
+    pub egress_per_gb: Option<f64>,
+    /// Price of 1,000 GET requests to the mirror bucket: each hit costs one.
+    pub per_1000_requests: Option<f64>,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+
+impl Default for CostsConfig {
+    fn default() -> Self {
+        CostsConfig {
+            currency: default_currency(),
+            storage_per_gb_month: None,
+            egress_per_gb: None,
+            per_1000_requests: None,
+        }
+    }
+}
+
+impl CostsConfig {
+    /// Whether any price is set.
+    pub fn any(&self) -> bool {
+        self.storage_per_gb_month.is_some()
+            || self.egress_per_gb.is_some()
+            || self.per_1000_requests.is_some()
+    }
+}
+
 /// Where the configuration was found, for messages.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
@@ -789,7 +863,96 @@ pub fn validate(c: &Config) -> Result<(), String> {
             return Err(format!("key `serve.{name}`: must be more than 0s"));
         }
     }
-    validate_front(c)
+    validate_front(c)?;
+    validate_alerts(&c.alerts, &c.costs)
+}
+
+/// Rates are fractions, prices and amounts not negative, and a warning threshold comes before
+/// its critical one.
+fn validate_alerts(a: &AlertsConfig, costs: &CostsConfig) -> Result<(), String> {
+    for (name, v) in [
+        ("hit_rate_below", a.hit_rate_below),
+        ("warn_hit_rate_below", a.warn_hit_rate_below),
+        ("error_rate_above", a.error_rate_above),
+        ("warn_error_rate_above", a.warn_error_rate_above),
+    ] {
+        if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+            return Err(format!(
+                "key `alerts.{name}`: a fraction between 0 and 1 (0.70 is 70 %)"
+            ));
+        }
+    }
+    let amounts = [
+        ("alerts.storage_cost_above", a.storage_cost_above),
+        ("alerts.warn_storage_cost_above", a.warn_storage_cost_above),
+        ("costs.storage_per_gb_month", costs.storage_per_gb_month),
+        ("costs.egress_per_gb", costs.egress_per_gb),
+        ("costs.per_1000_requests", costs.per_1000_requests),
+    ];
+    for (key, v) in amounts {
+        if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
+            return Err(format!("key `{key}`: must be a number of at least 0"));
+        }
+    }
+    if costs.currency.trim().is_empty() {
+        return Err("key `costs.currency`: must not be empty (e.g. \"USD\")".into());
+    }
+    let below = [("hit_rate_below", a.warn_hit_rate_below, a.hit_rate_below)];
+    for (name, warn, crit) in below {
+        if let (Some(w), Some(c)) = (warn, crit) {
+            if w < c {
+                return Err(format!(
+                    "key `alerts.warn_{name}`: must be at least alerts.{name} ({c}): the warning comes first"
+                ));
+            }
+        }
+    }
+    let secs = |d: Option<HumanDuration>| d.map(|d| d.0.as_secs_f64());
+    let above = [
+        (
+            "error_rate_above",
+            a.warn_error_rate_above,
+            a.error_rate_above,
+        ),
+        (
+            "storage_cost_above",
+            a.warn_storage_cost_above,
+            a.storage_cost_above,
+        ),
+        (
+            "validation_older_than",
+            secs(a.warn_validation_older_than),
+            secs(a.validation_older_than),
+        ),
+        (
+            "replication_lag_above",
+            secs(a.warn_replication_lag_above),
+            secs(a.replication_lag_above),
+        ),
+    ];
+    for (name, warn, crit) in above {
+        if let (Some(w), Some(c)) = (warn, crit) {
+            if w > c {
+                return Err(format!(
+                    "key `alerts.warn_{name}`: must not exceed alerts.{name}: the warning comes first"
+                ));
+            }
+        }
+    }
+    for (name, set) in [
+        ("storage_cost_above", a.storage_cost_above.is_some()),
+        (
+            "warn_storage_cost_above",
+            a.warn_storage_cost_above.is_some(),
+        ),
+    ] {
+        if set && costs.storage_per_gb_month.is_none() {
+            return Err(format!(
+                "key `alerts.{name}`: needs costs.storage_per_gb_month (the price the cost is computed from)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The S3 front's keys: a listener needs clients and a backup to replicate to; every client

@@ -11,6 +11,7 @@ use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
 pub mod docs;
+pub mod check;
 pub mod fleet;
 pub mod purge;
 pub mod replication;

@@ -23,7 +23,24 @@ use mirrorctl::{headless, tui};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let args: Vec<_> = std::env::args_os().collect();
+            if e.use_stderr() && headless::check::invoked(&args) {
+                // A monitoring plugin's own failure is UNKNOWN (3), never CRITICAL (2).
+                let _ = e.print();
+                let reason = e.to_string();
+                let reason = reason.lines().next().unwrap_or("bad arguments");
+                headless::check::print_unknown(
+                    reason.trim_start_matches("error: "),
+                    OutputFormat::Table,
+                );
+                return ExitCode::from(headless::check::UNKNOWN_EXIT);
+            }
+            e.exit()
+        }
+    };
     init_logging(&cli);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(Command::Serve {
@@ -39,8 +56,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let check_output = matches!(cli.command, Some(Command::Check { .. })).then_some(cli.output);
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if check_output.is_some() => {
+            let output = check_output.unwrap_or(OutputFormat::Table);
+            headless::check::print_unknown(&one_line(&e), output);
+            headless::check::UNKNOWN_EXIT
+        }
         Err(e) => {
             let code = exit_code(&e);
             eprintln!("error: {}", one_line(&e));
@@ -93,7 +116,10 @@ fn init_logging(cli: &Cli) {
     let interactive = !cli.headless
         && !matches!(
             cli.command,
-            Some(Command::Demo { .. }) | Some(Command::Migrate) | Some(Command::Serve { .. })
+            Some(Command::Demo { .. })
+                | Some(Command::Migrate)
+                | Some(Command::Serve { .. })
+                | Some(Command::Check { .. })
         );
     if interactive {
         // The TUI owns the screen: logs go to a file.
@@ -161,6 +187,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(Command::Serve { listen, .. }) = &cli.command {
         mirrorctl::serve::run(ctx, listen.as_deref()).await?;
         return Ok(0);
+    }
+    if let Some(Command::Check { window }) = &cli.command {
+        // Always headless: a monitoring system runs it.
+        return Ok(headless::check::run(&ctx, window, cli.output).await?);
     }
     if let Some(Command::Catalog { action }) = &cli.command {
         return run_catalog(&cli, &ctx, action).await;
@@ -530,6 +560,7 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         | Command::Man { .. }
         | Command::Serve { .. }
         | Command::Catalog { .. }
+        | Command::Check { .. }
         | Command::Replication { .. } => {
             unreachable!("handled before")
         }

@@ -60,6 +60,17 @@ fn bad_configs_exit_2_with_one_line_naming_the_key() {
             "s3_client_short_secret.toml",
             "s3_front.clients[0].secret_access_key",
         ),
+        ("alerts_rate_not_fraction.toml", "alerts.hit_rate_below"),
+        (
+            "alerts_warn_after_critical.toml",
+            "alerts.warn_error_rate_above",
+        ),
+        (
+            "alerts_cost_without_price.toml",
+            "costs.storage_per_gb_month",
+        ),
+        ("alerts_bad_duration.toml", "alerts.validation_older_than"),
+        ("costs_negative_price.toml", "costs.storage_per_gb_month"),
     ];
     for (file, needle) in cases {
         let path = format!("{dir}/{file}");

@@ -201,6 +201,8 @@ pub struct DashboardData {
     /// The newest finished drift check and archive run, whatever their outcome (audit log).
     pub latest_drift_run: Option<crate::engine::model::OperationRecord>,
     pub latest_archive_run: Option<crate::engine::model::OperationRecord>,
+    /// The `[alerts]` checks and `[costs]` estimates of these figures.
+    pub check: Option<crate::engine::ops::check::CheckReport>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -33,7 +33,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Progress;
-use crate::engine::ops::{catalog, files, fleet, history, replication, stats};
+use crate::engine::ops::{catalog, check, files, fleet, history, replication, stats};
 use crate::engine::Ctx;
 
 use app::{update, Action, App, DashboardData, Effect, Options};
@@ -226,6 +226,7 @@ fn execute(
                         ctx.db.latest_finished_operation("drift"),
                         ctx.db.latest_finished_operation("archive"),
                     )?;
+                    let check = check::assess(&ctx, &stats, last_validate).await?;
                     Ok::<_, Error>(Box::new(DashboardData {
                         stats,
                         last_validate,
@@ -233,6 +234,7 @@ fn execute(
                         last_archive,
                         latest_drift_run,
                         latest_archive_run,
+                        check: Some(check),
                     }))
                 }
                 .await;

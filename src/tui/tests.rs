@@ -115,7 +115,43 @@ fn dashboard_data() -> DashboardData {
             status: "ok".into(),
             summary: Some(serde_json::json!({ "archived": 2, "rows": 184_233, "dry_run": false })),
         }),
+        check: None,
     }
+}
+
+/// The dashboard's figures checked against `[alerts]` with `[costs]` prices: the hit rate
+/// (93.9 %) under its critical 95 %, the storage cost (16.4 MB at 5,000 a GB: 82.20 USD) over
+/// its warning 50, the last validation (42 minutes ago) older than its critical 30 minutes,
+/// the error rate (0.4 %) under its 5 %.
+fn dashboard_with_alerts() -> DashboardData {
+    use crate::config::{AlertsConfig, CostsConfig, HumanDuration};
+    use crate::engine::ops::check;
+    let mut data = dashboard_data();
+    let alerts = AlertsConfig {
+        hit_rate_below: Some(0.95),
+        error_rate_above: Some(0.05),
+        storage_cost_above: Some(100.0),
+        warn_storage_cost_above: Some(50.0),
+        validation_older_than: Some(HumanDuration(Duration::from_secs(30 * 60))),
+        ..Default::default()
+    };
+    let prices = CostsConfig {
+        currency: "USD".into(),
+        storage_per_gb_month: Some(5000.0),
+        egress_per_gb: Some(90.0),
+        per_1000_requests: Some(0.4),
+    };
+    data.check = Some(check::evaluate(
+        &alerts,
+        &prices,
+        &check::CheckInputs {
+            stats: &data.stats,
+            last_validate: data.last_validate,
+            replication_lag_s: None,
+            now: now(),
+        },
+    ));
+    data
 }
 
 fn file_row(i: i64) -> FileRow {
@@ -523,6 +559,13 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
         Action::StatsLoaded(Ok(Box::new(dashboard_data()))),
     );
     scenes.push(("dashboard", dash.clone()));
+
+    let mut alerts = app_at(None, size);
+    update(
+        &mut alerts,
+        Action::StatsLoaded(Ok(Box::new(dashboard_with_alerts()))),
+    );
+    scenes.push(("dashboard_alerts", alerts));
 
     let mut loading = app_at(None, size);
     loading.dashboard.loading = true;
@@ -2303,4 +2346,57 @@ fn drift_view_shows_the_latest_run_from_the_audit_log_with_zoned_times() {
         .effects
         .iter()
         .any(|e| matches!(e, Effect::LoadStats(_))));
+}
+
+#[test]
+fn dashboard_shows_costs_and_paints_breached_thresholds() {
+    use crate::engine::ops::check::Status;
+    let data = dashboard_with_alerts();
+    let report = data
+        .check
+        .clone()
+        .unwrap_or_else(|| panic!("no check report"));
+    assert_eq!(report.status_of("hit_rate"), Some(Status::Critical));
+    assert_eq!(report.status_of("storage_cost"), Some(Status::Warning));
+    assert_eq!(report.status_of("validation_age"), Some(Status::Critical));
+    assert_eq!(report.status_of("error_rate"), Some(Status::Ok));
+    for size in [(80, 24), (120, 40)] {
+        let mut app = app_at(None, size);
+        update(&mut app, Action::StatsLoaded(Ok(Box::new(data.clone()))));
+        let backend = TestBackend::new(app.width, app.height);
+        let mut terminal = Terminal::new(backend).unwrap_or_else(|e| panic!("{e}"));
+        terminal
+            .draw(|f| view::render(&app, f))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let buf = terminal.backend().buffer();
+        let text = screen(buf);
+        let at = |needle: &str| -> (u16, u16) {
+            text.lines()
+                .enumerate()
+                .find_map(|(y, l)| {
+                    l.find(needle)
+                        .map(|b| (l[..b].chars().count() as u16, y as u16))
+                })
+                .unwrap_or_else(|| panic!("{needle:?} not on screen:\n{text}"))
+        };
+        // Storage: 16.441 MB × 5,000 a GB-month; saved: 14.282 MB × 90 a GB − 1,612 GETs × 0.4/1000.
+        assert_eq!(buf[at("82.20 USD")].style().fg, app.theme.warn.fg, "{text}");
+        assert_eq!(buf[at("0.64 USD")].style().fg, app.theme.good.fg, "{text}");
+        assert_eq!(buf[at("93.9%")].style().fg, app.theme.bad.fg, "{text}");
+        assert_eq!(buf[at("42m ago")].style().fg, app.theme.bad.fg, "{text}");
+        assert_eq!(buf[at("7 (0.4%)")].style().fg, app.theme.text.fg, "{text}");
+        assert_eq!(buf[at("2 critical")].style().fg, app.theme.bad.fg, "{text}");
+        assert_eq!(buf[at("1 warning")].style().fg, app.theme.warn.fg, "{text}");
+    }
+    // Without [alerts] and [costs] the dashboard is as before: no cost lines, no badges.
+    let mut app = app_at(None, (120, 40));
+    update(
+        &mut app,
+        Action::StatsLoaded(Ok(Box::new(dashboard_data()))),
+    );
+    let text = draw(&app);
+    assert!(
+        !text.contains("Cost/month") && !text.contains("critical"),
+        "{text}"
+    );
 }

@@ -11,6 +11,8 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
+use crate::engine::ops::check::{CheckReport, Status};
+use crate::engine::ops::costs::money;
 use crate::engine::ops::drift::PairStatus;
 use crate::engine::ops::fleet::ReplicaStatus;
 use crate::engine::ops::replication::ReplicationStatus;
@@ -225,16 +227,43 @@ fn kv<'a>(t: &Theme, k: &'a str, v: Vec<Span<'a>>) -> Line<'a> {
     Line::from(spans)
 }
 
+/// The status of a configured `[alerts]` check, `None` when it is not configured.
+fn alert(check: Option<&CheckReport>, name: &str) -> Option<Status> {
+    check.and_then(|c| c.status_of(name))
+}
+
+/// A breached threshold's colour; `ok` when the check passes.
+fn alert_style(t: &Theme, status: Status, ok: Style) -> Style {
+    match status {
+        Status::Ok => ok,
+        Status::Warning => t.warn,
+        Status::Critical => t.bad,
+    }
+}
+
 fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
     let t = &app.theme;
     let d = &app.dashboard;
+    let check = d.data.as_ref().and_then(|d| d.check.as_ref());
+    let costs = check.and_then(|c| c.costs.as_ref());
     let mut title = vec![Span::styled(" Health ", t.title)];
     title.extend(window_tabs(t, d.window));
     if d.loading && d.data.is_none() {
         title.push(Span::styled(" loading… ", t.dim));
     }
+    for (status, word) in [(Status::Critical, "critical"), (Status::Warning, "warning")] {
+        let n = check.map_or(0, |c| c.breaches().filter(|b| b.status == status).count());
+        if n > 0 {
+            title.push(Span::styled(
+                format!(" {n} {word} "),
+                alert_style(t, status, t.text).add_modifier(Modifier::REVERSED),
+            ));
+        }
+    }
+    // The cost lines, one in each column, when [costs] sets a price.
+    let top_h = if costs.is_some() { 9 } else { 8 };
     let [top, chart_area] =
-        Layout::vertical([Constraint::Length(8), Constraint::Min(3)]).areas(area);
+        Layout::vertical([Constraint::Length(top_h), Constraint::Min(3)]).areas(area);
     let outer = block(t, Line::from(title));
     let inner = outer.inner(top);
     f.render_widget(outer, top);
@@ -249,11 +278,12 @@ fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
     let s = &data.stats;
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(inner);
-    let rate_style = match s.hit_rate {
-        Some(r) if r >= 0.9 => t.good,
-        Some(r) if r >= 0.7 => t.warn,
-        Some(_) => t.bad,
-        None => t.dim,
+    let rate_style = match (alert(check, "hit_rate"), s.hit_rate) {
+        (_, None) => t.dim,
+        (Some(status), _) => alert_style(t, status, t.good),
+        (None, Some(r)) if r >= 0.9 => t.good,
+        (None, Some(r)) if r >= 0.7 => t.warn,
+        (None, Some(_)) => t.bad,
     };
     let bar_w = (left.width as usize).saturating_sub(20).clamp(4, 30);
     let latest = s
@@ -262,12 +292,13 @@ fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
         .rev()
         .find(|p| p.hits + p.misses > 0)
         .map(|p| p.hits as f64 / (p.hits + p.misses) as f64);
-    let err_style = match s.error_rate {
-        Some(r) if r >= 0.05 => t.bad,
-        Some(r) if r >= 0.01 => t.warn,
+    let err_style = match (alert(check, "error_rate"), s.error_rate) {
+        (Some(status), _) => alert_style(t, status, t.text),
+        (None, Some(r)) if r >= 0.05 => t.bad,
+        (None, Some(r)) if r >= 0.01 => t.warn,
         _ => t.text,
     };
-    let lines = vec![
+    let mut lines = vec![
         kv(
             t,
             "Hit rate",
@@ -305,15 +336,29 @@ fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
                 Span::styled(format!(" of {}", bytes(s.bytes_served)), t.dim),
             ],
         ),
-        kv(
-            t,
-            "Errors",
-            vec![Span::styled(
-                format!("{} ({})", count(s.errors), percent(s.error_rate)),
-                err_style,
-            )],
-        ),
     ];
+    if let Some(c) = costs {
+        lines.push(kv(
+            t,
+            "  worth",
+            match c.saved {
+                Some(v) => vec![
+                    // Requests can cost more than the egress they save.
+                    Span::styled(money(v, &c.currency), if v < 0.0 { t.warn } else { t.good }),
+                    Span::styled(" egress − GETs", t.dim),
+                ],
+                None => vec![Span::styled("- (no costs.egress_per_gb)", t.dim)],
+            },
+        ));
+    }
+    lines.extend([kv(
+        t,
+        "Errors",
+        vec![Span::styled(
+            format!("{} ({})", count(s.errors), percent(s.error_rate)),
+            err_style,
+        )],
+    )]);
     f.render_widget(Paragraph::new(lines), left);
     let growth = d
         .storage_baseline
@@ -333,7 +378,14 @@ fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
     let when = |at: Option<DateTime<Utc>>| {
         Span::styled(ago(app.now, at), if at.is_some() { t.text } else { t.dim })
     };
-    let lines = vec![
+    let validated = match alert(check, "validation_age") {
+        Some(status @ (Status::Warning | Status::Critical)) => Span::styled(
+            ago(app.now, data.last_validate),
+            alert_style(t, status, t.text),
+        ),
+        _ => when(data.last_validate),
+    };
+    let mut lines = vec![
         kv(
             t,
             "Storage",
@@ -350,6 +402,22 @@ fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
                 Span::styled(growth, t.dim),
             ],
         ),
+    ];
+    if let Some(c) = costs {
+        lines.push(kv(
+            t,
+            "Cost/month",
+            match c.storage_per_month {
+                Some(v) => {
+                    let ok = t.text;
+                    let style = alert(check, "storage_cost").map_or(ok, |s| alert_style(t, s, ok));
+                    vec![Span::styled(money(v, &c.currency), style)]
+                }
+                None => vec![Span::styled("- (no costs.storage_per_gb_month)", t.dim)],
+            },
+        ));
+    }
+    lines.extend([
         kv(
             t,
             "Stale",
@@ -358,10 +426,10 @@ fn render_dashboard(app: &App, f: &mut Frame, area: Rect) {
                 stale_style,
             )],
         ),
-        kv(t, "Validated", vec![when(data.last_validate)]),
+        kv(t, "Validated", vec![validated]),
         kv(t, "Drift check", vec![when(data.last_drift)]),
         kv(t, "Archived", vec![when(data.last_archive)]),
-    ];
+    ]);
     f.render_widget(Paragraph::new(lines), right);
     render_series(app, f, chart_area);
 }

@@ -3,6 +3,8 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod check;
+pub mod costs;
 pub mod drift;
 pub mod files;
 pub mod fleet;
