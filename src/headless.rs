@@ -11,6 +11,7 @@ use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
 pub mod fleet;
+pub mod lock;
 pub mod replication;
 
 /// Bytes as "1.23 GiB".
