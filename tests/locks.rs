@@ -22,7 +22,8 @@ use common::TestDb;
 const LEASE: &str = "2s";
 const LEASE_S: u64 = 2;
 const CHILD_ENV: &str = "MIRRORCTL_TEST_LOCK_CHILD_URL";
-const CHILD_OPERATOR: &str = "carol@ops1";
+/// `MIRRORCTL_OPERATOR` of the child; the operator is `carol@<host>`.
+const CHILD_OPERATOR: &str = "carol";
 
 #[derive(serde::Serialize)]
 struct Done;
@@ -231,7 +232,7 @@ async fn a_killed_holder_expires_and_its_operation_becomes_interrupted() {
         assert_eq!(e.exit_code(), 1);
         let msg = e.to_string();
         assert!(
-            msg.starts_with(&format!("busy: purge started by {CHILD_OPERATOR} at ")),
+            msg.starts_with(&format!("busy: purge started by {CHILD_OPERATOR}@")),
             "{backend}: {msg}"
         );
         assert!(msg.contains(&holder.holder()), "{backend}: {msg}");
@@ -244,7 +245,12 @@ async fn a_killed_holder_expires_and_its_operation_becomes_interrupted() {
         assert_eq!(s["holder_alive"], true);
         assert_eq!(s["holder"], holder.holder().as_str());
         assert_eq!(s["kind"], "purge");
-        assert_eq!(s["operator"], CHILD_OPERATOR);
+        assert!(
+            s["operator"]
+                .as_str()
+                .is_some_and(|o| o.starts_with(&format!("{CHILD_OPERATOR}@"))),
+            "{s}"
+        );
         assert!(s["operation_id"].is_i64(), "{s}");
         if backend == "postgres" {
             assert!(s["session"]["pid"].is_i64(), "{s}");
@@ -381,7 +387,8 @@ async fn release_removes_a_dead_holders_lock_and_force_takes_a_live_ones() {
     }
 }
 
-/// Two processes racing for an expired SQLite lease: exactly one wins.
+/// Two processes racing for an expired SQLite lease: exactly one wins; a holder elsewhere
+/// blocks until its lease ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_sqlite_lease_is_taken_over_by_one_acquirer() {
     let t = TestDb::sqlite().await;
@@ -435,6 +442,39 @@ async fn an_expired_sqlite_lease_is_taken_over_by_one_acquirer() {
         .await
         .expect("write an expired lock row");
     }
+    // A holder in another container (a host and PID namespace this process cannot look
+    // into) blocks until its lease ends, then is taken over.
+    let now = Utc::now();
+    sqlx::query(
+        "UPDATE operation_lock SET holder = 'other-container:1', \
+         token = 'other-container:1:4026531836:100:00ff', heartbeat_at = $1, expires_at = $2",
+    )
+    .bind(now)
+    .bind(now + chrono::Duration::seconds(3))
+    .execute(&sqlite_pool(&t.url).await)
+    .await
+    .expect("a fresh foreign lease");
+    let e =
+        t.db.acquire_lock("purge", "erin")
+            .await
+            .err()
+            .expect("a fresh lease of a holder elsewhere blocks");
+    assert!(e.to_string().contains("other-container:1"), "{e}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let g =
+        t.db.acquire_lock("purge", "erin")
+            .await
+            .expect("its lease ended: taken over");
+    g.release().await.expect("release");
+    sqlx::query(
+        "INSERT INTO operation_lock (name, kind, operator, holder, started_at, token) \
+         VALUES ('mutation', 'archive', 'dave@gone', 'gone-host:1', $1, 'dead')",
+    )
+    .bind(old)
+    .execute(&sqlite_pool(&t.url).await)
+    .await
+    .expect("write a row without a lease");
+
     // A row without a lease (written before leases existed) counts as expired too.
     sqlx::query("UPDATE operation_lock SET heartbeat_at = NULL, expires_at = NULL")
         .execute(&sqlite_pool(&t.url).await)

@@ -59,6 +59,7 @@ pub fn status_table(r: &LockReport) -> String {
                 (true, "postgres") => "yes (its session holds the advisory lock)".into(),
                 (true, _) => "yes (lease renewed in time)".into(),
                 (false, "postgres") => "no (no session holds the advisory lock)".into(),
+                (false, _) if r.holder_process_gone => "no (its process is gone)".into(),
                 (false, _) => "no (its lease ended)".into(),
             },
         ],

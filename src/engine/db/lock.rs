@@ -47,6 +47,61 @@ pub fn holder_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// This process as a lock token knows it: `host:pid:pid-namespace:start-time`, so that a
+/// process on the same host and in the same PID namespace can prove the holder gone at once
+/// (no such PID, or a PID reused by a later process). A holder elsewhere (another host, another
+/// container: a restarted container's PID 1 is a new process in a new namespace) is judged by
+/// its lease alone.
+fn process_identity() -> String {
+    let pid = std::process::id();
+    format!(
+        "{}:{}:{}",
+        holder_id(),
+        pid_namespace().unwrap_or_default(),
+        start_time(pid).unwrap_or_default()
+    )
+}
+
+fn pid_namespace() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let digits: String = link
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    (!digits.is_empty()).then_some(digits)
+}
+
+/// The start time of process `pid` in clock ticks since boot (`/proc/<pid>/stat` field 22).
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// True when the acquisition `token` was made by a process on this host, in this PID
+/// namespace, that no longer runs. Anything this cannot prove is left to the lease.
+fn holder_process_gone(token: &str) -> bool {
+    let mine = process_identity();
+    let mut me = mine.split(':');
+    let mut it = token.split(':');
+    let (Some(host), Some(pid), Some(ns), Some(start)) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return false;
+    };
+    let (Some(my_host), _, Some(my_ns)) = (me.next(), me.next(), me.next()) else {
+        return false;
+    };
+    if host != my_host || ns.is_empty() || ns != my_ns || start.is_empty() {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    start_time(pid).is_none_or(|now_start| now_start != start)
+}
+
 /// The `operation_lock` row: who took the lock, for what, and their lease.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct LockRow {
@@ -72,6 +127,11 @@ impl LockRow {
     pub fn lease_fresh(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|e| e > ts(now))
     }
+
+    /// True when the holder ran on this host, in this PID namespace, and is gone.
+    pub fn holder_process_gone(&self) -> bool {
+        self.token.as_deref().is_some_and(holder_process_gone)
+    }
 }
 
 /// The PostgreSQL session holding the advisory lock (from `pg_locks` and `pg_stat_activity`).
@@ -93,6 +153,9 @@ pub struct LockStatus {
     pub held: bool,
     /// The row's lease has not ended (its holder renewed it recently).
     pub lease_fresh: bool,
+    /// The holder ran on this host, in this PID namespace, and its process is gone: no need
+    /// to wait for its lease.
+    pub holder_process_gone: bool,
     /// The row naming the holder (PostgreSQL: absent when the advisory lock is held by a
     /// version that wrote no row, or by something else).
     pub row: Option<LockRow>,
@@ -292,7 +355,7 @@ impl Db {
     pub async fn acquire_lock(&self, kind: &str, operator: &str) -> Result<LockGuard> {
         let now = Utc::now();
         let lease = self.lock_lease();
-        let token = format!("{}:{:016x}", holder_id(), rand::random::<u64>());
+        let token = format!("{}:{:016x}", process_identity(), rand::random::<u64>());
         let mut pg_conn = None;
         match &self.pool {
             Pool::Postgres(p) => {
@@ -375,9 +438,26 @@ impl Db {
                     .fetch_optional(p)
                     .await
                     .map_err(|e| self.err(e))?;
-                    // Gone in between (released): try again.
-                    if let Some(r) = row {
-                        return Err(busy(&r));
+                    match row {
+                        // Its process is provably gone: remove its row (only that acquisition's)
+                        // and try again; of two processes doing so at once, one wins the insert.
+                        Some(r) if r.holder_process_gone() => {
+                            tracing::info!(
+                                "taking over the mutation lock of {} (process gone)",
+                                r.holder
+                            );
+                            sqlx::query(
+                                "DELETE FROM operation_lock WHERE name = $1 AND token = $2",
+                            )
+                            .bind(LOCK_NAME)
+                            .bind(r.token.as_deref().unwrap_or_default())
+                            .execute(p)
+                            .await
+                            .map_err(|e| self.err(e))?;
+                        }
+                        Some(r) => return Err(busy(&r)),
+                        // Released in between: try again.
+                        None => {}
                     }
                 }
                 if !won {
@@ -436,6 +516,7 @@ impl Db {
                     Ok(Some(LockStatus {
                         held: session.is_some(),
                         lease_fresh: row.as_ref().is_some_and(|r| r.lease_fresh(now)),
+                        holder_process_gone: row.as_ref().is_some_and(LockRow::holder_process_gone),
                         row,
                         session,
                     }))
@@ -447,9 +528,11 @@ impl Db {
                         .await?;
                     Ok(row.map(|row| {
                         let fresh = row.lease_fresh(now);
+                        let gone = row.holder_process_gone();
                         LockStatus {
-                            held: fresh,
+                            held: fresh && !gone,
                             lease_fresh: fresh,
+                            holder_process_gone: gone,
                             row: Some(row),
                             session: None,
                         }

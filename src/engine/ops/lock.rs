@@ -47,6 +47,8 @@ pub struct LockReport {
     pub holder_alive: bool,
     /// The row's lease has not ended.
     pub lease_fresh: bool,
+    /// The holder ran on this host (same PID namespace) and its process is gone.
+    pub holder_process_gone: bool,
     /// `host:pid` of the process that took the lock.
     pub holder: Option<String>,
     /// The operation that took it (`purge`, `archive`, …) and who ran it.
@@ -82,6 +84,7 @@ impl LockReport {
                 held: false,
                 holder_alive: false,
                 lease_fresh: false,
+                holder_process_gone: false,
                 holder: None,
                 kind: None,
                 operator: None,
@@ -111,6 +114,7 @@ impl LockReport {
             held: s.held,
             holder_alive: s.held,
             lease_fresh: s.lease_fresh,
+            holder_process_gone: s.holder_process_gone,
             holder: row.map(|r| r.holder.clone()),
             kind: row.map(|r| r.kind.clone()),
             operator: row.map(|r| r.operator.clone()),
@@ -206,7 +210,14 @@ pub async fn release(
             let Some(row) = &s.row else {
                 return Ok(report(false, false, None, "no lock is held".into()));
             };
-            if !ctx.db.delete_lock_row(row, false).await? {
+            // On PostgreSQL the lock ended with its session, and a holder whose process is
+            // gone renews nothing, whatever the lease says.
+            let postgres = ctx.db.backend() == Backend::Postgres;
+            if !ctx
+                .db
+                .delete_lock_row(row, postgres || s.holder_process_gone)
+                .await?
+            {
                 return Err(Error::Runtime(
                     "the lock changed while releasing it (a new holder took it, or the old one \
                      renewed it): run `mirrorctl --headless lock status` again"
