@@ -93,7 +93,10 @@ fn init_logging(cli: &Cli) {
     let interactive = !cli.headless
         && !matches!(
             cli.command,
-            Some(Command::Demo { .. }) | Some(Command::Migrate) | Some(Command::Serve { .. })
+            Some(Command::Demo { .. })
+                | Some(Command::Migrate)
+                | Some(Command::Serve { .. })
+                | Some(Command::Lock { .. })
         );
     if interactive {
         // The TUI owns the screen: logs go to a file.

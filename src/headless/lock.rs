@@ -86,7 +86,9 @@ pub fn status_table(r: &LockReport) -> String {
             ),
         ]);
     }
-    out.push_str(&table(&["", ""], &[false, false], &rows));
+    // A two-column list: no header line.
+    let t = table(&["", ""], &[false, false], &rows);
+    out.push_str(t.split_once('\n').map_or(t.as_str(), |(_, body)| body));
     match r.state {
         LockState::Held if !r.lease_fresh => {
             let _ = writeln!(

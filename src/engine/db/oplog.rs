@@ -118,21 +118,24 @@ impl Db {
 
     /// Closes as `interrupted` the rows still `running` whose lease ended before `now`: their
     /// process stopped renewing them (it crashed, was killed or lost the database) and is
-    /// gone. Rows of live operations are renewed and never match. Rows written before leases
+    /// gone. `finished_at` becomes the last heartbeat: the process was last seen then. Rows of live operations are renewed and never match. Rows written before leases
     /// existed have none and are left alone. Returns the ids closed.
     pub async fn interrupt_abandoned_operations(&self, now: DateTime<Utc>) -> Result<Vec<i64>> {
         let summary = serde_json::json!({
             "error": "interrupted: its process stopped renewing the operation (crashed, killed \
                       or cut off from the database) and is gone",
         });
-        let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
-            "UPDATE operations SET status = 'interrupted', finished_at = $1, summary = $2 \
+        let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
+            "UPDATE operations SET status = 'interrupted', finished_at = coalesce(heartbeat_at, $1), \
+             summary = $2 \
              WHERE status = 'running' AND expires_at <= $1 RETURNING id"
         )
         .bind(ts(now))
         .bind(Json(&summary))
         .fetch_all(p)
-        .await);
+        .await
+        });
         r.map_err(|e| self.err(e))
     }
 
