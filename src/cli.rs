@@ -338,6 +338,24 @@ pub enum Command {
         #[arg(long, short = 'w', default_value = "24h")]
         window: String,
     },
+    /// The mutation lock: who holds it, and releasing one whose holder is gone
+    ///
+    /// Mutating operations (purge, remirror, archive, drift --repair, …) take one lock per
+    /// database. Its holder renews a lease every database.lock_lease / 6 (10 s by default); a
+    /// holder that stops renewing (crashed, killed) is gone once the lease ends (60 s), and the
+    /// next mutating operation takes the lock over. Always headless (no TUI view).
+    ///
+    /// Examples:
+    ///   mirrorctl lock status                 who holds it, since when, last heartbeat
+    ///   mirrorctl lock status -o json         the same for scripts (`.held`, `.holder`)
+    ///   mirrorctl lock release                remove a lock whose holder is gone
+    ///   mirrorctl lock release --force        take it from a live holder (PostgreSQL:
+    ///                                         terminates its session)
+    #[command(verbatim_doc_comment)]
+    Lock {
+        #[command(subcommand)]
+        action: LockAction,
+    },
     /// Apply the database schema migrations
     Migrate,
     /// Run the data plane: the download proxy that fills the mirror and records every download
@@ -530,6 +548,25 @@ pub enum ReplicationAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum LockAction {
+    /// Who holds the lock: operation, operator, process, start, last heartbeat, lease end,
+    /// whether the holder looks alive (and on PostgreSQL the session holding it)
+    Status,
+    /// Release a lock whose holder is gone; a live holder's only with --force
+    ///
+    /// Needs no --yes: releasing a lock whose holder is gone loses nothing, and --force is the
+    /// confirmation for taking it from a live one. Refused in read-only mode. Written to the
+    /// audit log (`lock_release`).
+    Release {
+        /// Release it even though the holder looks alive. SQLite: the holder notices at its
+        /// next heartbeat and stops after the work under way. PostgreSQL: its session is
+        /// terminated (pg_terminate_backend)
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DemoAction {
     /// Serve the demo's S3 endpoint and origin in the foreground (prints export lines first)
     Up {
@@ -563,6 +600,7 @@ impl Command {
             Command::Fleet => "fleet",
             Command::Replication { .. } => "replication",
             Command::Check { .. } => "check",
+            Command::Lock { .. } => "lock",
             Command::Migrate => "migrate",
             Command::Catalog { .. } => "catalog",
             Command::Prefetch { .. } => "prefetch",

@@ -121,6 +121,14 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// How long the mutation lock and a running operation's audit row stay claimed without a
+    /// heartbeat (renewed every sixth of it).
+    #[serde(default = "default_lock_lease")]
+    pub lock_lease: HumanDuration,
+}
+
+fn default_lock_lease() -> HumanDuration {
+    HumanDuration(crate::engine::db::DEFAULT_LOCK_LEASE)
 }
 
 fn default_max_connections() -> u32 {
@@ -136,6 +144,7 @@ impl Default for DatabaseConfig {
             url: None,
             max_connections: default_max_connections(),
             connect_timeout: default_connect_timeout(),
+            lock_lease: default_lock_lease(),
         }
     }
 }
@@ -146,6 +155,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("url", &self.url.as_ref().map(|u| redact_url(u.expose())))
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)
+            .field("lock_lease", &self.lock_lease)
             .finish()
     }
 }
@@ -738,6 +748,9 @@ pub fn validate(c: &Config) -> Result<(), String> {
     }
     if c.database.max_connections == 0 {
         return Err("key `database.max_connections`: must be at least 1".into());
+    }
+    if c.database.lock_lease.0 < std::time::Duration::from_secs(2) {
+        return Err("key `database.lock_lease`: must be at least 2s".into());
     }
     for (name, b) in [
         ("mirror", &c.buckets.mirror),

@@ -14,6 +14,7 @@ pub mod docs;
 pub mod check;
 pub mod fleet;
 pub mod purge;
+pub mod lock;
 pub mod replication;
 
 pub use purge::purge_table;

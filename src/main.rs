@@ -120,6 +120,7 @@ fn init_logging(cli: &Cli) {
                 | Some(Command::Migrate)
                 | Some(Command::Serve { .. })
                 | Some(Command::Check { .. })
+                | Some(Command::Lock { .. })
         );
     if interactive {
         // The TUI owns the screen: logs go to a file.
@@ -184,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return Ok(0);
     }
     ctx.db.check_schema().await?;
+    close_abandoned_operations(&ctx).await;
     if let Some(Command::Serve { listen, .. }) = &cli.command {
         mirrorctl::serve::run(ctx, listen.as_deref()).await?;
         return Ok(0);
@@ -205,6 +207,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         if cli.headless || resync {
             return run_replication(&cli, &ctx, action.as_ref()).await;
         }
+    }
+    if let Some(Command::Lock { action }) = &cli.command {
+        // No TUI view: always headless.
+        return run_lock(&cli, &ctx, action).await;
     }
     if !cli.headless {
         let start = cli.command.as_ref().map(tui_start);
@@ -279,6 +285,46 @@ fn purge_start(cmd: &Command) -> String {
     words.join(" ")
 }
 
+/// Closes as `interrupted` the audit rows left `running` by processes that are gone (their
+/// lease ended). Not in read-only mode; a failure only warns (an old schema, a read-only
+/// database user), it does not stop the command.
+async fn close_abandoned_operations(ctx: &Ctx) {
+    if ctx.read_only {
+        return;
+    }
+    match ctx
+        .db
+        .interrupt_abandoned_operations(chrono::Utc::now())
+        .await
+    {
+        Ok(ids) if !ids.is_empty() => tracing::warn!(
+            "marked {} operation(s) interrupted: their process is gone (ids {:?})",
+            ids.len(),
+            ids
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("closing operations left running by a gone process: {e}"),
+    }
+}
+
+/// `lock status | release [--force]`, always headless.
+async fn run_lock(cli: &Cli, ctx: &Ctx, action: &mirrorctl::cli::LockAction) -> anyhow::Result<u8> {
+    use mirrorctl::cli::LockAction;
+    use mirrorctl::engine::ops::lock;
+    match action {
+        LockAction::Status => {
+            let r = lock::status(ctx).await?;
+            print(cli, &r, || headless::lock::status_table(&r))?;
+        }
+        LockAction::Release { force } => {
+            let params = lock::LockReleaseParams { force: *force };
+            let r = lock::release(ctx, params, &mirrorctl::engine::jobs::Progress::none()).await?;
+            print(cli, &r, || headless::lock::release_table(&r))?;
+        }
+    }
+    Ok(0)
+}
+
 /// Builds the context: the demo's, or the configured database and buckets.
 async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
     if cli.demo {
@@ -309,7 +355,8 @@ async fn connect(config: &config::Config) -> anyhow::Result<Db> {
         config.database.max_connections,
         config.database.connect_timeout.0,
     )
-    .await?)
+    .await?
+    .with_lock_lease(config.database.lock_lease.0))
 }
 
 /// Prints a report as JSON or with the table renderer.
@@ -561,6 +608,7 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         | Command::Serve { .. }
         | Command::Catalog { .. }
         | Command::Check { .. }
+        | Command::Lock { .. }
         | Command::Replication { .. } => {
             unreachable!("handled before")
         }

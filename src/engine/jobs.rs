@@ -142,10 +142,26 @@ where
         None
     };
     let id = ctx.db.start_operation(kind, &params, &ctx.operator).await?;
+    // The row's lease is renewed while the operation runs: a row whose lease ended belongs to
+    // a process that is gone and is closed as `interrupted` by the next process to start.
+    let beat = ctx.db.keep_operation_alive(id);
+    if let Some(lock) = &lock {
+        lock.cancel_on_loss(progress.token());
+        if let Err(e) = lock.set_operation(id).await {
+            tracing::warn!("naming operation {id} in the lock row: {e}");
+        }
+    }
     progress.emit(JobEvent::Started {
         kind: kind.to_string(),
     });
-    let out = f().await;
+    let mut out = f().await;
+    if lock.as_ref().is_some_and(|l| l.is_lost()) && matches!(out, Err(Error::Cancelled)) {
+        out = Err(Error::Runtime(
+            "stopped: the mutation lock was taken away while this ran (`lock release --force`, \
+             or its lease ended while the process was stalled)"
+                .into(),
+        ));
+    }
     let (status, summary) = match &out {
         Ok(r) => (
             if r.failures() > 0 {
@@ -163,9 +179,15 @@ where
         Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
     };
     let summary = strip_items(summary);
+    beat.stop().await;
     let finish = ctx.db.finish_operation(id, status, &summary).await;
     if let Some(lock) = lock {
-        lock.release().await?;
+        // A lock taken away has nothing left to release (its session may be gone).
+        let lost = lock.is_lost();
+        let released = lock.release().await;
+        if !lost {
+            released?;
+        }
     }
     progress.emit(JobEvent::Finished {
         ok: out.is_ok(),

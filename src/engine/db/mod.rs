@@ -13,6 +13,7 @@ mod inventory;
 mod key_scope;
 mod leases;
 mod lifecycle;
+mod lock;
 mod oplog;
 mod partitions;
 mod prefetch;
@@ -41,7 +42,10 @@ pub use leases::{LeaseHolder, Leased};
 pub use lifecycle::{
     FileScope, LifecycleRow, PurgeBy, PurgePlan, PurgeRow, PurgeSelector, Remirrored, StaleMark,
 };
-pub use oplog::LockGuard;
+pub use lock::{
+    heartbeat_every, holder_id, LockGuard, LockRow, LockSession, LockStatus, DEFAULT_LOCK_LEASE,
+};
+pub use oplog::OperationHeartbeat;
 pub use partitions::{month_bounds, partition_name, Month};
 pub use prefetch::PrefetchRow;
 pub use purge_impact::PurgeImpactRow;
@@ -107,6 +111,8 @@ pub struct Db {
     target: String,
     /// Months whose event partition is known to exist, so writes skip the DDL.
     known_months: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Month>>>,
+    /// How long the mutation lock and a running operation's row stay claimed without renewal.
+    lock_lease: Duration,
 }
 
 impl std::fmt::Debug for Db {
@@ -156,8 +162,13 @@ impl Db {
                 .map_err(|e| db_err(describe(&e)))?;
             Pool::Sqlite(pool)
         } else {
-            let opts =
+            let mut opts =
                 PgConnectOptions::from_str(url).map_err(|e| db_err(format!("bad URL: {e}")))?;
+            // The application name shows in pg_stat_activity, e.g. next to the session that
+            // holds the mutation lock; one set in the URL wins.
+            if !url.contains("application_name=") {
+                opts = opts.application_name("mirrorctl");
+            }
             // The pool retries a refused connection until its timeout; an operator should hear
             // "unreachable" at once. So: a pool with a short timeout (the fast path, one
             // connection), and when that fails one direct attempt for the real cause.
@@ -192,7 +203,19 @@ impl Db {
             pool,
             target,
             known_months: Default::default(),
+            lock_lease: DEFAULT_LOCK_LEASE,
         })
+    }
+
+    /// The lease this process gives its lock and running operations (`database.lock_lease`):
+    /// renewed every sixth of it, and another process takes over once it ends.
+    pub fn with_lock_lease(mut self, lease: Duration) -> Db {
+        self.lock_lease = lease;
+        self
+    }
+
+    pub fn lock_lease(&self) -> Duration {
+        self.lock_lease
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,205 +1,40 @@
-//! The `operations` audit log and the per-database mutation lock
-//! (a PostgreSQL advisory lock held on its own connection / a lock row in SQLite).
+//! The `operations` audit log. A running operation's row names its process (`host:pid`) and
+//! carries a lease its job renews (`OperationHeartbeat`), so rows left `running` by a process
+//! that crashed or was killed can be told from live ones and closed as `interrupted`.
 
 use chrono::{DateTime, Utc};
-use sqlx::pool::PoolConnection;
 use sqlx::types::Json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::{on_pool, ts, Db, Pool};
-use crate::engine::error::{Error, Result};
+use super::lock::{heartbeat_every, holder_id, lease_end};
+use super::{on_pool, ts, Db};
+use crate::engine::error::Result;
 use crate::engine::model::OperationRecord;
 
-/// The advisory lock key shared by every mirrorctl process on a database ("mirrorct").
-const ADVISORY_KEY: i64 = 0x6d69_7272_6f72_6374;
-const LOCK_NAME: &str = "mutation";
-
-/// Holds the mutation lock until `release` (or drop, which releases in the background).
-pub struct LockGuard {
-    db: Db,
-    pg_conn: Option<PoolConnection<sqlx::Postgres>>,
-    released: bool,
+/// Renews a running operation's lease until `stop` (or drop).
+pub struct OperationHeartbeat {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
 }
 
-impl LockGuard {
-    pub async fn release(mut self) -> Result<()> {
-        self.released = true;
-        release(&self.db, self.pg_conn.take()).await
+impl OperationHeartbeat {
+    /// Stops renewing (before the row is closed, so no renewal races the close).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
     }
 }
 
-impl Drop for LockGuard {
+impl Drop for OperationHeartbeat {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let db = self.db.clone();
-        let conn = self.pg_conn.take();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = release(&db, conn).await;
-            });
-        }
+        self.stop.cancel();
     }
-}
-
-async fn release(db: &Db, pg_conn: Option<PoolConnection<sqlx::Postgres>>) -> Result<()> {
-    let r: Result<(), sqlx::Error> = async {
-        match (&db.pool, pg_conn) {
-            (Pool::Postgres(_), Some(mut conn)) => {
-                sqlx::query("DELETE FROM operation_lock WHERE name = $1")
-                    .bind(LOCK_NAME)
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(ADVISORY_KEY)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            }
-            (Pool::Sqlite(p), _) => {
-                sqlx::query("DELETE FROM operation_lock WHERE name = $1 AND holder = $2")
-                    .bind(LOCK_NAME)
-                    .bind(holder_id())
-                    .execute(p)
-                    .await?;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-    .await;
-    r.map_err(|e| db.err(e))
-}
-
-/// `host:pid`, so a lock row left by a crashed process on this host can be recognised.
-fn holder_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
-}
-
-/// True when `holder` names a process on this host that no longer exists.
-fn holder_is_dead(holder: &str) -> bool {
-    let mine = holder_id();
-    let (Some((host, pid)), Some((my_host, _))) = (holder.rsplit_once(':'), mine.rsplit_once(':'))
-    else {
-        return false;
-    };
-    host == my_host && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-#[derive(sqlx::FromRow)]
-struct LockRow {
-    kind: String,
-    operator: String,
-    holder: String,
-    started_at: DateTime<Utc>,
-}
-
-fn busy(row: &LockRow) -> Error {
-    Error::Busy(format!(
-        "{} started by {} at {}",
-        row.kind,
-        row.operator,
-        row.started_at.format("%Y-%m-%d %H:%M:%S UTC")
-    ))
 }
 
 impl Db {
-    /// Takes the mutation lock for `kind`, or fails with "busy: <kind> started by <who> at <when>".
-    pub async fn acquire_lock(&self, kind: &str, operator: &str) -> Result<LockGuard> {
-        let now = ts(Utc::now());
-        match &self.pool {
-            Pool::Postgres(p) => {
-                let mut conn = p.acquire().await.map_err(|e| self.err(e))?;
-                let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(ADVISORY_KEY)
-                    .fetch_one(&mut *conn)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                if !got {
-                    let row: Option<LockRow> = sqlx::query_as(
-                        "SELECT kind, operator, holder, started_at FROM operation_lock WHERE name = $1",
-                    )
-                    .bind(LOCK_NAME)
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                    return Err(match row {
-                        Some(r) => busy(&r),
-                        None => Error::Busy("another mutating operation is running".into()),
-                    });
-                }
-                sqlx::query(
-                    "INSERT INTO operation_lock (name, kind, operator, holder, started_at) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, operator = excluded.operator, \
-                     holder = excluded.holder, started_at = excluded.started_at",
-                )
-                .bind(LOCK_NAME)
-                .bind(kind)
-                .bind(operator)
-                .bind(holder_id())
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.err(e))?;
-                Ok(LockGuard {
-                    db: self.clone(),
-                    pg_conn: Some(conn),
-                    released: false,
-                })
-            }
-            Pool::Sqlite(p) => {
-                for _ in 0..2 {
-                    let inserted = sqlx::query(
-                        "INSERT INTO operation_lock (name, kind, operator, holder, started_at) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (name) DO NOTHING",
-                    )
-                    .bind(LOCK_NAME)
-                    .bind(kind)
-                    .bind(operator)
-                    .bind(holder_id())
-                    .bind(now)
-                    .execute(p)
-                    .await
-                    .map_err(|e| self.err(e))?
-                    .rows_affected();
-                    if inserted == 1 {
-                        return Ok(LockGuard {
-                            db: self.clone(),
-                            pg_conn: None,
-                            released: false,
-                        });
-                    }
-                    let row: Option<LockRow> = sqlx::query_as(
-                        "SELECT kind, operator, holder, started_at FROM operation_lock WHERE name = $1",
-                    )
-                    .bind(LOCK_NAME)
-                    .fetch_optional(p)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                    match row {
-                        Some(r) if holder_is_dead(&r.holder) => {
-                            // Left by a process that crashed: take it over.
-                            sqlx::query(
-                                "DELETE FROM operation_lock WHERE name = $1 AND holder = $2",
-                            )
-                            .bind(LOCK_NAME)
-                            .bind(&r.holder)
-                            .execute(p)
-                            .await
-                            .map_err(|e| self.err(e))?;
-                        }
-                        Some(r) => return Err(busy(&r)),
-                        None => {}
-                    }
-                }
-                Err(Error::Busy("another mutating operation is running".into()))
-            }
-        }
-    }
-
     /// Writes the `operations` row for an action that starts now; returns its id.
     pub async fn start_operation(
         &self,
@@ -207,15 +42,18 @@ impl Db {
         params: &serde_json::Value,
         operator: &str,
     ) -> Result<i64> {
+        let now = Utc::now();
         let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
             sqlx::query_scalar(
-            "INSERT INTO operations (kind, params, operator, started_at, status) VALUES ($1, $2, $3, $4, 'running') \
-             RETURNING id"
+            "INSERT INTO operations (kind, params, operator, started_at, status, holder, heartbeat_at, expires_at) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $4, $6) RETURNING id"
         )
         .bind(kind)
         .bind(Json(params))
         .bind(operator)
-        .bind(ts(Utc::now()))
+        .bind(ts(now))
+        .bind(holder_id())
+        .bind(lease_end(now, self.lock_lease()))
         .fetch_one(p)
         .await
         });
@@ -239,6 +77,65 @@ impl Db {
         .execute(p)
         .await
         .map(|_| ()));
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Renews the lease of operation `id` every `heartbeat_every(lock_lease)` until stopped.
+    /// A failed renewal is retried at the next beat: only a lease that ends in between lets
+    /// the row be taken for abandoned.
+    pub fn keep_operation_alive(&self, id: i64) -> OperationHeartbeat {
+        let stop = CancellationToken::new();
+        let db = self.clone();
+        let until = stop.clone();
+        let task = tokio::spawn(async move {
+            let lease = db.lock_lease();
+            loop {
+                tokio::select! {
+                    _ = until.cancelled() => return,
+                    _ = tokio::time::sleep(heartbeat_every(lease)) => {}
+                }
+                let now = Utc::now();
+                let r: Result<_, sqlx::Error> = on_pool!(db, |p| sqlx::query(
+                    "UPDATE operations SET heartbeat_at = $1, expires_at = $2 \
+                     WHERE id = $3 AND status = 'running'"
+                )
+                .bind(ts(now))
+                .bind(lease_end(now, lease))
+                .bind(id)
+                .execute(p)
+                .await
+                .map(|_| ()));
+                if let Err(e) = r {
+                    tracing::warn!("renewing operation {id}: {}", db.err(e));
+                }
+            }
+        });
+        OperationHeartbeat {
+            stop,
+            task: Some(task),
+        }
+    }
+
+    /// Closes as `interrupted` the rows still `running` whose lease ended before `now`: their
+    /// process stopped renewing them (it crashed, was killed or lost the database) and is
+    /// gone. `finished_at` becomes the last heartbeat: the process was last seen then. Rows of live operations are renewed and never match. Rows written before leases
+    /// existed have none and are left alone. Returns the ids closed.
+    pub async fn interrupt_abandoned_operations(&self, now: DateTime<Utc>) -> Result<Vec<i64>> {
+        let summary = serde_json::json!({
+            "error": "interrupted: its process stopped renewing the operation (crashed, killed \
+                      or cut off from the database) and is gone",
+        });
+        let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
+            sqlx::query_scalar(
+            "UPDATE operations SET status = 'interrupted', finished_at = coalesce(heartbeat_at, $1), \
+             summary = $2 \
+             WHERE status = 'running' AND expires_at <= $1 RETURNING id"
+        )
+        .bind(ts(now))
+        .bind(Json(&summary))
+        .fetch_all(p)
+        .await
+        });
         r.map_err(|e| self.err(e))
     }
 

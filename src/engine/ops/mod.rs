@@ -9,6 +9,7 @@ pub mod drift;
 pub mod files;
 pub mod fleet;
 pub mod history;
+pub mod lock;
 pub mod prefetch;
 pub mod purge;
 pub mod remirror;
