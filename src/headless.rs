@@ -10,8 +10,10 @@ use crate::engine::ops::history::HistoryReport;
 use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
+pub mod doctor;
 pub mod fleet;
 pub mod replication;
+pub mod uploads;
 
 /// Bytes as "1.23 GiB".
 pub fn bytes(n: i64) -> String {

@@ -93,7 +93,11 @@ fn init_logging(cli: &Cli) {
     let interactive = !cli.headless
         && !matches!(
             cli.command,
-            Some(Command::Demo { .. }) | Some(Command::Migrate) | Some(Command::Serve { .. })
+            Some(Command::Demo { .. })
+                | Some(Command::Migrate)
+                | Some(Command::Serve { .. })
+                | Some(Command::Doctor { .. })
+                | Some(Command::Uploads { .. })
         );
     if interactive {
         // The TUI owns the screen: logs go to a file.
@@ -123,6 +127,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(Command::Demo { action }) = &cli.command {
         return run_demo(action).await;
     }
+    if let Some(Command::Doctor { write }) = &cli.command {
+        // Doctor diagnoses a config, database or schema that `open` would stop at.
+        return headless::doctor::run(cli.config.as_deref(), cli.demo, *write, cli.output).await;
+    }
     let (ctx, _demo) = open(&cli).await?;
     if let Some(Command::Migrate) = &cli.command {
         let r = ctx.db.migrate().await?;
@@ -148,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     if let Some(Command::Catalog { action }) = &cli.command {
         return run_catalog(&cli, &ctx, action).await;
+    }
+    if let Some(Command::Uploads { action }) = &cli.command {
+        return headless::uploads::run(&ctx, action, cli.output).await;
     }
     if let Some(Command::Replication { action }) = &cli.command {
         // Without --headless it opens the Replication view (retry on its confirmation); the
@@ -476,7 +487,9 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         | Command::Demo { .. }
         | Command::Serve { .. }
         | Command::Catalog { .. }
-        | Command::Replication { .. } => {
+        | Command::Replication { .. }
+        | Command::Doctor { .. }
+        | Command::Uploads { .. } => {
             unreachable!("handled before")
         }
     }

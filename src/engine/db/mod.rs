@@ -5,6 +5,7 @@
 mod archive;
 mod catalog;
 mod changes;
+mod doctor;
 mod drift;
 mod events;
 mod files;
@@ -33,6 +34,7 @@ pub use catalog::{
     CatalogEntry, CatalogMerge, CatalogRow, CatalogStage, MergeOptions, MergeOutcome,
 };
 pub use changes::{Change, Changes};
+pub use doctor::{LockRow, LockState, SchemaStatus};
 pub use fleet::{FleetBeat, FleetRow};
 pub use leases::{LeaseHolder, Leased};
 pub use lifecycle::{

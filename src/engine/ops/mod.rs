@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod doctor;
 pub mod drift;
 pub mod files;
 pub mod fleet;
@@ -12,4 +13,5 @@ pub mod purge;
 pub mod remirror;
 pub mod replication;
 pub mod stats;
+pub mod uploads;
 pub mod validate;
