@@ -47,6 +47,21 @@ pub struct LockState {
 const ADVISORY_KEY: i64 = 0x6d69_7272_6f72_6374;
 
 impl Db {
+    /// The file a `sqlite:` URL names when it does not exist (connecting would create it).
+    pub fn sqlite_file_missing(url: &str) -> Option<std::path::PathBuf> {
+        use std::str::FromStr;
+        if !url.starts_with("sqlite:") {
+            return None;
+        }
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+        let file = opts.get_filename();
+        // `sqlite::memory:` and friends have no file to miss.
+        if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+            return None;
+        }
+        (!file.exists()).then(|| file.to_path_buf())
+    }
+
     /// The migration state: which known migrations are applied, pending or unknown.
     pub async fn schema_status(&self) -> Result<SchemaStatus> {
         let migrator = match &self.pool {

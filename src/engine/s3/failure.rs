@@ -72,18 +72,27 @@ where
             service_error(status, err.code(), err.message(), region.as_deref())
                 .unwrap_or_else(|| (S3Cause::Other, format!("{}", DisplayErrorContext(e))))
         }
-        SdkError::DispatchFailure(d) if d.is_timeout() => (
-            S3Cause::TimedOut,
-            format!("timed out connecting ({})", DisplayErrorContext(e)),
-        ),
+        SdkError::DispatchFailure(d) if d.is_timeout() => {
+            (S3Cause::TimedOut, format!("timed out ({})", root_cause(e)))
+        }
         SdkError::DispatchFailure(d) if d.is_io() => (
             S3Cause::Unreachable,
-            format!("unreachable ({})", DisplayErrorContext(e)),
+            format!("unreachable ({})", root_cause(e)),
         ),
         SdkError::TimeoutError(_) => (S3Cause::TimedOut, "timed out".to_string()),
         _ => (S3Cause::Other, format!("{}", DisplayErrorContext(e))),
     };
     (cause, detail.replace('\n', " "))
+}
+
+/// The innermost error of a chain: "Connection refused (os error 111)" rather than the
+/// layers of client context around it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(inner) = cur.source() {
+        cur = inner;
+    }
+    cur.to_string()
 }
 
 /// Classifies an error response by status, code and message. HEAD responses carry no body, so

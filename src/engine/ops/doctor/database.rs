@@ -5,7 +5,8 @@ use super::{bounded, secs, Check, DoctorParams};
 use crate::config::Config;
 use crate::engine::db::{Backend, Db};
 
-/// Adds the database, schema and lock checks; the connection when the database answered.
+/// Adds the database, schema and lock checks; the connection when the database answered and
+/// has a schema.
 pub(super) async fn check(
     config: &Config,
     p: &DoctorParams,
@@ -22,6 +23,15 @@ pub(super) async fn check(
             return None;
         }
     };
+    if let Some(file) = Db::sqlite_file_missing(url) {
+        // Connecting would create it: doctor changes nothing.
+        checks.push(Check::warn(
+            "database",
+            format!("the SQLite file {} does not exist yet", file.display()),
+            "check database.url; `mirrorctl migrate` (or any command) creates and migrates it",
+        ));
+        return None;
+    }
     let limit = config.database.connect_timeout.0.min(p.timeout);
     // The driver has its own timeout; this one also bounds a server that accepts and stalls.
     let connected = bounded(limit + limit / 2, Db::connect(url, 2, limit)).await;
@@ -56,13 +66,14 @@ pub(super) async fn check(
         "database",
         format!("{} ({backend}): connected", db.target()),
     ));
-    let migrated = schema(&db, p, checks).await;
-    if migrated {
+    if schema(&db, p, checks).await {
         checks.push(lock(&db, p).await);
+        Some(db)
     } else {
         checks.push(Check::skip("lock", "needs the schema (see above)"));
+        db.close().await;
+        None
     }
-    Some(db)
 }
 
 /// The schema check; whether the schema exists (the lock table with it).

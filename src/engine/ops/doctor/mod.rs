@@ -189,15 +189,21 @@ async fn bounded<T>(limit: Duration, f: impl std::future::Future<Output = T>) ->
     tokio::time::timeout(limit, f).await.ok()
 }
 
+/// "5s", "7d": whole days as days, else humantime's form.
 fn secs(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
+    let s = d.as_secs().max(1);
+    if s.is_multiple_of(86_400) {
+        format!("{}d", s / 86_400)
+    } else {
+        humantime::format_duration(Duration::from_secs(s)).to_string()
+    }
 }
 
 /// HEAD of one catalog entry at the origin.
 async fn origin(config: &Config, db: Option<&Db>, p: &DoctorParams) -> Check {
     const NAME: &str = "origin";
     let Some(db) = db else {
-        return Check::skip(NAME, "needs the database (see above)");
+        return Check::skip(NAME, "needs the database and its schema (see above)");
     };
     let Ok(mirror) = config.mirror_bucket() else {
         return Check::skip(NAME, "needs [buckets.mirror] (see above)");

@@ -88,7 +88,7 @@ async fn one_bucket(config: &Config, b: &ConfiguredBucket, p: &DoctorParams) -> 
     };
     let list = match &head {
         // Nothing answers: a listing would only say so again.
-        Err(f) if f.cause == S3Cause::Unreachable => Err(f.clone()),
+        Err(f) if matches!(f.cause, S3Cause::Unreachable | S3Cause::TimedOut) => Err(f.clone()),
         _ => match bounded(p.timeout, s3.probe_list()).await {
             Some(list) => list,
             None => return vec![timed_out("list")],
