@@ -160,9 +160,13 @@ fn service_error(
                 region_hint()
             ),
         ),
-        (Some("NotImplemented"), _) | (None, 501) => (
+        (Some("NotImplemented"), _) => (
             S3Cause::NotImplemented,
-            "the server does not implement this request".into(),
+            "the server does not implement this request (NotImplemented)".into(),
+        ),
+        (None, 501) => (
+            S3Cause::NotImplemented,
+            "the server does not implement this request (HTTP 501)".into(),
         ),
         (Some(c), _) if !msg.is_empty() => (S3Cause::Other, format!("{c}: {msg}")),
         (Some(c), _) => (S3Cause::Other, c.to_string()),
