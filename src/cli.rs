@@ -20,6 +20,7 @@ Examples:
   mirrorctl --headless files --sort size --limit 20
   mirrorctl --headless file mods/4123/90007/maps-v2.zip
   mirrorctl migrate                         create or upgrade the database schema
+  mirrorctl doctor                          check the config, database, buckets and origin
 
 Configuration: --config PATH, else $MIRRORCTL_CONFIG, else the user config dir
 (config.toml). MIRRORCTL_DATABASE_URL overrides database.url.
@@ -356,6 +357,46 @@ pub enum Command {
         #[command(subcommand)]
         action: LockAction,
     },
+    /// Check the config, the database, every bucket and the origin; say what to fix
+    ///
+    /// One line per check: ✓ passed, ! needs attention, ✗ failed (with what to do next), -
+    /// skipped. Checks: the config file (which one, parse, validation; when it does not load
+    /// nothing else runs), the database (reachable, schema version, pending migrations, who
+    /// holds the mutation lock), each configured bucket (HeadBucket and a one-key listing,
+    /// incomplete multipart uploads older than 7 days; with --write a PUT/GET/DELETE of a small
+    /// object under .mirrorctl-doctor/), and the origin (HEAD of one catalog entry). Each
+    /// check gives up after a few seconds. Doctor runs whatever state the database is in and
+    /// changes nothing without --write. Always headless.
+    ///
+    /// Exit codes: 0 every check passed; 3 something needs attention (pending migrations,
+    /// orphaned uploads, a lock left by a process that is gone); 1 a check failed (unreachable,
+    /// credentials or region rejected, missing bucket); 2 the config file did not load.
+    ///
+    /// Examples:
+    ///   mirrorctl doctor                       read-only checks
+    ///   mirrorctl doctor --write -o json       also prove each bucket is writable, as JSON
+    #[command(verbatim_doc_comment)]
+    Doctor {
+        /// Also PUT, read back and DELETE a small object in every bucket
+        #[arg(long)]
+        write: bool,
+    },
+    /// Incomplete multipart uploads in the configured buckets: list them, abort old ones
+    ///
+    /// An upload that was started and never completed or aborted keeps its parts (and their
+    /// cost) until a lifecycle rule or an abort removes them. Covers the mirror, main, backup
+    /// and archive buckets (each distinct bucket once). Always headless. Needs an S3 server
+    /// that implements ListMultipartUploads.
+    ///
+    /// Examples:
+    ///   mirrorctl uploads list --older-than 7d
+    ///   mirrorctl uploads abort --older-than 7d --dry-run
+    ///   mirrorctl uploads abort --older-than 7d --bucket backup --yes
+    #[command(verbatim_doc_comment)]
+    Uploads {
+        #[command(subcommand)]
+        action: UploadsAction,
+    },
     /// Apply the database schema migrations
     Migrate,
     /// Run the data plane: the download proxy that fills the mirror and records every download
@@ -547,6 +588,46 @@ pub enum ReplicationAction {
     },
 }
 
+/// A configured bucket by its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BucketArg {
+    Mirror,
+    Main,
+    Backup,
+    Archive,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UploadsAction {
+    /// Bucket, key, upload id, start time and age of each incomplete upload, oldest first
+    List {
+        /// Only uploads started at least this long ago (e.g. 7d, 36h)
+        #[arg(long, value_name = "D")]
+        older_than: Option<String>,
+        /// Only this bucket
+        #[arg(long, value_enum)]
+        bucket: Option<BucketArg>,
+    },
+    /// Abort the incomplete uploads started at least D ago (never a younger one)
+    ///
+    /// Each upload's start time is read again right before it is aborted. Audited and under
+    /// the mutation lock; refused with --read-only. Exit 1 when some aborts failed.
+    Abort {
+        /// Only uploads started at least this long ago (e.g. 7d)
+        #[arg(long, value_name = "D", required = true)]
+        older_than: String,
+        /// Only this bucket
+        #[arg(long, value_enum)]
+        bucket: Option<BucketArg>,
+        /// Show the count and the uploads, abort nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm aborting (required headless)
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LockAction {
     /// Who holds the lock: operation, operator, process, start, last heartbeat, lease end,
@@ -601,6 +682,8 @@ impl Command {
             Command::Replication { .. } => "replication",
             Command::Check { .. } => "check",
             Command::Lock { .. } => "lock",
+            Command::Doctor { .. } => "doctor",
+            Command::Uploads { .. } => "uploads",
             Command::Migrate => "migrate",
             Command::Catalog { .. } => "catalog",
             Command::Prefetch { .. } => "prefetch",

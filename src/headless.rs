@@ -10,12 +10,14 @@ use crate::engine::ops::history::HistoryReport;
 use crate::engine::ops::stats::StatsReport;
 
 pub mod catalog;
-pub mod docs;
 pub mod check;
+pub mod docs;
+pub mod doctor;
 pub mod fleet;
-pub mod purge;
 pub mod lock;
+pub mod purge;
 pub mod replication;
+pub mod uploads;
 
 pub use purge::purge_table;
 

@@ -121,6 +121,8 @@ fn init_logging(cli: &Cli) {
                 | Some(Command::Serve { .. })
                 | Some(Command::Check { .. })
                 | Some(Command::Lock { .. })
+                | Some(Command::Doctor { .. })
+                | Some(Command::Uploads { .. })
         );
     if interactive {
         // The TUI owns the screen: logs go to a file.
@@ -166,6 +168,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
+    if let Some(Command::Doctor { write }) = &cli.command {
+        // Doctor diagnoses a config, database or schema that `open` would stop at.
+        return headless::doctor::run(cli.config.as_deref(), cli.demo, *write, cli.output).await;
+    }
     let (ctx, _demo) = open(&cli).await?;
     if let Some(Command::Migrate) = &cli.command {
         let r = ctx.db.migrate().await?;
@@ -196,6 +202,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     if let Some(Command::Catalog { action }) = &cli.command {
         return run_catalog(&cli, &ctx, action).await;
+    }
+    if let Some(Command::Uploads { action }) = &cli.command {
+        return headless::uploads::run(&ctx, action, cli.output).await;
     }
     if let Some(Command::Replication { action }) = &cli.command {
         // Without --headless it opens the Replication view (retry on its confirmation); the
@@ -609,7 +618,9 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         | Command::Catalog { .. }
         | Command::Check { .. }
         | Command::Lock { .. }
-        | Command::Replication { .. } => {
+        | Command::Replication { .. }
+        | Command::Doctor { .. }
+        | Command::Uploads { .. } => {
             unreachable!("handled before")
         }
     }

@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
@@ -24,11 +25,16 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::config::BucketConfig;
 use crate::engine::error::{Error, Result};
 
+mod failure;
 mod forward;
+mod probe;
+mod uploads;
+pub use failure::{S3Cause, S3Failure};
 pub use forward::{
     BodyStream, BoxError, DeleteFailure, ForwardError, Forwarded, GetOut, HeadOut, ListOut,
     ListRequest, ReadRequest, WriteMeta,
 };
+pub use uploads::{AbortOutcome, UploadInfo, UploadsPage};
 
 /// S3 deletes at most this many keys per DeleteObjects request.
 pub const DELETE_BATCH: usize = 1000;
@@ -142,19 +148,38 @@ impl S3Bucket {
     /// Builds a client for the bucket from its config (static keys, a profile, or the AWS chain).
     pub async fn connect(cfg: &BucketConfig) -> Result<S3Bucket> {
         let timeout = cfg.timeout.0;
+        let retry = RetryConfig::standard()
+            .with_max_attempts(4)
+            .with_initial_backoff(Duration::from_millis(100));
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build();
+        Self::connect_with(cfg, retry, timeouts).await
+    }
+
+    /// A client for diagnosis: one attempt per request, and every request (connecting and
+    /// reading included) over within `limit`, so a check reports a dead endpoint instead of
+    /// retrying it for a minute.
+    pub async fn connect_probe(cfg: &BucketConfig, limit: Duration) -> Result<S3Bucket> {
+        let per_read = cfg.timeout.0.min(limit);
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(per_read)
+            .read_timeout(per_read)
+            .operation_timeout(limit)
+            .build();
+        Self::connect_with(cfg, RetryConfig::disabled(), timeouts).await
+    }
+
+    async fn connect_with(
+        cfg: &BucketConfig,
+        retry: RetryConfig,
+        timeouts: TimeoutConfig,
+    ) -> Result<S3Bucket> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(Region::new(cfg.region.clone()))
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(4)
-                    .with_initial_backoff(Duration::from_millis(100)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(timeout)
-                    .read_timeout(timeout)
-                    .build(),
-            );
+            .retry_config(retry)
+            .timeout_config(timeouts);
         if let (Some(k), Some(s)) = (&cfg.access_key_id, &cfg.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(
                 k.expose(),
@@ -225,32 +250,26 @@ impl S3Bucket {
     }
 
     /// Turns an SDK error into one line naming the bucket, the endpoint and the cause.
-    fn sdk_err<E, R>(&self, op: &str, e: SdkError<E, R>) -> Error
+    fn sdk_err<E>(&self, op: &str, e: SdkError<E, HttpResponse>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
-        let msg = match &e {
-            SdkError::ServiceError(se) => {
-                let err = se.err();
-                match (err.code(), err.message()) {
-                    (Some("NoSuchBucket"), _) => "bucket does not exist".to_string(),
-                    (Some("AccessDenied"), _) => "access denied".to_string(),
-                    (Some("InvalidAccessKeyId"), _) | (Some("SignatureDoesNotMatch"), _) => {
-                        "credentials rejected".to_string()
-                    }
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    (Some(c), None) => c.to_string(),
-                    (None, _) => format!("{}", DisplayErrorContext(&e)),
-                }
-            }
-            SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
-                format!("unreachable ({})", DisplayErrorContext(&e))
-            }
-            SdkError::TimeoutError(_) => "timed out".to_string(),
-            _ => format!("{}", DisplayErrorContext(&e)),
-        };
-        self.fail(format!("{op}: {}", msg.replace('\n', " ")))
+        self.failure(op, &e).into()
+    }
+
+    /// An SDK error classified by its cause (see `S3Cause`), naming the bucket and endpoint.
+    fn failure<E>(&self, op: &str, e: &SdkError<E, HttpResponse>) -> S3Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (cause, detail) = failure::classify(e);
+        S3Failure {
+            bucket: self.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+            op: op.to_string(),
+            cause,
+            detail,
+        }
     }
 
     /// Checks that the bucket exists and is reachable.
@@ -771,22 +790,6 @@ impl S3Bucket {
             .await
             .map_err(|e| self.sdk_err("presign", e))?;
         Ok(req.uri().to_string())
-    }
-
-    /// Multipart uploads that were started and never completed or aborted (keys).
-    pub async fn pending_uploads(&self) -> Result<Vec<String>> {
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(|e| self.sdk_err("list multipart uploads", e))?;
-        Ok(out
-            .uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
-            .collect())
     }
 
     // --- Copies that keep the source's identity (drift repair, replication) ------------------

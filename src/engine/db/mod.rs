@@ -5,6 +5,7 @@
 mod archive;
 mod catalog;
 mod changes;
+mod doctor;
 mod drift;
 mod events;
 mod files;
@@ -36,6 +37,7 @@ pub use catalog::{
     CatalogEntry, CatalogMerge, CatalogRow, CatalogStage, MergeOptions, MergeOutcome,
 };
 pub use changes::{Change, Changes};
+pub use doctor::SchemaStatus;
 pub use fleet::{FleetBeat, FleetRow};
 pub use key_scope::{KeyScope, MAX_PATTERN_BYTES};
 pub use leases::{LeaseHolder, Leased};
