@@ -1838,7 +1838,13 @@ fn render_history(app: &App, f: &mut Frame, area: Rect) {
     let h = &app.history;
     let mut title = vec![
         Span::styled(" History ", t.title),
-        Span::styled(format!("{} operations ", h.rows.len()), t.dim),
+        Span::styled(
+            match h.rows.len() {
+                1 => "1 operation ".to_string(),
+                n => format!("{n} operations "),
+            },
+            t.dim,
+        ),
     ];
     if h.loading {
         title.push(Span::styled("loading… ", t.dim));

@@ -265,7 +265,7 @@ async fn selector(
         .unwrap_or_default();
     let (by, label) = match target {
         PurgeTarget::All => (Some(PurgeBy::All), format!("every file{within}")),
-        PurgeTarget::Stale => (Some(PurgeBy::Stale), format!("stale{within}")),
+        PurgeTarget::Stale => (Some(PurgeBy::Stale), format!("marked stale{within}")),
         PurgeTarget::UnusedDays(days) => {
             let before = Utc::now()
                 .checked_sub_signed(TimeDelta::days(i64::from(days)))
