@@ -102,6 +102,8 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn init_logging(cli: &Cli) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let serving = matches!(cli.command, Some(Command::Serve { .. }));
     let level = match cli.verbose {
         0 if serving => "info",
@@ -109,10 +111,12 @@ fn init_logging(cli: &Cli) {
         1 => "info",
         _ => "debug",
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("MIRRORCTL_LOG").unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("mirrorctl={level},s3s=off,s3s_fs=off"))
-        });
+    // `MIRRORCTL_LOG` takes `level` or `target=level,...` (e.g. "mirrorctl=debug,sqlx=info").
+    let default = format!("mirrorctl={level},s3s=off,s3s_fs=off");
+    let filter: tracing_subscriber::filter::Targets = std::env::var("MIRRORCTL_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| default.parse().unwrap_or_default());
     let interactive = !cli.headless
         && !matches!(
             cli.command,
@@ -133,17 +137,19 @@ fn init_logging(cli: &Cli) {
             .open(&path)
         {
             let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file))
+                .finish()
+                .with(filter)
                 .try_init();
         }
     } else {
         use std::io::IsTerminal;
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
             .try_init();
     }
 }
