@@ -9,6 +9,7 @@ pub mod model;
 pub mod ops;
 pub mod origin;
 pub mod s3;
+pub mod tls;
 
 use tokio::sync::OnceCell;
 

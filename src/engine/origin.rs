@@ -89,6 +89,7 @@ pub struct HttpOrigin {
 
 impl HttpOrigin {
     pub fn new(cfg: &OriginConfig) -> Result<HttpOrigin> {
+        crate::engine::tls::install_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.timeout.0.min(Duration::from_secs(10)))
             .read_timeout(cfg.timeout.0)

@@ -177,6 +177,7 @@ impl S3Bucket {
         timeouts: TimeoutConfig,
     ) -> Result<S3Bucket> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(crate::engine::tls::sdk_https_client())
             .region(Region::new(cfg.region.clone()))
             .retry_config(retry)
             .timeout_config(timeouts);

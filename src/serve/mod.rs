@@ -201,6 +201,7 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
     } else {
         download::ROW_TTL_POLLED
     };
+    crate::engine::tls::install_provider();
     let peers = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .build()

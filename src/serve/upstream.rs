@@ -33,6 +33,7 @@ pub struct Upstream {
 impl Upstream {
     /// A client keeping up to `idle` connections open to the bucket.
     pub fn new(idle: usize) -> Result<Upstream> {
+        crate::engine::tls::install_provider();
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
