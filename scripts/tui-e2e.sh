@@ -146,7 +146,7 @@ keys NPage
 keys NPage
 keys NPage
 wait_for ":prefetch [ID…|top N [WINDOW]]"
-wait_for ":purge stale | purge unused [DAYS]"
+wait_for ":purge stale|unused [N]"
 keys Escape
 wait_gone "Esc close"
 pass "views by number and Tab; help from the keymap"
