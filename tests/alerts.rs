@@ -206,10 +206,7 @@ async fn exported_metrics_pass_promtool_and_name_everything_the_assets_use() {
         .await
         .expect("start serve");
     let base = format!("http://{}", server.addr());
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = common::http_client().no_proxy().build().expect("client");
     for url in [
         format!("{base}/download/{}", ids[0]),
         format!("{base}/download/{}", ids[0]),

@@ -770,3 +770,74 @@ async fn binary_exit_codes() {
         "archive runs are audited: {v}"
     );
 }
+
+/// The drop of an archived month waits for busy writers through a short lock timeout and
+/// retries, and a writer of the current month is never held up for long behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_retries_past_busy_writers_and_never_blocks_them_long() {
+    use std::time::{Duration, Instant};
+    let Some(t) = TestDb::postgres().await else {
+        return;
+    };
+    let s3 = S3Server::s3s().await;
+    let (ctx, _bucket, _) = setup(&t, &s3).await;
+    seed(&t, &OLD[..1], 300).await;
+    let now_event = NewDownloadEvent {
+        occurred_at: Utc::now(),
+        file_id: 5,
+        cache_hit: true,
+        bytes: 10,
+        duration_ms: 1,
+        status: 200,
+    };
+    // The current month's partition exists before the race starts.
+    t.db.record_downloads(std::slice::from_ref(&now_event))
+        .await
+        .expect("current event");
+    let up = archive::export_and_upload(&ctx, OLD[0], 1000, &Progress::none())
+        .await
+        .expect("upload")
+        .expect("rows");
+
+    // A writer in the middle of a flush holds the parent table for 3 s.
+    let pool = sqlx::PgPool::connect(&t.url).await.expect("connect");
+    let mut writer = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE download_events IN ROW EXCLUSIVE MODE")
+        .execute(&mut *writer)
+        .await
+        .expect("writer lock");
+    let started = Instant::now();
+    let (db, rows, record) = (t.db.clone(), up.rows, up.record.clone());
+    let drop = tokio::spawn(async move { db.drop_archived_month(OLD[0], rows, &record).await });
+
+    // Another writer records an event of the current month meanwhile: it gets through within
+    // about one lock timeout, not after the whole wait of the drop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t0 = Instant::now();
+    t.db.record_downloads(std::slice::from_ref(&now_event))
+        .await
+        .expect("a write during the drop");
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_millis(2_800),
+        "a writer waited {waited:?} behind the drop"
+    );
+    assert!(
+        !drop.is_finished(),
+        "the drop cannot be done while the writer holds the table"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    writer.commit().await.expect("writer commit");
+    drop.await
+        .expect("join")
+        .expect("the drop goes through once the writer is done");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(db_rows(&t, OLD[0]).await.is_empty());
+    assert!(t
+        .db
+        .archive_record("download_events_y2024m01")
+        .await
+        .expect("record")
+        .is_some());
+}

@@ -471,6 +471,7 @@ fn sdk_client(s: &S3Server) -> aws_sdk_s3::Client {
     let creds = aws_sdk_s3::config::Credentials::new(&s.key, &s.secret, None, None, "test");
     let cfg = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .http_client(mirrorctl::engine::tls::sdk_https_client())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .credentials_provider(creds)
         .endpoint_url(&s.endpoint)

@@ -220,7 +220,7 @@ impl Env {
             bucket_cfg,
             origin,
             origin_addr,
-            http: reqwest::Client::builder()
+            http: common::http_client()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

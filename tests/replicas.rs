@@ -79,10 +79,7 @@ impl Fleet {
             keys: Vec::new(),
             origin_ids: Vec::new(),
             bodies: Vec::new(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            http: common::http_client().no_proxy().build().expect("client"),
             _nodes: nodes,
         };
         let mut rows = Vec::new();

@@ -702,7 +702,7 @@ async fn spawn_serve(config: &std::path::Path, port: u16) -> std::process::Child
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn serve");
-    let http = reqwest::Client::new();
+    let http = common::http_client().build().expect("HTTP client");
     for _ in 0..200 {
         let ready = http
             .get(format!("http://127.0.0.1:{port}/readyz"))

@@ -59,10 +59,7 @@ impl Fixture {
             ids: Vec::new(),
             keys: Vec::new(),
             bodies: Vec::new(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("client"),
+            http: common::http_client().no_proxy().build().expect("client"),
         };
         let mut origin_rows = Vec::new();
         for (i, &(_, size)) in files.iter().enumerate() {

@@ -103,10 +103,7 @@ impl Mirror {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
+    common::http_client().no_proxy().build().expect("client")
 }
 
 fn secs(s: f64) -> HumanDuration {

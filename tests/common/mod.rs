@@ -236,3 +236,9 @@ pub fn write_config_file(dir: &Path, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// An HTTP client builder for tests, on the TLS provider the program installs.
+pub fn http_client() -> reqwest::ClientBuilder {
+    mirrorctl::engine::tls::install_provider();
+    reqwest::Client::builder()
+}

@@ -55,7 +55,7 @@ impl FaultProxy {
         let faults = Arc::new(Faults::default());
         let state = Arc::new(ProxyState {
             upstream: upstream.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder()
+            client: super::http_client()
                 .no_proxy()
                 .build()
                 .expect("proxy client"),

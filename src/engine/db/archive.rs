@@ -234,38 +234,29 @@ impl Db {
         match &self.pool {
             Pool::Postgres(p) => {
                 let name = partition_name(month);
-                let mut tx = p.begin().await.map_err(|e| self.err(e))?;
-                // The name is built from integers. DETACH locks the parent exclusively anyway;
-                // taking parent then partition up front (the order writers use) stops writes
-                // between the count and the drop without inviting a deadlock.
-                sqlx::query(&format!(
-                    "LOCK TABLE download_events, {name} IN ACCESS EXCLUSIVE MODE"
-                ))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-                let found: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}"))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                if found as u64 != expected_rows {
-                    return Err(mismatch(found as u64));
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
+                    match self.pg_drop_month(p, &name, expected_rows, record).await {
+                        Ok(None) => break,
+                        Ok(Some(found)) => return Err(mismatch(found)),
+                        // Writers held the parent past the lock timeout (or a writer to this
+                        // very month deadlocked with us): nothing changed; wait and retry.
+                        Err(e) if lock_contention(&e) && attempt < DROP_ATTEMPTS => {
+                            tracing::info!(
+                                "{name}: the events table is busy ({e}); drop attempt {attempt} of {DROP_ATTEMPTS}"
+                            );
+                            tokio::time::sleep(DROP_BACKOFF * attempt).await;
+                        }
+                        Err(e) if lock_contention(&e) => {
+                            return Err(Error::runtime(format!(
+                                "{name}: writers kept download_events busy through {DROP_ATTEMPTS} attempts; \
+                                 nothing dropped (rerun the archive)"
+                            )))
+                        }
+                        Err(e) => return Err(self.err(e)),
+                    }
                 }
-                sqlx::query(&format!(
-                    "ALTER TABLE download_events DETACH PARTITION {name}"
-                ))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-                sqlx::query(&format!("DROP TABLE {name}"))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                upsert_record!(record)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?;
-                tx.commit().await.map_err(|e| self.err(e))?;
             }
             Pool::Sqlite(p) => {
                 let mut tx = p.begin().await.map_err(|e| self.err(e))?;
@@ -444,5 +435,61 @@ fn check_in_month(
             r.id, r.occurred_at
         ))),
         None => Ok(()),
+    }
+}
+
+/// How long a DDL step of the drop waits for a lock before it gives up and retries, and how
+/// often it tries: writers (`serve`'s event flushes) wait at most this long behind it.
+const DROP_LOCK_TIMEOUT: &str = "2s";
+const DROP_ATTEMPTS: u32 = 8;
+const DROP_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A lock timeout (55P03) or a deadlock (40P01): the transaction changed nothing.
+fn lock_contention(e: &sqlx::Error) -> bool {
+    matches!(
+        e.as_database_error().and_then(|d| d.code()).as_deref(),
+        Some("55P03") | Some("40P01")
+    )
+}
+
+impl Db {
+    /// One attempt at dropping an archived month's partition on PostgreSQL, in one
+    /// transaction: the count runs under a lock on that partition only (writers of the
+    /// current month, in other partitions, go on), then the parent is locked just for the
+    /// catalog-only DETACH and DROP. Every lock waits at most `DROP_LOCK_TIMEOUT`.
+    /// `Ok(Some(n))`: the partition holds `n` rows, not the archived count; nothing dropped.
+    async fn pg_drop_month(
+        &self,
+        p: &sqlx::PgPool,
+        name: &str,
+        expected_rows: u64,
+        record: &ArchiveRecord,
+    ) -> std::result::Result<Option<u64>, sqlx::Error> {
+        let mut tx = p.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'"))
+            .execute(&mut *tx)
+            .await?;
+        // The name is built from integers. SHARE keeps rows from arriving in this month
+        // between the count and the drop, and lets reads go on.
+        sqlx::query(&format!("LOCK TABLE {name} IN SHARE MODE"))
+            .execute(&mut *tx)
+            .await?;
+        let found: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}"))
+            .fetch_one(&mut *tx)
+            .await?;
+        if found as u64 != expected_rows {
+            return Ok(Some(found as u64));
+        }
+        sqlx::query(&format!(
+            "ALTER TABLE download_events DETACH PARTITION {name}"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!("DROP TABLE {name}"))
+            .execute(&mut *tx)
+            .await?;
+        upsert_record!(record).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(None)
     }
 }
