@@ -231,6 +231,18 @@ impl Worker {
             None => (0, None, false),
         };
         if deleted {
+            // Two clients racing on a key commit to main and to the inventory in either
+            // order: the delete the inventory recorded last may have reached main before a
+            // put. Main is the truth; the backup loses the key only if main has none.
+            if self
+                .main
+                .head(path)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return self.main_differs(path, version).await;
+            }
             self.backup.delete(path).await.map_err(|e| e.to_string())?;
             return Ok(TaskEnd::Replicated { version });
         }
@@ -246,33 +258,37 @@ impl Worker {
                 Ok(TaskEnd::Replicated { version })
             }
             CopyOutcome::SourceChanged | CopyOutcome::SourceMissing => {
-                // A write through the front in between leaves a newer version (and task)
-                // behind it: this one waits its turn. Otherwise main's last write is not the
-                // one the inventory recorded last (two clients writing one key at once commit
-                // in either order), or main was changed past the front: main is the truth, so
-                // the inventory learns what main holds and the next attempt copies that.
-                let now = self
-                    .db
-                    .inventory_state(path)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if now.is_some_and(|n| n.version != version) {
-                    return Ok(TaskEnd::Retry {
-                        at: Utc::now(),
-                        error: "main changed during the copy; the newer version follows".into(),
-                        counted: false,
-                    });
-                }
-                self.reconcile_with_main(path).await?;
-                tracing::info!(path = %path, "replication: the inventory differed from main's object; it now records main's");
-                Ok(TaskEnd::Retry {
-                    at: Utc::now(),
-                    error: "the inventory differed from main's object; it now records main's"
-                        .into(),
-                    counted: false,
-                })
+                self.main_differs(path, version).await
             }
         }
+    }
+
+    /// Main does not hold what the inventory recorded for `version`. A write through the
+    /// front in between leaves a newer version (and task) behind it: this one waits its turn.
+    /// Otherwise main's last write is not the one the inventory recorded last (two clients
+    /// writing one key at once commit in either order), or main was changed past the front:
+    /// main is the truth, so the inventory learns what main holds and the next attempt
+    /// replicates that.
+    async fn main_differs(&self, path: &str, version: i64) -> Result<TaskEnd, String> {
+        let now = self
+            .db
+            .inventory_state(path)
+            .await
+            .map_err(|e| e.to_string())?;
+        if now.is_some_and(|n| n.version != version) {
+            return Ok(TaskEnd::Retry {
+                at: Utc::now(),
+                error: "main changed during the copy; the newer version follows".into(),
+                counted: false,
+            });
+        }
+        self.reconcile_with_main(path).await?;
+        tracing::info!(path = %path, "replication: the inventory differed from main's object; it now records main's");
+        Ok(TaskEnd::Retry {
+            at: Utc::now(),
+            error: "the inventory differed from main's object; it now records main's".into(),
+            counted: false,
+        })
     }
 }
 
