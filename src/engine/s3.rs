@@ -11,7 +11,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -599,16 +599,8 @@ impl S3Bucket {
     }
 
     async fn abort(&self, key: &str, upload_id: &str) {
-        let r = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(bucket = %self.bucket, key, "abort multipart failed: {}", DisplayErrorContext(&e));
+        if let Err(e) = self.abort_upload(key, upload_id).await {
+            tracing::warn!(bucket = %self.bucket, key, "abort multipart failed: {e}");
         }
     }
 
