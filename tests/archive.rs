@@ -828,11 +828,15 @@ async fn drop_retries_past_busy_writers_and_never_blocks_them_long() {
     );
 
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+    // Past one lock timeout (2 s) the drop has neither failed nor finished: it retries.
+    assert!(
+        !drop.is_finished(),
+        "the drop gave up (or went through) while the writer held the table"
+    );
     writer.commit().await.expect("writer commit");
     drop.await
         .expect("join")
         .expect("the drop goes through once the writer is done");
-    assert!(started.elapsed() >= Duration::from_secs(3));
     assert!(db_rows(&t, OLD[0]).await.is_empty());
     assert!(t
         .db

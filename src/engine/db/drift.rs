@@ -9,6 +9,38 @@ use crate::engine::model::InventoryRow;
 const COLUMNS: &str =
     "path, size, etag, content_type, is_backed_up, last_modified, deleted, updated_at";
 
+/// The `WHERE` condition on `path` for one page of a key range, in byte order, and the lower
+/// bound to bind as `$1` (the upper bound, when there is one, is `$2`). Only one lower bound,
+/// chosen here rather than with `OR` in SQL, so that the planner can start the index scan at
+/// it whatever the parameters are. PostgreSQL compares text by the database's collation unless
+/// told otherwise; "C" is byte order (indexed by migrations 0004 and 0010). SQLite's default
+/// BINARY already is. Also returns the `COLLATE` clause for the `ORDER BY`.
+fn range_condition<'a>(
+    pool: &Pool,
+    prefix: &'a str,
+    after: Option<&'a str>,
+    upto: Option<&str>,
+) -> (String, &'static str, &'a str) {
+    let collate = match pool {
+        Pool::Postgres(_) => " COLLATE \"C\"",
+        Pool::Sqlite(_) => "",
+    };
+    let (lower_op, lower) = match after {
+        Some(a) if a >= prefix => (">", a),
+        _ => (">=", prefix),
+    };
+    let upper = if upto.is_some() {
+        format!(" AND path{collate} <= $2")
+    } else {
+        String::new()
+    };
+    (
+        format!("path{collate} {lower_op} $1{upper}"),
+        collate,
+        lower,
+    )
+}
+
 impl Db {
     /// Up to `limit` live rows with `path >= prefix`, `path > after` and `path <= upto`, in
     /// byte order. Rows past the prefix are returned too: the caller stops at the first one
@@ -20,25 +52,9 @@ impl Db {
         upto: Option<&str>,
         limit: i64,
     ) -> Result<Vec<InventoryRow>> {
-        // PostgreSQL compares text by the database's collation unless told otherwise; "C" is
-        // byte order, and migration 0004 gives it an index. SQLite's default BINARY already is.
-        let collate = match self.pool {
-            Pool::Postgres(_) => " COLLATE \"C\"",
-            Pool::Sqlite(_) => "",
-        };
-        // Only one lower bound, chosen here rather than with `OR` in SQL, so that the planner
-        // can start the index scan at it whatever the parameters are.
-        let (lower_op, lower) = match after {
-            Some(a) if a >= prefix => (">", a),
-            _ => (">=", prefix),
-        };
-        let upper = if upto.is_some() {
-            format!(" AND path{collate} <= $2")
-        } else {
-            String::new()
-        };
+        let (condition, collate, lower) = range_condition(&self.pool, prefix, after, upto);
         let sql = format!(
-            "SELECT {COLUMNS} FROM backup_inventory WHERE NOT deleted AND path{collate} {lower_op} $1{upper} \
+            "SELECT {COLUMNS} FROM backup_inventory WHERE NOT deleted AND {condition} \
              ORDER BY path{collate} LIMIT {limit}",
             limit = limit.max(1)
         );
@@ -51,9 +67,7 @@ impl Db {
         });
         r.map_err(|e| self.err(e))
     }
-}
 
-impl Db {
     /// Up to `limit` distinct paths with a replication task still open (`pending` or
     /// `running`), with `path >= prefix`, `path > after` and `path <= upto`, in byte order:
     /// one page of a key range, merged with the listings like the inventory rows. Paths past
@@ -65,24 +79,12 @@ impl Db {
         upto: Option<&str>,
         limit: i64,
     ) -> Result<Vec<String>> {
-        let collate = match self.pool {
-            Pool::Postgres(_) => " COLLATE \"C\"",
-            Pool::Sqlite(_) => "",
-        };
-        let (lower_op, lower) = match after {
-            Some(a) if a >= prefix => (">", a),
-            _ => (">=", prefix),
-        };
-        let upper = if upto.is_some() {
-            format!(" AND path{collate} <= $2")
-        } else {
-            String::new()
-        };
+        let (condition, collate, lower) = range_condition(&self.pool, prefix, after, upto);
         // The state list is a subset of the partial index `replication_tasks_open_path`'s, so
         // both databases walk that index in path order.
         let sql = format!(
             "SELECT DISTINCT path{collate} AS path FROM replication_tasks \
-             WHERE state IN ('pending', 'running') AND path{collate} {lower_op} $1{upper} \
+             WHERE state IN ('pending', 'running') AND {condition} \
              ORDER BY path{collate} LIMIT {limit}",
             limit = limit.max(1)
         );
