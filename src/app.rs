@@ -119,7 +119,7 @@ fn init_logging(cli: &Cli) {
         && !matches!(
             cli.command,
             Some(Command::Demo { .. })
-                | Some(Command::Migrate)
+                | Some(Command::Migrate { .. })
                 | Some(Command::Serve { .. })
                 | Some(Command::Check { .. })
                 | Some(Command::Lock { .. })
@@ -177,21 +177,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         return headless::doctor::run(cli.config.as_deref(), cli.demo, *write, cli.output).await;
     }
     let (ctx, _demo) = open(&cli).await?;
-    if let Some(Command::Migrate) = &cli.command {
-        let r = ctx.db.migrate().await?;
-        print(&cli, &r, || match r.applied {
-            // A new SQLite file is migrated as it is opened, before this runs.
-            0 => format!(
-                "{}: the schema is up to date ({} migrations)\n",
-                ctx.db.target(),
-                r.total
-            ),
-            n => format!(
-                "migrated {}: {n} applied, {} total\n",
-                ctx.db.target(),
-                r.total
-            ),
-        })?;
+    if let Some(Command::Migrate { dry_run }) = &cli.command {
+        let r = ctx.db.migrate_with(*dry_run).await?;
+        print(&cli, &r, || headless::migrate_table(ctx.db.target(), &r))?;
         return Ok(0);
     }
     ctx.db.check_schema().await?;
@@ -351,7 +339,8 @@ async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
     }
     let (config, _source) = config::load(cli.config.as_deref())?;
     let db = connect(&config).await?;
-    if db.backend() == crate::engine::db::Backend::Sqlite {
+    let dry_run = matches!(cli.command, Some(Command::Migrate { dry_run: true }));
+    if db.backend() == crate::engine::db::Backend::Sqlite && !dry_run {
         // A SQLite file is created and migrated on first use.
         db.migrate().await?;
     }
@@ -409,7 +398,13 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             filter,
             limit,
             offset,
+            after,
+            last,
         } => {
+            let after = match after {
+                Some(id) => Some(files::cursor(ctx, *id).await?),
+                None => None,
+            };
             let q = FileQuery {
                 sort: match sort {
                     SortArg::Downloads => FileSort::Downloads,
@@ -421,6 +416,8 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
                 filter: filter.clone(),
                 limit: *limit,
                 offset: *offset,
+                after,
+                from_end: *last,
             };
             let r = files::list(ctx, &q).await?;
             print(cli, &r, || headless::files_table(&r))?;
@@ -611,7 +608,7 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             print(cli, &r, || headless::fleet::fleet_table(&r))?;
             return Ok(report_exit(&r));
         }
-        Command::Migrate
+        Command::Migrate { .. }
         | Command::Demo { .. }
         | Command::Completions { .. }
         | Command::Man { .. }

@@ -99,13 +99,25 @@ pub enum Command {
         /// Only files marked stale
         #[arg(long)]
         stale: bool,
-        /// Only keys containing this text (case-insensitive)
+        /// Only keys containing this text (case-insensitive); `^text`: keys starting with it
+        ///
+        /// On PostgreSQL a substring search needs the trigram index that `migrate` builds when
+        /// the pg_trgm extension is available; without it the text is a key prefix. Prefixes
+        /// are byte for byte and always an index range.
         #[arg(long, short = 'f')]
         filter: Option<String>,
         #[arg(long, short = 'n', default_value_t = 50)]
         limit: i64,
+        /// Rows to skip (walks them: prefer --after for later pages)
         #[arg(long, default_value_t = 0)]
         offset: i64,
+        /// The page after this file id in the sort order: pass the last id of a page to get
+        /// the next one, as fast on page 100,000 as on page 1
+        #[arg(long, value_name = "ID", conflicts_with = "last")]
+        after: Option<i64>,
+        /// The last page of the order (read backwards from the end)
+        #[arg(long)]
+        last: bool,
     },
     /// One file: metadata, origin vs mirror, downloads per day
     File {
@@ -398,7 +410,15 @@ pub enum Command {
         action: UploadsAction,
     },
     /// Apply the database schema migrations
-    Migrate,
+    ///
+    /// Each step is timed. On PostgreSQL, index builds run CONCURRENTLY (writers keep writing;
+    /// an interrupted build is cleaned up and redone by the next run) and, where the pg_trgm
+    /// extension is available, a trigram index makes substring `--filter` an index search.
+    Migrate {
+        /// Print the pending steps without applying anything
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the data plane: the download proxy that fills the mirror and records every download
     ///
     /// GET /download/{file_id} and GET /files/{key} serve a fresh mirror copy (a hit) or stream
@@ -684,7 +704,7 @@ impl Command {
             Command::Lock { .. } => "lock",
             Command::Doctor { .. } => "doctor",
             Command::Uploads { .. } => "uploads",
-            Command::Migrate => "migrate",
+            Command::Migrate { .. } => "migrate",
             Command::Catalog { .. } => "catalog",
             Command::Prefetch { .. } => "prefetch",
             Command::Serve { .. } => "serve",

@@ -15,9 +15,12 @@ pub mod docs;
 pub mod doctor;
 pub mod fleet;
 pub mod lock;
+pub mod migrate;
 pub mod purge;
 pub mod replication;
 pub mod uploads;
+
+pub use migrate::migrate_table;
 
 pub use purge::purge_table;
 

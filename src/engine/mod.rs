@@ -57,6 +57,12 @@ impl Ctx {
         cell.get_or_try_init(|| S3Bucket::connect(&cfg)).await
     }
 
+    /// The configured mirror bucket's name, if any (no connection needed): key lookups look
+    /// there.
+    pub fn mirror_bucket_name(&self) -> Option<&str> {
+        self.config.mirror_bucket().ok().map(|b| b.bucket.as_str())
+    }
+
     pub async fn mirror(&self) -> Result<&S3Bucket> {
         Self::bucket(&self.mirror, self.config.mirror_bucket().cloned()).await
     }

@@ -141,7 +141,11 @@ pub enum FileSort {
     Stale,
 }
 
-/// A page request for the per-file table.
+/// A page request for the per-file table. Pages by keyset: `after` (a row of the previous
+/// page) starts the page after that row in the sort order, so a page costs the same anywhere in
+/// the table and rows do not shift between pages while counters change; `from_end` reads the
+/// last page backwards, as fast as the first. `offset` skips rows from wherever the page
+/// starts (it walks the rows it skips: keep it small).
 #[derive(Debug, Clone, Default)]
 pub struct FileQuery {
     pub sort: FileSort,
@@ -149,6 +153,8 @@ pub struct FileQuery {
     pub filter: Option<String>,
     pub limit: i64,
     pub offset: i64,
+    pub after: Option<FileRow>,
+    pub from_end: bool,
 }
 
 /// A mirrored file to insert (demo, scale data, and the data plane's first mirror).

@@ -112,7 +112,12 @@ async fn lookup(s: &Shared, k: &Lookup) -> Result<Option<Arc<Row>>, Response> {
     }
     let found = match k {
         Lookup::Id(id) => s.ctx.db.get_file_by_id(*id).await,
-        Lookup::Key(key) => match s.ctx.db.get_file_by_key(key).await {
+        Lookup::Key(key) => match s
+            .ctx
+            .db
+            .get_file_by_key_in(Some(s.mirror.name()), key)
+            .await
+        {
             // A catalog entry not mirrored yet is served as a miss that stores its first copy.
             Ok(None) => s
                 .ctx

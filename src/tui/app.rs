@@ -167,6 +167,8 @@ pub enum Effect {
     LoadStats(Window),
     LoadFiles {
         generation: u64,
+        /// The row number of the page's first row.
+        start: i64,
         query: FileQuery,
         count: bool,
     },
@@ -240,6 +242,10 @@ pub struct FilesState {
     pub pending: Option<i64>,
     pub error: Option<String>,
     pub detail: Option<FileDetailState>,
+    /// Row number → the row before it, from pages already seen: a page starts after the
+    /// nearest one (keyset paging), so pages stay put while counters change and a page far
+    /// down costs what the first does.
+    pub cursors: BTreeMap<i64, FileRow>,
 }
 
 impl FilesState {
@@ -250,13 +256,43 @@ impl FilesState {
         self.page.get((i - self.page_offset) as usize)
     }
 
-    pub fn query(&self, offset: i64, limit: i64) -> FileQuery {
-        FileQuery {
+    /// The query for `limit` rows from row `start`: after the nearest row seen before it,
+    /// skipping the rows between; or backwards from the end when that is nearer.
+    pub fn query(&self, start: i64, limit: i64) -> FileQuery {
+        let mut q = FileQuery {
             sort: self.sort,
             stale_only: false,
             filter: (!self.filter.is_empty()).then(|| self.filter.clone()),
             limit,
-            offset,
+            offset: start,
+            after: None,
+            from_end: false,
+        };
+        if let Some((row, before)) = self.cursors.range(..=start).next_back() {
+            q.after = Some(before.clone());
+            q.offset = start - row;
+        }
+        if let Some(total) = self.total {
+            let to_end = (total - start - limit).max(0);
+            if start > 0 && to_end < q.offset {
+                q.after = None;
+                q.from_end = true;
+                q.offset = to_end;
+                q.limit = limit.min(total - start).max(0);
+            }
+        }
+        q
+    }
+
+    /// A page from row `start` arrived: keep its last row, and one every `FILES_PAGE` rows, as
+    /// places later pages can start after.
+    fn keep_cursors(&mut self, start: i64, rows: &[FileRow]) {
+        let n = rows.len() as i64;
+        for (i, r) in rows.iter().enumerate() {
+            let next = start + i as i64 + 1;
+            if next % FILES_PAGE == 0 || next == start + n {
+                self.cursors.insert(next, r.clone());
+            }
         }
     }
 }
@@ -865,6 +901,7 @@ impl App {
         self.files.pending = Some(offset);
         self.effects.push(Effect::LoadFiles {
             generation: self.files.generation,
+            start: offset,
             query: self
                 .files
                 .query(offset, page_len(self.files_visible_rows())),
@@ -892,6 +929,7 @@ impl App {
         self.files.pending = Some(offset);
         self.effects.push(Effect::LoadFiles {
             generation: self.files.generation,
+            start: offset,
             query: self.files.query(offset, page_len(rows)),
             count: false,
         });
@@ -906,6 +944,7 @@ impl App {
         self.files.top = 0;
         self.files.total = None;
         self.files.pending = None;
+        self.files.cursors.clear();
         self.reload_files(true);
     }
 
@@ -1731,6 +1770,7 @@ pub fn update(app: &mut App, action: Action) {
             }
             match result {
                 Ok((rows, total)) => {
+                    app.files.keep_cursors(offset, &rows);
                     app.files.page = rows;
                     app.files.page_offset = offset;
                     app.files.error = None;

@@ -243,11 +243,12 @@ fn execute(
         }
         Effect::LoadFiles {
             generation,
+            start,
             query,
             count,
         } => {
             tokio::spawn(async move {
-                let offset = query.offset;
+                let offset = start;
                 let r = async {
                     let rows = files::list(&ctx, &query).await?.files;
                     let total = if count {

@@ -1036,7 +1036,7 @@ fn files_page_from_the_database_as_the_selection_moves() {
         .effects
         .iter()
         .filter_map(|e| match e {
-            Effect::LoadFiles { query, .. } => Some((query.offset, query.limit)),
+            Effect::LoadFiles { start, query, .. } => Some((*start, query.limit)),
             _ => None,
         })
         .collect();
@@ -1048,14 +1048,23 @@ fn files_page_from_the_database_as_the_selection_moves() {
         offset <= top && top + rows <= offset + limit,
         "page {offset}+{limit} misses viewport at {top}"
     );
-    // The end of a million rows is one key away.
+    // The end of a million rows is one key away, read backwards from the end.
     app.effects.clear();
     update(&mut app, key('G'));
     assert_eq!(app.files.selected, 999_999);
-    assert!(app
-        .effects
-        .iter()
-        .any(|e| matches!(e, Effect::LoadFiles { query, .. } if query.offset > 999_000)));
+    assert!(app.effects.iter().any(|e| matches!(e,
+        Effect::LoadFiles { start, query, .. }
+            if *start > 999_000 && query.from_end && query.offset < 200)));
+}
+
+#[test]
+fn files_pages_start_after_a_row_already_seen() {
+    // The first 200 rows (ids 1..=200) are loaded: a page further on starts after the last.
+    let app = files_app((80, 24));
+    let q = app.files.query(230, 200);
+    assert_eq!(q.after.as_ref().map(|r| r.id), Some(200));
+    assert_eq!(q.offset, 30);
+    assert!(!q.from_end);
 }
 
 #[test]

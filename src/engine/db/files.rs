@@ -2,7 +2,7 @@
 
 use sqlx::QueryBuilder;
 
-use super::{on_pool, ts, Db};
+use super::{on_pool, ts, Backend, Db};
 use crate::engine::error::Result;
 use crate::engine::model::{
     FileDetail, FileQuery, FileRow, FileSort, NewMirroredFile, NewOriginFile, OriginFile,
@@ -20,15 +20,122 @@ const DETAIL_SQL: &str =
        m.version, m.content_etag \
        FROM mirrored_files m JOIN origin_files o ON o.id = m.origin_file_id";
 
-fn order_by(sort: FileSort) -> &'static str {
+/// A column of a sort order, and how a cursor row binds its value.
+#[derive(Clone, Copy)]
+enum Col {
+    Downloads,
+    Size,
+    BytesServed,
+    LastDownloaded,
+    Stale,
+    Name,
+    Id,
+}
+
+/// The columns of each sort, all in one direction (descending ones read their index
+/// backwards), so a row comparison bounds a page; ties go by id.
+fn sort_columns(sort: FileSort) -> (&'static [Col], bool) {
+    use Col::*;
     match sort {
-        FileSort::Downloads => " ORDER BY download_count DESC, id",
-        FileSort::Size => " ORDER BY size DESC, id",
-        FileSort::LastDownloaded => " ORDER BY last_downloaded_at DESC NULLS LAST, id",
-        FileSort::Name => " ORDER BY key, id",
-        FileSort::Id => " ORDER BY id",
-        FileSort::BytesServed => " ORDER BY bytes_served DESC, id",
-        FileSort::Stale => " ORDER BY is_stale DESC, download_count DESC, id",
+        FileSort::Downloads => (&[Downloads, Id], true),
+        FileSort::Size => (&[Size, Id], true),
+        FileSort::LastDownloaded => (&[LastDownloaded, Id], true),
+        FileSort::Name => (&[Name, Id], false),
+        FileSort::Id => (&[Id], false),
+        FileSort::BytesServed => (&[BytesServed, Id], true),
+        FileSort::Stale => (&[Stale, Downloads, Id], true),
+    }
+}
+
+/// The expression of a column, as its index (migration 0012) has it.
+fn expr(c: Col, backend: Backend) -> &'static str {
+    match (c, backend) {
+        (Col::Downloads, _) => "download_count",
+        (Col::Size, _) => "size",
+        (Col::BytesServed, _) => "bytes_served",
+        (Col::LastDownloaded, Backend::Postgres) => {
+            "coalesce(last_downloaded_at, '-infinity'::timestamptz)"
+        }
+        (Col::LastDownloaded, Backend::Sqlite) => "coalesce(last_downloaded_at, '')",
+        (Col::Stale, _) => "is_stale",
+        (Col::Name, Backend::Postgres) => "(key COLLATE \"C\")",
+        (Col::Name, Backend::Sqlite) => "key",
+        (Col::Id, _) => "id",
+    }
+}
+
+/// A bound cursor value, wrapped as its column's expression is.
+fn push_value<'a, DB>(qb: &mut QueryBuilder<'a, DB>, c: Col, r: &'a FileRow, backend: Backend)
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<chrono::DateTime<chrono::Utc>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match c {
+        Col::Downloads => qb.push_bind(r.downloads),
+        Col::Size => qb.push_bind(r.size),
+        Col::BytesServed => qb.push_bind(r.bytes_served),
+        Col::LastDownloaded => {
+            qb.push("coalesce(").push_bind(r.last_downloaded_at);
+            qb.push(match backend {
+                Backend::Postgres => ", '-infinity'::timestamptz)",
+                Backend::Sqlite => ", '')",
+            })
+        }
+        Col::Stale => qb.push_bind(r.is_stale),
+        Col::Name => qb.push_bind(r.key.as_str()),
+        Col::Id => qb.push_bind(r.id),
+    };
+}
+
+/// How `--filter` matches keys on this database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyMatch {
+    /// Keys containing the text, case-insensitive (SQLite; PostgreSQL with the trigram index).
+    Contains(String),
+    /// Keys starting with the text, byte for byte: an index range.
+    Prefix(String),
+}
+
+/// `^text` is a prefix everywhere; other text is a substring where an index (or a small
+/// SQLite file) serves it, else a prefix.
+fn key_match(filter: &str, substring_indexed: bool) -> KeyMatch {
+    match filter.strip_prefix('^') {
+        Some(p) => KeyMatch::Prefix(p.to_string()),
+        None if substring_indexed => KeyMatch::Contains(filter.to_string()),
+        None => KeyMatch::Prefix(filter.to_string()),
+    }
+}
+
+/// The first string after every string that starts with `p` (in byte order).
+fn prefix_end(p: &str) -> String {
+    format!("{p}{}", char::MAX)
+}
+
+fn push_filter<'a, DB: sqlx::Database>(
+    qb: &mut QueryBuilder<'a, DB>,
+    m: &KeyMatch,
+    backend: Backend,
+) where
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    match m {
+        KeyMatch::Contains(s) => {
+            qb.push(" AND lower(key) LIKE ")
+                .push_bind(contains_pattern(s))
+                .push(" ESCAPE '\\'");
+        }
+        KeyMatch::Prefix(p) if !p.is_empty() => {
+            let col = expr(Col::Name, backend);
+            qb.push(" AND ").push(col).push(" >= ").push_bind(p.clone());
+            qb.push(" AND ")
+                .push(col)
+                .push(" < ")
+                .push_bind(prefix_end(p));
+        }
+        KeyMatch::Prefix(_) => {}
     }
 }
 
@@ -47,13 +154,42 @@ pub(super) fn contains_pattern(s: &str) -> String {
 }
 
 impl Db {
-    /// One page of live mirrored files, sorted and filtered in the database.
+    /// Whether a substring key filter has an index: always on SQLite (files of a single host),
+    /// on PostgreSQL when `migrate` could build the trigram index.
+    async fn substring_indexed(&self) -> Result<bool> {
+        if let Some(v) = self.trigram.get() {
+            return Ok(*v);
+        }
+        let v = match &self.pool {
+            super::Pool::Sqlite(_) => true,
+            super::Pool::Postgres(p) => sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE c.relname = $1 AND i.indisvalid \
+                 AND c.relnamespace = current_schema()::regnamespace)",
+            )
+            .bind(super::migrate::TRIGRAM_INDEX)
+            .fetch_one(p)
+            .await
+            .map_err(|e| self.err(e))?,
+        };
+        let _ = self.trigram.set(v);
+        Ok(v)
+    }
+
+    async fn key_match(&self, q: &FileQuery) -> Result<Option<KeyMatch>> {
+        match q.filter.as_deref().filter(|f| !f.is_empty()) {
+            Some(f) => Ok(Some(key_match(f, self.substring_indexed().await?))),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of live mirrored files, sorted, filtered and paged by keyset in the database.
     pub async fn list_files(&self, q: &FileQuery) -> Result<Vec<FileRow>> {
-        let pattern = q
-            .filter
-            .as_deref()
-            .filter(|f| !f.is_empty())
-            .map(contains_pattern);
+        let m = self.key_match(q).await?;
+        let backend = self.backend();
+        let (cols, desc) = sort_columns(q.sort);
+        // Reading from the end walks the order backwards; the rows are turned round below.
+        let backwards = desc != q.from_end;
         let r = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new("SELECT ");
             qb.push(FILE_COLUMNS);
@@ -61,51 +197,99 @@ impl Db {
             if q.stale_only {
                 qb.push(" AND is_stale");
             }
-            if let Some(pat) = &pattern {
-                qb.push(" AND lower(key) LIKE ")
-                    .push_bind(pat.clone())
-                    .push(" ESCAPE '\\'");
+            if let Some(m) = &m {
+                push_filter(&mut qb, m, backend);
             }
-            qb.push(order_by(q.sort));
+            if let Some(after) = q.after.as_ref().filter(|_| !q.from_end) {
+                qb.push(" AND (");
+                let mut sep = qb.separated(", ");
+                for c in cols {
+                    sep.push(expr(*c, backend));
+                }
+                qb.push(if desc { ") < (" } else { ") > (" });
+                for (i, c) in cols.iter().enumerate() {
+                    if i > 0 {
+                        qb.push(", ");
+                    }
+                    push_value(&mut qb, *c, after, backend);
+                }
+                qb.push(")");
+            }
+            qb.push(" ORDER BY ");
+            for (i, c) in cols.iter().enumerate() {
+                if i > 0 {
+                    qb.push(", ");
+                }
+                qb.push(expr(*c, backend))
+                    .push(if backwards { " DESC" } else { " ASC" });
+            }
             qb.push(" LIMIT ").push_bind(q.limit.max(0));
-            qb.push(" OFFSET ").push_bind(q.offset.max(0));
+            if q.offset > 0 {
+                qb.push(" OFFSET ").push_bind(q.offset);
+            }
             qb.build_query_as::<FileRow>().fetch_all(p).await
         });
-        r.map_err(|e| self.err(e))
+        let mut rows = r.map_err(|e| self.err(e))?;
+        if q.from_end {
+            rows.reverse();
+        }
+        Ok(rows)
     }
 
     /// How many live files match the same filter as `list_files` (for a table's scroll bar).
     pub async fn count_files(&self, q: &FileQuery) -> Result<i64> {
-        let pattern = q
-            .filter
-            .as_deref()
-            .filter(|f| !f.is_empty())
-            .map(contains_pattern);
-        if pattern.is_none() && !q.stale_only {
-            return Ok(self.storage_totals().await?.objects);
+        let m = self.key_match(q).await?;
+        if m.is_none() {
+            let t = self.storage_totals().await?;
+            return Ok(if q.stale_only { t.stale } else { t.objects });
         }
+        let backend = self.backend();
         let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
             let mut qb =
                 QueryBuilder::new("SELECT count(*) FROM mirrored_files WHERE deleted_at IS NULL");
             if q.stale_only {
                 qb.push(" AND is_stale");
             }
-            if let Some(pat) = &pattern {
-                qb.push(" AND lower(key) LIKE ")
-                    .push_bind(pat.clone())
-                    .push(" ESCAPE '\\'");
+            if let Some(m) = &m {
+                push_filter(&mut qb, m, backend);
             }
             qb.build_query_scalar().fetch_one(p).await
         });
         r.map_err(|e| self.err(e))
     }
 
-    /// A mirrored file by id, or by key (the live copy), with its origin row.
+    /// The row of the per-file table for one file id (a keyset cursor for `files --after`).
+    pub async fn file_row(&self, id: i64) -> Result<Option<FileRow>> {
+        let r = on_pool!(self, |p| sqlx::query_as::<_, FileRow>(&format!(
+            "SELECT {FILE_COLUMNS} FROM mirrored_files WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(p)
+        .await);
+        r.map_err(|e| self.err(e))
+    }
+
+    /// A mirrored file by id, or by key (the live copy) in any bucket, with its origin row.
     pub async fn get_file(&self, id_or_key: &str) -> Result<Option<FileDetail>> {
+        self.get_file_in(None, id_or_key).await
+    }
+
+    /// A mirrored file by id, or by key (the live copy) in `bucket` (any bucket when `None`),
+    /// with its origin row.
+    pub async fn get_file_in(
+        &self,
+        bucket: Option<&str>,
+        id_or_key: &str,
+    ) -> Result<Option<FileDetail>> {
         match id_or_key.trim().parse::<i64>() {
             Ok(id) => self.get_file_by_id(id).await,
-            Err(_) => self.get_file_by_key(id_or_key).await,
+            Err(_) => self.get_file_by_key_in(bucket, id_or_key).await,
         }
+    }
+
+    /// The mirrored file with this object key in any bucket (see `get_file_by_key_in`).
+    pub async fn get_file_by_key(&self, key: &str) -> Result<Option<FileDetail>> {
+        self.get_file_by_key_in(None, key).await
     }
 
     /// A mirrored file by id, with its origin row.
@@ -119,14 +303,22 @@ impl Db {
         r.map_err(|e| self.err(e))
     }
 
-    /// The mirrored file with this object key (the live copy first, then the newest row).
-    pub async fn get_file_by_key(&self, key: &str) -> Result<Option<FileDetail>> {
-        let r = on_pool!(self, |p| sqlx::query_as::<_, FileDetail>(&format!(
-            "{DETAIL_SQL} WHERE m.key = $1 ORDER BY m.deleted_at IS NOT NULL, m.id DESC LIMIT 1"
-        ))
-        .bind(key)
-        .fetch_optional(p)
-        .await);
+    /// The mirrored file with this object key in `bucket` (any bucket when `None`): the live
+    /// copy first, then the newest purged row. An index lookup (key, id).
+    pub async fn get_file_by_key_in(
+        &self,
+        bucket: Option<&str>,
+        key: &str,
+    ) -> Result<Option<FileDetail>> {
+        let r = on_pool!(self, |p| {
+            let mut qb = QueryBuilder::new(DETAIL_SQL);
+            qb.push(" WHERE m.key = ").push_bind(key);
+            if let Some(b) = bucket {
+                qb.push(" AND m.bucket = ").push_bind(b);
+            }
+            qb.push(" ORDER BY m.deleted_at IS NOT NULL, m.id DESC LIMIT 1");
+            qb.build_query_as::<FileDetail>().fetch_optional(p).await
+        });
         r.map_err(|e| self.err(e))
     }
 
@@ -225,8 +417,22 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn like_wildcards_are_literal() {
-        assert_eq!(super::contains_pattern("a_b%C"), "%a\\_b\\%c%");
+        assert_eq!(contains_pattern("a_b%C"), "%a\\_b\\%c%");
+    }
+
+    #[test]
+    fn a_caret_asks_for_a_prefix_and_no_index_means_a_prefix() {
+        assert_eq!(
+            key_match("^mods/1", true),
+            KeyMatch::Prefix("mods/1".into())
+        );
+        assert_eq!(key_match("mods", true), KeyMatch::Contains("mods".into()));
+        assert_eq!(key_match("mods", false), KeyMatch::Prefix("mods".into()));
+        assert!(prefix_end("ab").as_str() > "ab\u{10fffe}");
+        assert!(prefix_end("ab").as_str() < "ac");
     }
 }

@@ -15,6 +15,7 @@ mod key_scope;
 mod leases;
 mod lifecycle;
 mod lock;
+mod migrate;
 mod oplog;
 mod partitions;
 mod prefetch;
@@ -47,6 +48,7 @@ pub use lifecycle::{
 pub use lock::{
     heartbeat_every, holder_id, LockGuard, LockRow, LockSession, LockStatus, DEFAULT_LOCK_LEASE,
 };
+pub use migrate::{MigrateReport, MigrationStep};
 pub use oplog::OperationHeartbeat;
 pub use partitions::{month_bounds, partition_name, Month};
 pub use prefetch::PrefetchRow;
@@ -115,6 +117,8 @@ pub struct Db {
     known_months: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Month>>>,
     /// How long the mutation lock and a running operation's row stay claimed without renewal.
     lock_lease: Duration,
+    /// Whether a substring key filter has an index (looked up once).
+    trigram: std::sync::Arc<std::sync::OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -206,6 +210,7 @@ impl Db {
             target,
             known_months: Default::default(),
             lock_lease: DEFAULT_LOCK_LEASE,
+            trigram: Default::default(),
         })
     }
 
@@ -240,27 +245,6 @@ impl Db {
         }
     }
 
-    /// Applies pending migrations and creates the event partitions the next writes need.
-    pub async fn migrate(&self) -> Result<MigrateReport> {
-        let before = self.applied_migrations().await.unwrap_or(0);
-        let res = match &self.pool {
-            Pool::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
-            Pool::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
-        };
-        res.map_err(|e| Error::Database {
-            target: self.target.clone(),
-            message: format!("migration failed: {e}"),
-        })?;
-        let after = self.applied_migrations().await?;
-        let now = Month::of(Utc::now());
-        self.ensure_partitions(now.prev(), now.next().next())
-            .await?;
-        Ok(MigrateReport {
-            applied: after.saturating_sub(before),
-            total: after,
-        })
-    }
-
     pub async fn applied_migrations(&self) -> Result<u64> {
         let n: Result<i64, sqlx::Error> = on_pool!(self, |p| sqlx::query_scalar(
             "SELECT count(*) FROM _sqlx_migrations WHERE success"
@@ -285,13 +269,6 @@ impl Db {
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)
     }
-}
-
-/// What `migrate` did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct MigrateReport {
-    pub applied: u64,
-    pub total: u64,
 }
 
 /// A one-line description of a driver error, without the URL.

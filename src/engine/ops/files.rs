@@ -29,6 +29,14 @@ pub async fn list(ctx: &Ctx, q: &FileQuery) -> Result<FilesReport> {
     })
 }
 
+/// The row a `files --after ID` page starts after; an unknown id is a usage error.
+pub async fn cursor(ctx: &Ctx, id: i64) -> Result<FileRow> {
+    ctx.db
+        .file_row(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("--after: no mirrored file with id {id}")))
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct FileParams {
     pub id_or_key: String,
@@ -78,9 +86,13 @@ pub enum LiveOrigin {
 impl Report for FileReport {}
 
 pub async fn show(ctx: &Ctx, p: &FileParams) -> Result<FileReport> {
-    let file = ctx.db.get_file(&p.id_or_key).await?.ok_or_else(|| {
-        Error::NotFound(format!("no mirrored file with id or key {:?}", p.id_or_key))
-    })?;
+    let file = ctx
+        .db
+        .get_file_in(ctx.mirror_bucket_name(), &p.id_or_key)
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!("no mirrored file with id or key {:?}", p.id_or_key))
+        })?;
     let days = if p.days > 0 { p.days } else { 30 };
     let downloads_per_day = ctx
         .db
@@ -146,10 +158,11 @@ pub async fn presign(
     if expires.is_zero() || expires > std::time::Duration::from_secs(7 * 86_400) {
         return Err(Error::Usage("--expires must be between 1s and 7d".into()));
     }
-    let file =
-        ctx.db.get_file(id_or_key).await?.ok_or_else(|| {
-            Error::NotFound(format!("no mirrored file with id or key {id_or_key:?}"))
-        })?;
+    let file = ctx
+        .db
+        .get_file_in(ctx.mirror_bucket_name(), id_or_key)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no mirrored file with id or key {id_or_key:?}")))?;
     let url = ctx.mirror().await?.presign_get(&file.key, expires).await?;
     Ok(PresignReport {
         id: file.id,

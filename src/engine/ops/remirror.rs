@@ -134,10 +134,11 @@ pub async fn run(ctx: &Ctx, p: RemirrorParams, progress: &Progress) -> Result<Re
 
 /// A live row of the mirror bucket by id or key; unknown ones are a usage error (exit 2).
 async fn resolve(ctx: &Ctx, mirror: &S3Bucket, target: &str) -> Result<LifecycleRow> {
-    let f =
-        ctx.db.get_file(target).await?.ok_or_else(|| {
-            Error::NotFound(format!("no mirrored file with id or key {target:?}"))
-        })?;
+    let f = ctx
+        .db
+        .get_file_in(Some(mirror.name()), target)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no mirrored file with id or key {target:?}")))?;
     if f.deleted_at.is_some() {
         return Err(Error::NotFound(format!(
             "mirrored file {target:?} (id {}) was purged",

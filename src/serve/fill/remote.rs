@@ -120,7 +120,12 @@ pub(super) async fn wait_for_release(shared: &Shared, name: &str, limit: Duratio
 /// that had no row yet.
 pub(super) async fn record_when_stored(shared: &Shared, fill: &Fill, name: &str, key: &str) {
     wait_for_release(shared, name, super::WAIT_FOR_HOLDER).await;
-    let id = match shared.ctx.db.get_file_by_key(key).await {
+    let id = match shared
+        .ctx
+        .db
+        .get_file_by_key_in(Some(shared.mirror.name()), key)
+        .await
+    {
         Ok(Some(r)) if r.deleted_at.is_none() && r.bucket == shared.mirror.name() => Some(r.id),
         _ => None,
     };
@@ -129,7 +134,12 @@ pub(super) async fn record_when_stored(shared: &Shared, fill: &Fill, name: &str,
 
 /// The fresh copy another replica recorded for `row` (a newer version, or a first row).
 pub(super) async fn fresh_copy(shared: &Shared, row: &FileDetail) -> Option<FileDetail> {
-    match shared.ctx.db.get_file_by_key(&row.key).await {
+    match shared
+        .ctx
+        .db
+        .get_file_by_key_in(Some(shared.mirror.name()), &row.key)
+        .await
+    {
         Ok(Some(r))
             if r.deleted_at.is_none()
                 && !r.is_stale
