@@ -124,17 +124,14 @@ pub(super) fn push_selector<'a, DB: sqlx::Database>(
                 .push_bind(ts(*t));
         }
         PurgeBy::LruThrough { last_used_at, id } => {
+            // One row comparison: a range of the (bucket, last use, id) index.
             qb.push(" AND (")
                 .push(LAST_USED)
-                .push(" < ")
+                .push(", m.id) <= (")
                 .push_bind(ts(*last_used_at))
-                .push(" OR (")
-                .push(LAST_USED)
-                .push(" = ")
-                .push_bind(ts(*last_used_at))
-                .push(" AND m.id <= ")
+                .push(", ")
                 .push_bind(*id)
-                .push("))");
+                .push(")");
         }
     }
     push_key_scope(qb, backend, &sel.keys);
@@ -395,8 +392,27 @@ impl Db {
         r.map(|id| id.is_some()).map_err(|e| self.err(e))
     }
 
-    /// Bytes of the live files of `bucket` in `keys`.
+    /// Bytes of the live files of `bucket` in `keys`: the trigger-kept total when the whole
+    /// bucket is asked for and it is the only bucket with live files, else a sum over the
+    /// bucket's key range.
     pub async fn live_bytes(&self, bucket: &str, keys: &KeyScope) -> Result<i64> {
+        if keys.is_all() {
+            let (lo, hi): (Option<String>, Option<String>) = on_pool!(self, |p| {
+                sqlx::query_as(
+                    "SELECT min(bucket), max(bucket) FROM mirrored_files WHERE deleted_at IS NULL",
+                )
+                .fetch_one(p)
+                .await
+            })
+            .map_err(|e| self.err(e))?;
+            match (lo.as_deref(), hi.as_deref()) {
+                (None, None) => return Ok(0),
+                (Some(l), Some(h)) if l == bucket && h == bucket => {
+                    return Ok(self.storage_totals().await?.bytes);
+                }
+                _ => {}
+            }
+        }
         let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(
                 "SELECT CAST(coalesce(sum(m.size), 0) AS BIGINT) FROM mirrored_files m \
@@ -411,31 +427,57 @@ impl Db {
 
     /// The last (last use, id) position, in least-recently-used order among the live files of
     /// `bucket` in `keys`, that has to go so that at least `excess` bytes are freed; `None`
-    /// when nothing has to go.
+    /// when nothing has to go. Walks the (bucket, last use, id) index a page at a time and
+    /// stops there: the cost grows with what goes, not with the bucket.
     pub async fn lru_boundary(
         &self,
         bucket: &str,
         keys: &KeyScope,
         excess: i64,
     ) -> Result<Option<(DateTime<Utc>, i64)>> {
+        const PAGE: i64 = 5000;
         if excess <= 0 {
             return Ok(None);
         }
-        // A row is needed while the bytes before it (in LRU order) are still short of `excess`.
-        let r: Result<Option<(DateTime<Utc>, i64)>, sqlx::Error> = on_pool!(self, |p| {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT last_used_at, id FROM (SELECT m.id, {LAST_USED} AS last_used_at, \
-                 sum(m.size) OVER (ORDER BY {LAST_USED}, m.id ROWS UNBOUNDED PRECEDING) - m.size AS before \
-                 FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = "
-            ));
-            qb.push_bind(bucket);
-            push_key_scope(&mut qb, self.backend(), keys);
-            qb.push(") w WHERE before < ")
-                .push_bind(excess)
-                .push(" ORDER BY last_used_at DESC, id DESC LIMIT 1");
-            qb.build_query_as().fetch_optional(p).await
-        });
-        r.map_err(|e| self.err(e))
+        let mut freed = 0i64;
+        let mut after: Option<(DateTime<Utc>, i64)> = None;
+        loop {
+            let r: Result<Vec<(DateTime<Utc>, i64, i64)>, sqlx::Error> = on_pool!(self, |p| {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {LAST_USED} AS last_used_at, m.id, m.size FROM mirrored_files m \
+                     WHERE m.deleted_at IS NULL AND m.bucket = "
+                ));
+                qb.push_bind(bucket);
+                push_key_scope(&mut qb, self.backend(), keys);
+                if let Some((t, id)) = after {
+                    qb.push(" AND (")
+                        .push(LAST_USED)
+                        .push(", m.id) > (")
+                        .push_bind(t)
+                        .push(", ")
+                        .push_bind(id)
+                        .push(")");
+                }
+                qb.push(" ORDER BY ")
+                    .push(LAST_USED)
+                    .push(", m.id LIMIT ")
+                    .push_bind(PAGE);
+                qb.build_query_as().fetch_all(p).await
+            });
+            let rows = r.map_err(|e| self.err(e))?;
+            let full = rows.len() as i64 == PAGE;
+            for (t, id, size) in rows {
+                freed = freed.saturating_add(size);
+                after = Some((t, id));
+                if freed >= excess {
+                    return Ok(after);
+                }
+            }
+            if !full {
+                // Everything in scope goes and still does not free `excess`.
+                return Ok(after);
+            }
+        }
     }
 
     /// Counts and sizes the candidates of a purge, with the first `sample` keys in LRU order.
