@@ -445,16 +445,22 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
         }
         Command::Validate {
             all,
+            resume,
             ids,
             recent_days,
             concurrency,
         } => {
             use crate::engine::ops::validate;
+            if *resume {
+                let from = validate::resume_point(ctx).await?;
+                eprintln!("mirrorctl: {from}");
+            }
             let params = validate::ValidateParams {
-                all: *all,
+                all: *all || *resume,
                 ids: ids.clone(),
                 recent_days: *recent_days,
                 concurrency: *concurrency,
+                resume: *resume,
             };
             let r = validate::run(ctx, params, &cancellable_progress()).await?;
             print(cli, &r, || headless::validate_table(&r))?;

@@ -145,11 +145,29 @@ pub enum Command {
     },
     /// Check mirrored files against the origin and the mirror bucket; mark stale and missing ones
     ///
-    /// Exit 3 when it finds newly stale or missing files or the origin fails for some, 0 when all are fresh.
+    /// Each file's origin gets a HEAD (size, ETag), and so does its object in the mirror bucket,
+    /// except with --all, where the bucket's listing answers for every object. A file whose
+    /// origin or mirror object cannot be asked about is reported as origin_error or mirror_error
+    /// with its error, nothing is marked for it, and the run goes on.
+    ///
+    /// --all walks the files in key byte order and writes the results 500 at a time, each batch
+    /// with a checkpoint in the database (the last key written and the counts so far). When the
+    /// run stops (killed, Ctrl-C, or the database or the bucket listing still failing after 4
+    /// attempts at a page), --resume checks only the files after the checkpoint and reports the
+    /// counts of the whole walk. A run that completes clears the checkpoint; a new --all starts
+    /// over. For example: `mirrorctl --headless validate --all`, and after an interruption
+    /// `mirrorctl --headless validate --resume`.
+    ///
+    /// Exit 0 when all are fresh; 3 when it finds newly stale or missing files or errors for
+    /// some files; 1 when the run as a whole could not go on; 2 for bad flags, or --resume with
+    /// nothing to resume.
     Validate {
         /// Every live file (default: files downloaded in the last policy.validate_recent_days days)
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// Continue the latest `validate --all` that stopped, from its checkpoint (implies --all)
+        #[arg(long, conflicts_with_all = ["ids", "recent_days"])]
+        resume: bool,
         /// Only these mirrored file ids (space- or comma-separated)
         #[arg(long, num_args = 1.., value_delimiter = ',', value_name = "ID")]
         ids: Vec<i64>,

@@ -383,8 +383,21 @@ pub fn validate_table(r: &crate::engine::ops::validate::ValidateReport) -> Strin
         ("newly stale", count(r.newly_stale as i64)),
         ("missing in mirror", count(r.missing_in_mirror as i64)),
         ("origin errors", count(r.origin_errors as i64)),
+        ("mirror errors", count(r.mirror_errors as i64)),
     ] {
         let _ = writeln!(out, "{k:<18} {v}");
+    }
+    if let Some(from) = &r.resumed_from {
+        let _ = writeln!(
+            out,
+            "{:<18} operation {} after key {}, {} files checked there (counted above)",
+            "resumed",
+            from.operation_id,
+            from.after_key
+                .as_deref()
+                .map_or("(none)".into(), |k| format!("{k:?}")),
+            count(from.checked as i64)
+        );
     }
     if !r.recorded {
         out.push_str("(read-only: results were not written to the database)\n");
@@ -400,6 +413,7 @@ pub fn validate_table(r: &crate::engine::ops::validate::ValidateReport) -> Strin
                     ValidateStatus::Stale => "stale",
                     ValidateStatus::Missing => "missing",
                     ValidateStatus::OriginError => "origin_error",
+                    ValidateStatus::MirrorError => "mirror_error",
                 };
                 vec![
                     i.id.to_string(),

@@ -135,6 +135,24 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    audited_with_id(ctx, kind, params, mutating, progress, |_| f()).await
+}
+
+/// `audited`, for an operation that needs the id of its own `operations` row (to name it in
+/// what it leaves behind, such as a checkpoint).
+pub async fn audited_with_id<T, F, Fut>(
+    ctx: &Ctx,
+    kind: &str,
+    params: &impl Serialize,
+    mutating: bool,
+    progress: &Progress,
+    f: F,
+) -> Result<T>
+where
+    T: Report,
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let params = serde_json::to_value(params).unwrap_or(serde_json::Value::Null);
     let lock = if mutating {
         Some(ctx.db.acquire_lock(kind, &ctx.operator).await?)
@@ -154,7 +172,7 @@ where
     progress.emit(JobEvent::Started {
         kind: kind.to_string(),
     });
-    let mut out = f().await;
+    let mut out = f(id).await;
     if lock.as_ref().is_some_and(|l| l.is_lost()) && matches!(out, Err(Error::Cancelled)) {
         out = Err(Error::Runtime(
             "stopped: the mutation lock was taken away while this ran (`lock release --force`, \

@@ -23,6 +23,12 @@ pub struct Faults {
     /// Every PUT/POST is answered this long after the server processed it (a slow answer:
     /// the window in which a client that dies has changed the bucket but not its records).
     pub write_delay_ms: AtomicU64,
+    /// Every listing request that continues a listing (it carries a continuation token) gets
+    /// 500 InternalError: a bucket that starts failing part-way through a listing.
+    pub fail_continued_listings: AtomicBool,
+    /// Every request whose path contains this text gets 500 InternalError (one object whose
+    /// requests fail while the rest of the bucket answers).
+    pub fail_paths_containing: std::sync::Mutex<Option<String>>,
     /// PUT/POST requests the server has processed.
     pub writes: AtomicU64,
     /// Requests seen, and requests answered with an injected fault.
@@ -100,6 +106,23 @@ async fn forward(State(p): State<Arc<ProxyState>>, req: Request) -> Response {
     if Faults::take(&f.throttle_next) {
         f.injected.fetch_add(1, Ordering::SeqCst);
         return s3_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown");
+    }
+    let continued_listing = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.contains("continuation-token="));
+    if continued_listing && f.fail_continued_listings.load(Ordering::SeqCst) {
+        f.injected.fetch_add(1, Ordering::SeqCst);
+        return s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+    }
+    let failing_path = f
+        .fail_paths_containing
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    if failing_path.is_some_and(|p| parts.uri.path().contains(&p)) {
+        f.injected.fetch_add(1, Ordering::SeqCst);
+        return s3_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
     }
     let write = matches!(parts.method, Method::PUT | Method::POST);
     if write && f.fail_writes.load(Ordering::SeqCst) {

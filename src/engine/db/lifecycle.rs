@@ -3,9 +3,11 @@
 //! candidate plans and soft deletes of a purge.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::QueryBuilder;
 
 use super::key_scope::{push_key_scope, KeyScope};
+use super::validate_checkpoint::{ValidateCheckpoint, UPSERT_CHECKPOINT};
 use super::{on_pool, ts, Backend, Db};
 use crate::engine::error::Result;
 
@@ -265,20 +267,37 @@ impl Db {
         Ok(missing)
     }
 
-    /// Records one batch of validation results in one transaction: every file gets
-    /// `last_validated_at`; fresh files that were stale are cleared; stale files get their reason.
-    /// Only the columns that change are written, so the counters trigger fires only when needed.
+    /// Records one batch of validation results in one transaction: `stamped` files only get
+    /// `last_validated_at` (their result did not change); fresh files that were stale are
+    /// cleared; `marked` files get their new stale reason.
     pub async fn record_validation(
         &self,
-        fresh: &[i64],
+        stamped: &[i64],
         cleared: &[i64],
-        stale: &[StaleMark],
+        marked: &[StaleMark],
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.record_validation_batch(stamped, cleared, marked, None, at)
+            .await
+    }
+
+    /// `record_validation`, and in the same transaction the walk's `checkpoint`: a checkpoint
+    /// never claims results that are not in the rows. Unchanged rows get one statement per
+    /// batch that sets only `last_validated_at`, so triggers on `is_stale` (the storage
+    /// counters, the version that replicas watch) fire only for rows whose result changed.
+    pub async fn record_validation_batch(
+        &self,
+        stamped: &[i64],
+        cleared: &[i64],
+        marked: &[StaleMark],
+        checkpoint: Option<&ValidateCheckpoint>,
         at: DateTime<Utc>,
     ) -> Result<()> {
         let at = ts(at);
         let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            for (ids, clear) in [(fresh, false), (cleared, true)] {
+            // A batch is at most 500 files: one `IN` list each, within SQLite's bind limit.
+            for (ids, clear) in [(stamped, false), (cleared, true)] {
                 for chunk in ids.chunks(500) {
                     let mut qb =
                         QueryBuilder::new("UPDATE mirrored_files SET last_validated_at = ");
@@ -295,15 +314,26 @@ impl Db {
                     qb.build().persistent(false).execute(&mut *tx).await?;
                 }
             }
-            for m in stale {
+            for m in marked {
                 sqlx::query(
-                    "UPDATE mirrored_files SET last_validated_at = $1, is_stale = TRUE, stale_reason = $2 WHERE id = $3",
+                    "UPDATE mirrored_files SET last_validated_at = $1, is_stale = TRUE, \
+                     stale_reason = $2 WHERE id = $3",
                 )
                 .bind(at)
                 .bind(&m.reason)
                 .bind(m.id)
                 .execute(&mut *tx)
                 .await?;
+            }
+            if let Some(c) = checkpoint {
+                sqlx::query(UPSERT_CHECKPOINT)
+                    .bind(&c.bucket)
+                    .bind(c.operation_id)
+                    .bind(&c.after_key)
+                    .bind(Json(&c.counts))
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await
         });

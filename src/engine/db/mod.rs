@@ -21,6 +21,7 @@ mod partitions;
 mod prefetch;
 mod purge_impact;
 mod replication;
+mod validate_checkpoint;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,6 +57,7 @@ pub use purge_impact::PurgeImpactRow;
 pub use replication::{
     BacklogCounts, ClaimedTask, FrontWrite, InventoryState, TaskEnd, TaskRow, WrittenObject,
 };
+pub use validate_checkpoint::{ValidateCheckpoint, ValidateCounts};
 
 /// Runs the same block against whichever pool this `Db` holds.
 macro_rules! on_pool {
