@@ -20,7 +20,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 q() { psql "$URL" -Atq -c "$1"; }
 
-echo "== dataset: $(q 'SELECT count(*) FROM mirrored_files') files, $(q "SELECT to_char(sum(reltuples), 'FM999,999,999,999') FROM pg_class WHERE relname LIKE 'download\_events\_y%'") events (estimate)"
+echo "== dataset: $(q 'SELECT count(*) FROM mirrored_files') files, $(q "SELECT to_char(sum(reltuples), 'FM999,999,999,999') FROM pg_class WHERE relkind = 'r' AND relname LIKE 'download\_events\_y%'") events (estimate)"
 
 if [ "${SKIP_MIGRATE:-}" != 1 ]; then
   # The writers: a download as the data plane records it (counters and one event).
@@ -33,7 +33,7 @@ SQL
   (
     cd "$work"
     while [ ! -e "$work/done" ]; do
-      pgbench -n -q -c 2 -R 200 -T 5 -f write.sql -l --aggregate-interval=1 "$URL" >/dev/null 2>&1 || true
+      pgbench -n -c 2 -R 100 -T 5 -f write.sql -l --aggregate-interval=1 "$URL" >/dev/null 2>&1 || true
     done
   ) &
   writers=$!

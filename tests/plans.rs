@@ -265,3 +265,115 @@ async fn every_read_path_is_on_an_index_on_postgres() {
         failures.join("\n")
     );
 }
+
+/// A new, empty PostgreSQL database (no schema), or `None` when PostgreSQL is not configured.
+async fn empty_postgres() -> Option<String> {
+    let admin_url = std::env::var("MIRRORCTL_TEST_DATABASE_URL").ok()?;
+    let name = common::unique("mt").replace('-', "_");
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("connect");
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let mut url = url::Url::parse(&admin_url).expect("url");
+    url.set_path(&format!("/{name}"));
+    Some(url.to_string())
+}
+
+fn migrate(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(common::binary())
+        .args(["--headless", "migrate"])
+        .args(args)
+        .env_remove("MIRRORCTL_CONFIG")
+        .env("MIRRORCTL_DATABASE_URL", url)
+        .output()
+        .expect("run mirrorctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn tables(c: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
+        .fetch_one(c)
+        .await
+        .expect("tables")
+}
+
+/// Whether the rebuilt size index is there, valid and the migration's own (not unique).
+async fn valid(c: &mut sqlx::PgConnection) -> bool {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid AND NOT i.indisunique FROM pg_index i \
+         JOIN pg_class x ON x.oid = i.indexrelid WHERE x.relname = 'mirrored_files_page_size'",
+    )
+    .fetch_one(c)
+    .await
+    .expect("index")
+}
+
+#[tokio::test]
+async fn migrate_dry_run_changes_nothing_and_a_broken_concurrent_build_is_redone() {
+    if common::servers_required() {
+        assert!(std::env::var("MIRRORCTL_TEST_DATABASE_URL").is_ok());
+    }
+    let Some(url) = empty_postgres().await else {
+        return;
+    };
+    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+
+    // A dry run lists every step, with the concurrent one marked, and creates nothing.
+    let (code, out, err) = migrate(&url, &["--dry-run", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(plan["dry_run"], true);
+    let steps = plan["steps"].as_array().expect("steps");
+    let keyset = steps
+        .iter()
+        .find(|s| s["version"] == 12)
+        .expect("0012 pending");
+    assert_eq!(keyset["concurrently"], true);
+    assert!(keyset.get("seconds").is_none());
+    assert_eq!(tables(&mut c).await, 0, "a dry run created tables");
+
+    // The real run times each step.
+    let (code, out, err) = migrate(&url, &["-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let done: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(done["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .all(|s| s["seconds"].is_number() || s["note"].is_string()));
+
+    // An interrupted concurrent build leaves an invalid index; the next run drops and redoes it.
+    sqlx::raw_sql(
+        "DROP INDEX mirrored_files_page_size; DELETE FROM _sqlx_migrations WHERE version = 12;
+         INSERT INTO origin_files (remote_id, file_name, url) VALUES ('1', 'a', 'a'), ('2', 'b', 'b');
+         INSERT INTO mirrored_files (origin_file_id, bucket, key, size, mirrored_at)
+           SELECT id, 'm', url, 7, now() FROM origin_files;",
+    )
+    .execute(&mut c)
+    .await
+    .expect("setup");
+    let failed = sqlx::raw_sql(
+        "CREATE UNIQUE INDEX CONCURRENTLY mirrored_files_page_size ON mirrored_files (size)",
+    )
+    .execute(&mut c)
+    .await;
+    assert!(failed.is_err(), "the duplicate sizes should fail the build");
+    assert!(
+        !valid(&mut c).await,
+        "the failed build left no invalid index"
+    );
+    let (code, out, err) = migrate(&url, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("concurrently"), "{out}");
+    assert!(valid(&mut c).await, "the index was not rebuilt");
+    let (code, out, _) = migrate(&url, &["--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("up to date"), "{out}");
+}
