@@ -30,22 +30,36 @@ UPDATE mirrored_files SET download_count = download_count + 1, bytes_served = by
 INSERT INTO download_events (occurred_at, file_id, cache_hit, bytes, duration_ms, status) VALUES (now(), :id, true, 4096, 3, 200);
 SQL
   "$BIN" migrate --dry-run
-  (
-    cd "$work"
-    while [ ! -e "$work/done" ]; do
-      pgbench -n -c 2 -R 100 -T 5 -f write.sql -l --aggregate-interval=1 "$URL" >/dev/null 2>&1 || true
-    done
-  ) &
-  writers=$!
-  sleep 6
-  "$BIN" migrate
-  sleep 6
-  touch "$work/done"
-  wait "$writers"
+  writers() { # $1: a directory for the logs; runs until $1/done exists
+    (
+      cd "$1"
+      while [ ! -e done ]; do
+        pgbench -n -c 2 -R 100 -T 5 -f "$work/write.sql" -l --aggregate-interval=1 "$URL" >/dev/null 2>&1 || true
+      done
+    )
+  }
   # Aggregated log lines: interval_start count sum sum2 min_us max_us …
-  cat "$work"/pgbench_log.* | awk '
-    { n += $2; if ($6 > max) max = $6; if ($6 > 1000000) slow++ ; secs++ }
-    END { printf "writers during migrate: %d transactions over %d s, worst %.1f ms, seconds with a transaction over 1 s: %d\n", n, secs, max / 1000, slow }'
+  summary() {
+    cat "$1"/pgbench_log.* | awk -v what="$2" '
+      { n += $2; if ($6 > max) max = $6; if ($6 > 1000000) slow++; secs++ }
+      END { printf "writers %s: %d transactions over %d s, worst %.1f ms, seconds with a transaction over 1 s: %d\n", what, n, secs, max / 1000, slow }'
+    sort -k6 -n -r "$1"/pgbench_log.* | head -3 | awk '{ printf "  worst second: at %d (epoch) %d transactions, max %.1f ms\n", $1, $2, $6 / 1000 }'
+  }
+  mkdir -p "$work/base" "$work/during"
+  writers "$work/base" &
+  sleep 60
+  touch "$work/base/done"
+  wait
+  summary "$work/base" "before migrate (60 s)"
+  writers "$work/during" &
+  sleep 6
+  echo "migrate starts at $(date +%s) (epoch)"
+  "$BIN" migrate
+  echo "migrate ends at $(date +%s) (epoch)"
+  sleep 6
+  touch "$work/during/done"
+  wait
+  summary "$work/during" "during migrate"
 fi
 
 echo "== read paths ($RUNS runs each, whole process)"

@@ -631,7 +631,7 @@ fn render_files(app: &App, f: &mut Frame, area: Rect) {
         let msg = match &fs.error {
             Some(e) => Span::styled(format!("cannot load files: {e}"), t.bad),
             None if fs.filter.is_empty() => Span::styled("no mirrored files", t.dim),
-            None => Span::styled("no keys contain the filter (Esc clears it)", t.dim),
+            None => Span::styled("no keys match the filter (Esc clears it)", t.dim),
         };
         f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), inner);
     }

@@ -126,11 +126,13 @@ pub(super) fn push_selector<'a, DB: sqlx::Database>(
                 .push_bind(ts(*t));
         }
         PurgeBy::LruThrough { last_used_at, id } => {
-            // One row comparison: a range of the (bucket, last use, id) index.
+            // One row comparison: a range of the (bucket, last use, id) index. The boundary
+            // is a value read from the rows, bound as it is (rows written by other programs
+            // may carry sub-second times).
             qb.push(" AND (")
                 .push(LAST_USED)
                 .push(", m.id) <= (")
-                .push_bind(ts(*last_used_at))
+                .push_bind(*last_used_at)
                 .push(", ")
                 .push_bind(*id)
                 .push(")");

@@ -177,6 +177,11 @@ impl Db {
             if !url.contains("application_name=") {
                 opts = opts.application_name("mirrorctl");
             }
+            // Every query here reads a few index pages; a misestimated row count must not
+            // buy it JIT compilation (hundreds of ms at 10M rows). One set in the URL wins.
+            if !url.contains("jit") {
+                opts = opts.options([("jit", "off")]);
+            }
             // The pool retries a refused connection until its timeout; an operator should hear
             // "unreachable" at once. So: a pool with a short timeout (the fast path, one
             // connection), and when that fails one direct attempt for the real cause.
