@@ -237,8 +237,10 @@ fn file_report() -> FileReport {
                     .to_string(),
                 downloads: 10 + (d * 13) % 50,
                 bytes: 0,
+                from_archive: false,
             })
             .collect(),
+        archive_unavailable: Vec::new(),
     }
 }
 
@@ -543,6 +545,7 @@ fn partition(year: i32, month: u32, state: PartitionState, object: Option<&str>)
         year,
         month,
         rows: 1_722_073,
+        rows_estimated: false,
         bytes: Some(22_755_188),
         state,
         object: object.map(str::to_string),

@@ -339,6 +339,108 @@ pub(super) fn read_parts(
     Ok(read)
 }
 
+/// Downloads and bytes per UTC day (`YYYY-MM-DD`) of one file in a part file, counting as the
+/// database does (`status < 500`, not 304), for events at or after `since`.
+///
+/// Reads only what it needs: row groups whose `file_id` statistics exclude the file are
+/// skipped; the rest decode the `file_id` column first and the three other columns only for
+/// the rows that match. (Rows are in id order, so most row groups span most file ids and the
+/// statistics prune little; the row filter does the work.)
+pub(super) fn daily_downloads(
+    path: &Path,
+    file_id: i64,
+    since: DateTime<Utc>,
+    days: &mut std::collections::BTreeMap<String, (i64, i64)>,
+) -> std::result::Result<(), String> {
+    use parquet::arrow::arrow_reader::{ArrowPredicateFn, RowFilter};
+    use parquet::arrow::ProjectionMask;
+    use parquet::file::statistics::Statistics;
+
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
+    let columns = builder.parquet_schema().columns();
+    let index = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c.name() == name)
+            .ok_or_else(|| format!("no column {name:?}"))
+    };
+    let (id_col, at_col, bytes_col, status_col) = (
+        index("file_id")?,
+        index("occurred_at")?,
+        index("bytes")?,
+        index("status")?,
+    );
+    let groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| match g.column(id_col).statistics() {
+            Some(Statistics::Int64(s)) => {
+                s.min_opt().is_none_or(|min| *min <= file_id)
+                    && s.max_opt().is_none_or(|max| *max >= file_id)
+            }
+            _ => true,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let schema = builder.parquet_schema();
+    let predicate = ArrowPredicateFn::new(
+        ProjectionMask::leaves(schema, [id_col]),
+        move |batch: RecordBatch| {
+            let ids = batch
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| {
+                    arrow_schema::ArrowError::SchemaError("file_id is not int64".into())
+                })?;
+            Ok(BooleanArray::from_iter(
+                ids.values().iter().map(|v| Some(*v == file_id)),
+            ))
+        },
+    );
+    let projection = ProjectionMask::leaves(schema, [id_col, at_col, bytes_col, status_col]);
+    let reader = builder
+        .with_row_groups(groups)
+        .with_projection(projection)
+        .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let since = since.timestamp_micros();
+    for batch in reader {
+        let batch = batch.map_err(|e| e.to_string())?;
+        let bad = |c: &str| format!("column {c:?} is missing or has the wrong type");
+        let at = batch
+            .column_by_name("occurred_at")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| bad("occurred_at"))?;
+        let bytes = batch
+            .column_by_name("bytes")
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| bad("bytes"))?;
+        let status = batch
+            .column_by_name("status")
+            .and_then(|c| c.as_primitive_opt::<Int16Type>())
+            .ok_or_else(|| bad("status"))?;
+        for i in 0..batch.num_rows() {
+            let (t, st) = (at.value(i), status.value(i));
+            if t < since || st >= 500 || st == 304 {
+                continue;
+            }
+            let day = DateTime::<Utc>::from_timestamp_micros(t)
+                .ok_or_else(|| bad("occurred_at"))?
+                .format("%Y-%m-%d")
+                .to_string();
+            let d = days.entry(day).or_default();
+            d.0 += 1;
+            d.1 += bytes.value(i);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

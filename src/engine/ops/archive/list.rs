@@ -18,6 +18,9 @@ pub struct PartitionEntry {
     pub month: u32,
     /// Rows in the database, or in the archive when archived.
     pub rows: i64,
+    /// `rows` is PostgreSQL's catalog estimate (`archive list --exact` counts); archived
+    /// months' rows are the count recorded when they were archived.
+    pub rows_estimated: bool,
     /// Size in the database (PostgreSQL), or of the Parquet parts when archived.
     pub bytes: Option<i64>,
     pub state: PartitionState,
@@ -36,9 +39,10 @@ pub struct ArchiveListReport {
 
 impl Report for ArchiveListReport {}
 
-/// Every month with rows in the database or an archive record.
-pub async fn list(ctx: &Ctx) -> Result<ArchiveListReport> {
-    let live = ctx.db.live_months().await?;
+/// Every month with rows in the database or an archive record. Live months' rows are the
+/// catalog's estimate unless `exact` (which counts every partition: minutes at 100M rows).
+pub async fn list(ctx: &Ctx, exact: bool) -> Result<ArchiveListReport> {
+    let live = ctx.db.live_months(exact).await?;
     let records = ctx.db.archive_records().await?;
     let mut by_month: BTreeMap<Month, PartitionEntry> = BTreeMap::new();
     for l in &live {
@@ -49,8 +53,13 @@ pub async fn list(ctx: &Ctx) -> Result<ArchiveListReport> {
                 year: l.month.year,
                 month: l.month.month,
                 rows: l.rows,
+                rows_estimated: l.rows_estimated,
                 bytes: l.bytes,
-                state: PartitionState::Live,
+                state: if l.detached {
+                    PartitionState::Archiving
+                } else {
+                    PartitionState::Live
+                },
                 object: None,
                 live_rows: l.rows,
             },
@@ -67,17 +76,21 @@ pub async fn list(ctx: &Ctx) -> Result<ArchiveListReport> {
             year: m.year,
             month: m.month,
             rows: 0,
+            rows_estimated: false,
             bytes: None,
             state: PartitionState::Live,
             object: None,
             live_rows: 0,
         });
         entry.object = object;
-        if r.state == "restored" {
+        if entry.state == PartitionState::Archiving {
+            // A restored month being archived again: the run under way decides.
+        } else if r.state == "restored" {
             entry.state = PartitionState::Restored;
         } else {
             entry.state = PartitionState::Archived;
             entry.rows = r.row_count;
+            entry.rows_estimated = false;
             entry.bytes = Some(r.bytes);
         }
         entry.live_rows = live_rows;

@@ -8,12 +8,20 @@
 //! write the record in one transaction. A rerun after a crash before the drop simply redoes the
 //! export and overwrites the objects.
 //!
+//! On PostgreSQL 14+ the month is detached first (`DETACH PARTITION … CONCURRENTLY`), so the
+//! export runs on a table no writer reaches and writers of other months never queue behind the
+//! archive; the drop then removes the detached table. Readers see a detached month's rows
+//! under its own name until the drop, and the archive's after it (`read_back`).
+//!
 //! One concern per file: `list`, `run` (planning and the order of effects), `export` (database
-//! → Parquet → S3), `codec` (the Parquet format itself), `verify`, `restore`.
+//! → Parquet → S3), `codec` (the Parquet format itself), `verify`, `restore`, `health` (the
+//! timed read-back) and `read_back` (a file's days from archived months, with a local cache).
 
 mod codec;
 mod export;
+mod health;
 mod list;
+pub mod read_back;
 mod restore;
 mod run;
 mod verify;
@@ -29,6 +37,7 @@ use crate::engine::s3::S3Bucket;
 
 pub use codec::arrow_schema;
 pub use export::{export_and_upload, UploadedArchive};
+pub use health::{health, ArchiveHealthReport, HealthParams};
 pub use list::{list, ArchiveListReport, PartitionEntry};
 pub use restore::{restore, ArchiveRestoreReport};
 pub use run::{run, ArchiveRunParams, ArchiveRunReport, RunEntry, RunStatus};
@@ -50,6 +59,9 @@ const MANIFEST_NAME: &str = "_manifest.json";
 pub enum PartitionState {
     /// Rows in the database, never archived.
     Live,
+    /// Detached from `download_events` by an archive run that has not dropped it yet (under
+    /// way, or interrupted: the next run finishes it). Its rows are still in the database.
+    Archiving,
     /// Rows on S3 only.
     Archived,
     /// Archived once, loaded back into the database.

@@ -40,6 +40,8 @@ pub struct RunEntry {
     pub year: i32,
     pub month: u32,
     pub rows: u64,
+    /// `rows` is PostgreSQL's catalog estimate (the plan); after archiving it is the count.
+    pub rows_estimated: bool,
     /// Database size before (dry run), Parquet bytes after.
     pub bytes: Option<u64>,
     pub parts: usize,
@@ -108,13 +110,16 @@ pub async fn run(
             year: m.year,
             month: m.month,
             rows,
+            rows_estimated: false,
             bytes,
             parts: 0,
             object: None,
             status,
             reason,
         };
-    let live = ctx.db.live_months().await?;
+    // Catalog estimates: planning (and every tick of `serve`'s archive worker) must not count
+    // 100M rows. The export counts what it writes.
+    let live = ctx.db.live_months(false).await?;
     let records = ctx.db.archive_records().await?;
     let archived_state = |m: Month| {
         records
@@ -130,7 +135,8 @@ pub async fn run(
                     partition_name(m)
                 )));
             }
-            if params.older_than_months.is_some() && m > last {
+            let detached = live.iter().any(|l| l.month == m && l.detached);
+            if params.older_than_months.is_some() && m > last && !detached {
                 return Err(Error::Refused(format!(
                     "{} ended less than {n} months ago (the newest eligible month is {})",
                     partition_name(m),
@@ -163,17 +169,21 @@ pub async fn run(
                     RunStatus::Skipped,
                     Some(late_rows_reason(l.rows)),
                 )),
-                (Some(l), _) => plan.push(entry(
-                    m,
-                    l.rows as u64,
-                    l.bytes.map(|b| b as u64),
-                    RunStatus::WouldArchive,
-                    None,
-                )),
+                (Some(l), _) => plan.push(RunEntry {
+                    rows_estimated: l.rows_estimated,
+                    ..entry(
+                        m,
+                        l.rows as u64,
+                        l.bytes.map(|b| b as u64),
+                        RunStatus::WouldArchive,
+                        None,
+                    )
+                }),
             }
         }
         None => {
-            for l in live.iter().filter(|l| l.month <= last) {
+            // A detached month is an interrupted run's: finished whatever its age now.
+            for l in live.iter().filter(|l| l.month <= last || l.detached) {
                 if archived_state(l.month).as_deref() == Some("archived") {
                     plan.push(entry(
                         l.month,
@@ -183,13 +193,16 @@ pub async fn run(
                         Some(late_rows_reason(l.rows)),
                     ));
                 } else {
-                    plan.push(entry(
-                        l.month,
-                        l.rows as u64,
-                        l.bytes.map(|b| b as u64),
-                        RunStatus::WouldArchive,
-                        None,
-                    ));
+                    plan.push(RunEntry {
+                        rows_estimated: l.rows_estimated,
+                        ..entry(
+                            l.month,
+                            l.rows as u64,
+                            l.bytes.map(|b| b as u64),
+                            RunStatus::WouldArchive,
+                            None,
+                        )
+                    });
                 }
             }
         }
@@ -244,6 +257,7 @@ pub async fn run(
                 Some(up) => {
                     e.status = RunStatus::Archived;
                     e.rows = up.rows;
+                    e.rows_estimated = false;
                     e.bytes = Some(up.manifest.bytes);
                     e.parts = up.manifest.parts.len();
                     e.object = Some(format!(
@@ -257,6 +271,7 @@ pub async fn run(
                 None => {
                     e.status = RunStatus::Skipped;
                     e.rows = 0;
+                    e.rows_estimated = false;
                     e.reason = Some("no rows left to archive".into());
                 }
             }
@@ -274,19 +289,31 @@ fn late_rows_reason(rows: i64) -> String {
 }
 
 /// Archives one month completely; `None` when it had no rows.
+///
+/// PostgreSQL 14+: the partition is first detached with `DETACH … CONCURRENTLY`, so writers
+/// of other months never queue behind the archive and no row can arrive in the month while it
+/// is exported; readers find its rows under the detached table's name until the drop. A crash
+/// at any step leaves the month detached (or its detach pending) with every row in it: the
+/// next run finishes the detach and starts the export over. Elsewhere the drop detaches.
 async fn archive_month(
     ctx: &Ctx,
     m: Month,
     rows_per_part: u64,
     progress: &Progress,
 ) -> Result<Option<UploadedArchive>> {
+    let name = partition_name(m);
+    progress.update(0, None, format!("{name}: detaching from download_events"));
+    let detached = ctx.db.detach_month(m).await?;
     let Some(up) = export_and_upload(ctx, m, rows_per_part, progress).await? else {
+        if detached {
+            ctx.db.drop_empty_detached(m).await?;
+        }
         return Ok(None);
     };
     progress.update(
         up.rows,
         Some(up.rows),
-        format!("{}: dropping from the database", up.record.partition),
+        format!("{name}: dropping from the database"),
     );
     ctx.db.drop_archived_month(m, up.rows, &up.record).await?;
     Ok(Some(up))
