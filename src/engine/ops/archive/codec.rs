@@ -488,4 +488,48 @@ mod tests {
         }
         assert_eq!(back, rows);
     }
+
+    #[test]
+    fn one_files_days_are_read_with_the_databases_rules() {
+        let day = |d: u32, h: u32| {
+            Utc.with_ymd_and_hms(2026, 3, d, h, 0, 0)
+                .single()
+                .expect("date")
+        };
+        let row = |id: i64, at, file_id: i64, status: i16| EventRow {
+            id,
+            occurred_at: at,
+            file_id,
+            cache_hit: true,
+            bytes: 100,
+            duration_ms: 1,
+            status,
+        };
+        let rows = vec![
+            row(1, day(1, 1), 7, 200),
+            row(2, day(1, 2), 7, 206),
+            row(3, day(1, 3), 8, 200), // another file
+            row(4, day(2, 1), 7, 503), // an error: not a download
+            row(5, day(2, 2), 7, 304), // a revalidation: not a download
+            row(6, day(3, 23), 7, 200),
+            row(7, day(5, 0), 9, 200),
+        ];
+        let dir = WorkDir::create("unit-days").expect("dir");
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(rows).expect("send");
+        drop(tx);
+        let parts = write_parts(rx, &dir.path, "unit", 3, &Progress::none()).expect("write");
+        let mut days = std::collections::BTreeMap::new();
+        for p in &parts {
+            daily_downloads(&p.path, 7, day(1, 2), &mut days).expect("read");
+        }
+        let got: Vec<_> = days.into_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ("2026-03-01".to_string(), (1, 100)),
+                ("2026-03-03".to_string(), (1, 100))
+            ]
+        );
+    }
 }
