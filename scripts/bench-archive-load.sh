@@ -28,8 +28,8 @@ cd "$(dirname "$0")/.."
 RATE=${BENCH_RATE:-2000}
 PAUSE_MS=${BENCH_PAUSE_MS:-10}
 # Each connection sends one request, waits for the answer, pauses PAUSE_MS: about
-# CONNS / (pause + latency) requests/s. Sized for ~1.5 ms of latency on loopback.
-CONNS=${BENCH_CONNS:-$(( (RATE * (PAUSE_MS * 10 + 15) + 9999) / 10000 ))}
+# CONNS / (pause + latency) requests/s. Sized for ~2.5 ms of mean latency on loopback.
+CONNS=${BENCH_CONNS:-$(( (RATE * (PAUSE_MS * 10 + 25) + 9999) / 10000 ))}
 WINDOW=${BENCH_WINDOW:-5}
 BEFORE=${BENCH_BEFORE:-6}
 NFILES=${BENCH_FILES:-200}
