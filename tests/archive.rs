@@ -1440,3 +1440,56 @@ async fn archive_health_times_the_read_back() {
     let o = mirrorctl(&down_config, &["archive", "health"]);
     assert_eq!(code(&o), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The whole run on PostgreSQL 14+ while a writer of the current month sits in an open
+/// transaction: the detach neither makes other writers wait (each write goes through at once)
+/// nor waits for that writer (it never touched the archived month's partition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_never_holds_writers_up() {
+    use std::time::{Duration, Instant};
+    let Some(t) = TestDb::postgres().await else {
+        return;
+    };
+    let s3 = S3Server::s3s().await;
+    let (ctx, _bucket, _) = setup(&t, &s3).await;
+    seed(&t, &OLD[..1], 300).await;
+    let now_events = || events_for(Month::of(Utc::now()), 3);
+    t.db.record_downloads(&now_events()).await.expect("current");
+
+    // A flush of the current month in the middle of its transaction, for 3 s.
+    let pool = sqlx::PgPool::connect(&t.url).await.expect("connect");
+    let mut writer = pool.begin().await.expect("begin");
+    sqlx::query("INSERT INTO download_events (occurred_at, file_id, cache_hit, bytes, duration_ms, status) \
+                 VALUES (now(), 1, true, 1, 1, 200)")
+        .execute(&mut *writer)
+        .await
+        .expect("writer insert");
+    let started = Instant::now();
+    let run = {
+        let ctx = common::ctx(&t, ctx.config.clone());
+        tokio::spawn(async move { archive::run(&ctx, run_params(true), &Progress::none()).await })
+    };
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let t0 = Instant::now();
+        t.db.record_downloads(&now_events())
+            .await
+            .expect("a write during the run");
+        let waited = t0.elapsed();
+        assert!(
+            waited < Duration::from_millis(500),
+            "a writer waited {waited:?}"
+        );
+    }
+    let r = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run does not wait for the open transaction")
+        .expect("join")
+        .expect("run");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    writer.commit().await.expect("writer commit");
+    assert_eq!((r.archived, r.rows), (1, 300), "{r:?}");
+    assert_eq!(pg_table_state(&t, OLD[0]).await, (false, false, false));
+    let current = db_rows(&t, Month::of(Utc::now())).await.len();
+    assert_eq!(current, 3 + 1 + 4 * 3, "every current write is there");
+}
