@@ -1304,6 +1304,14 @@ async fn file_downloads_include_archived_months() {
             .put_bytes(&part, saved.into(), None)
             .await
             .expect("put back");
+        // A cached part removed by hand: the month is fetched again.
+        let mut removed = 0;
+        for e in std::fs::read_dir(cache.path()).expect("cache").flatten() {
+            removed +=
+                usize::from(std::fs::remove_file(e.path().join("part-00000.parquet")).is_ok());
+        }
+        assert_eq!(removed, 1, "one cached month");
+        assert_eq!(file_json(), want, "fetched again");
 
         // The table marks archive days.
         let o = common::command(&config)

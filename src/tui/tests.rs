@@ -590,6 +590,16 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     update(&mut detail, Action::FileLoaded(Ok(Box::new(file_report()))));
     scenes.push(("file_detail", detail));
 
+    // The oldest days of the chart read back from an archived month.
+    let mut archived = files.clone();
+    update(&mut archived, code(KeyCode::Enter));
+    let mut report = file_report();
+    for d in report.downloads_per_day.iter_mut().take(6) {
+        d.from_archive = true;
+    }
+    update(&mut archived, Action::FileLoaded(Ok(Box::new(report))));
+    scenes.push(("file_detail_archived_days", archived));
+
     let mut jobs = app_at(None, size);
     jobs.dashboard.data = Some(dashboard_data());
     update(

@@ -133,10 +133,18 @@ async fn cached_parts(ctx: &Ctx, record: &ArchiveRecord, dir: &Path) -> Result<V
         Error::runtime(format!("archive cache: {what} {}: {e}", path.display()))
     };
     let manifest_copy = dir.join(CACHED_MANIFEST);
-    let manifest: Manifest = match std::fs::read(&manifest_copy) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| Error::runtime(format!("{}: {e}", manifest_copy.display())))?,
-        Err(_) => {
+    let cached: Option<Manifest> = std::fs::read(&manifest_copy)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .filter(|m: &Manifest| {
+            m.parts
+                .iter()
+                .all(|p| safe_name(&p.file).is_ok_and(|f| dir.join(f).is_file()))
+        });
+    let manifest = match cached {
+        Some(m) => m,
+        // Not cached, or damaged (a part removed by hand): fetched again.
+        None => {
             let bucket = archive_bucket_for(ctx, record).await?;
             remove_other_versions(dir);
             std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
