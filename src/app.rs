@@ -422,13 +422,15 @@ async fn run_headless(cli: &Cli, ctx: &Ctx, cmd: &Command) -> anyhow::Result<u8>
             let r = files::list(ctx, &q).await?;
             print(cli, &r, || headless::files_table(&r))?;
         }
-        Command::File { id, live, days } => {
+        Command::File { id, live, since } => {
+            let since =
+                config::parse_duration(since).map_err(|e| Error::Usage(format!("--since: {e}")))?;
             let r = files::show(
                 ctx,
                 &files::FileParams {
                     id_or_key: id.clone(),
                     live: *live,
-                    days: *days,
+                    since,
                 },
             )
             .await?;
@@ -809,8 +811,8 @@ async fn run_archive(
     use crate::engine::ops::archive;
     let progress = cancellable_progress();
     match action {
-        ArchiveAction::List => {
-            let r = archive::list(ctx).await?;
+        ArchiveAction::List { exact } => {
+            let r = archive::list(ctx, *exact).await?;
             print(cli, &r, || headless::archive_list_table(&r))?;
         }
         ArchiveAction::Run {
@@ -839,6 +841,25 @@ async fn run_archive(
         ArchiveAction::Restore { partition } => {
             let r = archive::restore(ctx, partition, &progress).await?;
             print(cli, &r, || headless::archive_restore_table(&r))?;
+        }
+        ArchiveAction::Health {
+            partition,
+            threshold,
+        } => {
+            let threshold = threshold
+                .as_deref()
+                .map(config::parse_duration)
+                .transpose()
+                .map_err(|e| Error::Usage(format!("--threshold: {e}")))?;
+            let params = archive::HealthParams {
+                partition: partition.clone(),
+                threshold,
+            };
+            let r = archive::health(ctx, params).await?;
+            print(cli, &r, || headless::archive_health_table(&r))?;
+            if r.found_problems() {
+                return Ok(3);
+            }
         }
     }
     Ok(0)

@@ -120,15 +120,19 @@ pub enum Command {
         last: bool,
     },
     /// One file: metadata, origin vs mirror, downloads per day
+    ///
+    /// Days in archived months are read from the month's Parquet archive on S3 (kept in a
+    /// local cache) and marked "archive"; if the archive cannot be read, those days are
+    /// missing and a note says which months.
     File {
         /// Mirrored file id or object key
         id: String,
         /// Also ask the origin and the mirror bucket what they hold now
         #[arg(long)]
         live: bool,
-        /// Days of downloads-per-day to show
-        #[arg(long, default_value_t = 30)]
-        days: i64,
+        /// Downloads per day over this much of the past, e.g. 30d, 180d, 12w
+        #[arg(long, value_name = "D", default_value = "30d")]
+        since: String,
     },
     /// The audit log of every action
     History {
@@ -489,7 +493,15 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ArchiveAction {
     /// Every month with events or an archive: rows, bytes, state and where the archive is
-    List,
+    ///
+    /// On PostgreSQL the rows of months in the database are the catalog's estimate (marked ~,
+    /// `rows_estimated` in JSON), which costs nothing at any size; --exact counts them.
+    /// Archived months show the count recorded when they were archived.
+    List {
+        /// Count the rows of every month in the database (scans every partition)
+        #[arg(long)]
+        exact: bool,
+    },
     /// Export eligible months to Parquet, upload, read back and verify, then drop them
     ///
     /// A month is eligible when it ended more than N months ago (policy.archive_after_months);
@@ -517,6 +529,22 @@ pub enum ArchiveAction {
     Restore {
         /// Partition name, e.g. download_events_y2026m07
         partition: String,
+    },
+    /// Time the read-back of an archived month: download, Parquet footers, row count
+    ///
+    /// Reads the newest archived month (or --partition P) from S3 as a retrieval would, and
+    /// checks its checksums and that its row count matches the recorded one.
+    ///
+    /// Exit codes: 0 healthy; 3 slower than the threshold, or the archive does not match its
+    /// record; 1 the archive bucket could not be reached; 2 no month is archived yet (or P has
+    /// no archive), or a bad flag.
+    Health {
+        /// Read back this partition, e.g. download_events_y2026m07 (default: the newest archived)
+        #[arg(long, value_name = "P")]
+        partition: Option<String>,
+        /// Fail above this duration (default policy.archive_health_threshold, 30s)
+        #[arg(long, value_name = "D")]
+        threshold: Option<String>,
     },
 }
 

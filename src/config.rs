@@ -313,6 +313,9 @@ pub struct Policy {
     pub archive_after_months: u32,
     #[serde(default = "default_max_delete")]
     pub max_delete: u64,
+    /// `archive health` fails when reading an archived month back takes longer.
+    #[serde(default = "default_archive_health_threshold")]
+    pub archive_health_threshold: HumanDuration,
 }
 
 fn default_unused_days() -> u32 {
@@ -327,6 +330,9 @@ fn default_archive_after_months() -> u32 {
 fn default_max_delete() -> u64 {
     1000
 }
+fn default_archive_health_threshold() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
 
 impl Default for Policy {
     fn default() -> Self {
@@ -335,6 +341,7 @@ impl Default for Policy {
             validate_recent_days: default_validate_recent_days(),
             archive_after_months: default_archive_after_months(),
             max_delete: default_max_delete(),
+            archive_health_threshold: default_archive_health_threshold(),
         }
     }
 }

@@ -317,8 +317,23 @@ pub fn file_table(r: &FileReport) -> String {
             .max(1);
         for d in &r.downloads_per_day {
             let bar = "#".repeat(((d.downloads * 40) / max) as usize);
-            let _ = writeln!(out, "  {}  {:>6}  {bar}", d.day, count(d.downloads));
+            let source = if d.from_archive { "archive" } else { "       " };
+            let _ = writeln!(
+                out,
+                "  {}  {:>6}  {source}  {bar}",
+                d.day,
+                count(d.downloads)
+            );
         }
+        if r.downloads_per_day.iter().any(|d| d.from_archive) {
+            out.push_str("  (archive: read from the month's Parquet archive on S3)\n");
+        }
+    }
+    for u in &r.archive_unavailable {
+        let _ = writeln!(
+            out,
+            "note: archived month not read, its days are missing: {u}"
+        );
     }
     out
 }
@@ -506,24 +521,59 @@ pub fn archive_list_table(r: &crate::engine::ops::archive::ArchiveListReport) ->
         .map(|p| {
             let state = match p.state {
                 PartitionState::Live => "live",
+                PartitionState::Archiving => "archiving (detached)",
                 PartitionState::Archived if p.live_rows > 0 => "archived (+late rows)",
                 PartitionState::Archived => "archived",
                 PartitionState::Restored => "restored",
             };
             vec![
                 p.partition.clone(),
-                count(p.rows),
+                estimated_count(p.rows, p.rows_estimated),
                 p.bytes.map(bytes).unwrap_or_else(|| "-".into()),
                 state.into(),
                 p.object.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &["PARTITION", "ROWS", "BYTES", "STATE", "OBJECT"],
         &[false, true, true, false, false],
         &rows,
-    )
+    );
+    if r.partitions.iter().any(|p| p.rows_estimated) {
+        out.push_str("~ estimated from the database catalog; --exact counts\n");
+    }
+    out
+}
+
+/// A row count, with `~` in front when it is the catalog's estimate.
+pub fn estimated_count(n: i64, estimated: bool) -> String {
+    if estimated {
+        format!("~{}", count(n))
+    } else {
+        count(n)
+    }
+}
+
+pub fn archive_health_table(r: &crate::engine::ops::archive::ArchiveHealthReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: {}, read back in {:.2} s (threshold {} s): {} of {} rows, {} part(s), {} from {}",
+        r.partition,
+        if r.healthy { "healthy" } else { "UNHEALTHY" },
+        r.seconds,
+        r.threshold_seconds,
+        count(r.rows as i64),
+        count(r.expected_rows as i64),
+        r.parts,
+        bytes(r.bytes as i64),
+        r.object
+    );
+    for p in &r.problems {
+        let _ = writeln!(out, "problem: {p}");
+    }
+    out
 }
 
 pub fn archive_run_table(r: &crate::engine::ops::archive::ArchiveRunReport) -> String {
@@ -539,7 +589,7 @@ pub fn archive_run_table(r: &crate::engine::ops::archive::ArchiveRunReport) -> S
                     RunStatus::WouldArchive => "would archive".into(),
                     RunStatus::Skipped => "skipped".into(),
                 },
-                count(p.rows as i64),
+                estimated_count(p.rows as i64, p.rows_estimated),
                 p.bytes
                     .map(|b| bytes(b as i64))
                     .unwrap_or_else(|| "-".into()),

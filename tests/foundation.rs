@@ -397,7 +397,7 @@ async fn database_story(t: &TestDb) {
         &ctx,
         &files::FileParams {
             id_or_key: ids[0].to_string(),
-            days: 60,
+            since: std::time::Duration::from_secs(60 * 86_400),
             ..Default::default()
         },
     )

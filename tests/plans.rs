@@ -177,7 +177,7 @@ async fn every_read_path_is_on_an_index_on_postgres() {
             &files::FileParams {
                 id_or_key: key.into(),
                 live: false,
-                days: 30,
+                since: std::time::Duration::from_secs(30 * 86_400),
             },
         )
         .await;

@@ -80,6 +80,9 @@ pub struct DailyDownloads {
     pub day: String,
     pub downloads: i64,
     pub bytes: i64,
+    /// Counted (at least in part) from the month's Parquet archive on S3: the month was
+    /// archived and its events are no longer in the database.
+    pub from_archive: bool,
 }
 
 /// One row of the `operations` audit log.

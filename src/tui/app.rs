@@ -1026,7 +1026,7 @@ impl App {
                 let ok = match e.state {
                     PartitionState::Archived => true,
                     PartitionState::Restored => !restore,
-                    PartitionState::Live => false,
+                    PartitionState::Live | PartitionState::Archiving => false,
                 };
                 if !ok {
                     let why = if restore && e.state == PartitionState::Restored {

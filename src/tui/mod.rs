@@ -271,7 +271,7 @@ fn execute(
                 let p = files::FileParams {
                     id_or_key,
                     live: false,
-                    days: 30,
+                    since: files::DEFAULT_SINCE,
                 };
                 let r = files::show(&ctx, &p)
                     .await
@@ -282,7 +282,7 @@ fn execute(
         }
         Effect::LoadArchive => {
             tokio::spawn(async move {
-                let r = crate::engine::ops::archive::list(&ctx)
+                let r = crate::engine::ops::archive::list(&ctx, false)
                     .await
                     .map(|r| r.partitions)
                     .map_err(|e| e.to_string());

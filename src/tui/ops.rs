@@ -249,7 +249,7 @@ pub async fn preview(ctx: &Ctx, op: &OpRequest) -> Result<Preview> {
             price: Vec::new(),
         }),
         OpRequest::ArchiveRestore { partition } => {
-            let list = archive::list(ctx).await?;
+            let list = archive::list(ctx, false).await?;
             let entry = list.partitions.iter().find(|p| &p.partition == partition);
             Ok(Preview {
                 lines: vec![

@@ -237,8 +237,10 @@ fn file_report() -> FileReport {
                     .to_string(),
                 downloads: 10 + (d * 13) % 50,
                 bytes: 0,
+                from_archive: false,
             })
             .collect(),
+        archive_unavailable: Vec::new(),
     }
 }
 
@@ -543,6 +545,7 @@ fn partition(year: i32, month: u32, state: PartitionState, object: Option<&str>)
         year,
         month,
         rows: 1_722_073,
+        rows_estimated: false,
         bytes: Some(22_755_188),
         state,
         object: object.map(str::to_string),
@@ -586,6 +589,16 @@ fn scenes(size: (u16, u16)) -> Vec<(&'static str, App)> {
     update(&mut detail, code(KeyCode::Enter));
     update(&mut detail, Action::FileLoaded(Ok(Box::new(file_report()))));
     scenes.push(("file_detail", detail));
+
+    // The oldest days of the chart read back from an archived month.
+    let mut archived = files.clone();
+    update(&mut archived, code(KeyCode::Enter));
+    let mut report = file_report();
+    for d in report.downloads_per_day.iter_mut().take(6) {
+        d.from_archive = true;
+    }
+    update(&mut archived, Action::FileLoaded(Ok(Box::new(report))));
+    scenes.push(("file_detail_archived_days", archived));
 
     let mut jobs = app_at(None, size);
     jobs.dashboard.data = Some(dashboard_data());

@@ -7,7 +7,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
     Axis, Block, Borders, Cell, Chart, Clear, Dataset, GraphType, LegendPosition, Paragraph, Row,
-    Sparkline, Table, Wrap,
+    Sparkline, SparklineBar, Table, Wrap,
 };
 use ratatui::Frame;
 
@@ -1404,15 +1404,33 @@ fn render_file_detail(app: &App, f: &mut Frame, area: Rect) {
         (Some(a), Some(b)) => format!("{} – {}", a.day, b.day),
         _ => "no downloads in 30 days".into(),
     };
-    let title = Line::from(vec![
+    let mut title = vec![
         Span::styled(" Downloads per day ", t.title),
         Span::styled(
             format!("{span} · total {} · max {}/day ", count(total), count(max)),
             t.dim,
         ),
-    ]);
+    ];
+    // Days of archived months come from their Parquet archive on S3: drawn in another colour.
+    let archived_days = per_day.iter().filter(|d| d.from_archive).count();
+    if archived_days > 0 {
+        title.push(Span::styled(
+            format!("· {archived_days} day(s) from archive "),
+            t.warn,
+        ));
+    }
+    if !r.archive_unavailable.is_empty() {
+        title.push(Span::styled(
+            format!(
+                "· {} archived month(s) unreadable ",
+                r.archive_unavailable.len()
+            ),
+            t.bad,
+        ));
+    }
+    let title = Line::from(title);
     // One bar per day of the last 30 (days without downloads are zero), widened to fill.
-    let days: Vec<u64> = (0..30)
+    let days: Vec<(u64, bool)> = (0..30)
         .rev()
         .map(|back| {
             let day = (app.now - chrono::TimeDelta::days(back))
@@ -1421,18 +1439,29 @@ fn render_file_detail(app: &App, f: &mut Frame, area: Rect) {
             per_day
                 .iter()
                 .find(|d| d.day == day)
-                .map(|d| d.downloads.max(0) as u64)
-                .unwrap_or(0)
+                .map(|d| (d.downloads.max(0) as u64, d.from_archive))
+                .unwrap_or((0, false))
         })
         .collect();
     let cols = (chart.width.saturating_sub(2) as usize).max(days.len());
-    let data: Vec<u64> = (0..cols)
-        .map(|c| days.get(c * days.len() / cols).copied().unwrap_or(0))
+    let data: Vec<SparklineBar> = (0..cols)
+        .map(|c| {
+            let (n, archived) = days
+                .get(c * days.len() / cols)
+                .copied()
+                .unwrap_or((0, false));
+            let bar = SparklineBar::from(n);
+            if archived {
+                bar.style(Some(t.warn))
+            } else {
+                bar
+            }
+        })
         .collect();
     f.render_widget(
         Sparkline::default()
             .block(block(t, title))
-            .data(&data)
+            .data(data)
             .style(t.hits),
         chart,
     );
@@ -1787,13 +1816,20 @@ fn partition_lines(app: &App) -> Vec<Line<'static>> {
         let state = format!("{:?}", p.state).to_lowercase();
         let style = match state.as_str() {
             "archived" => t.good,
-            "restored" => t.warn,
+            "restored" | "archiving" => t.warn,
             _ => t.text,
         };
         let name_style = if i == a.selected { t.selected } else { t.text };
         lines.push(Line::from(vec![
             Span::styled(format!("{:<26}", p.partition), name_style),
-            Span::styled(format!("{:>12}", crate::headless::count(p.rows)), t.text),
+            // `~`: PostgreSQL's catalog estimate; the view never counts 100M rows per refresh.
+            Span::styled(
+                format!(
+                    "{:>12}",
+                    crate::headless::estimated_count(p.rows, p.rows_estimated)
+                ),
+                t.text,
+            ),
             Span::styled(
                 format!(
                     "  {:>10}  ",

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::QueryBuilder;
 
-use super::{on_pool, ts, Backend, Db, Month};
+use super::{on_pool, partition_name, ts, Backend, Db, Month};
 use crate::engine::error::Result;
 use crate::engine::model::{DailyDownloads, DownloadTotals, NewDownloadEvent, SeriesPoint};
 
@@ -206,27 +206,47 @@ impl Db {
         r.map_err(|e| self.err(e))
     }
 
-    /// Downloads of one file per day since `since`, from the events still in the database.
+    /// Downloads of one file per day since `since`, from the events still in the database:
+    /// the partitions of `download_events`, and the tables of months an archive run detached
+    /// and has not dropped yet (PostgreSQL), read by their own names.
     pub async fn downloads_per_day(
         &self,
         file_id: i64,
         since: DateTime<Utc>,
     ) -> Result<Vec<DailyDownloads>> {
+        let mut days = self.downloads_per_day_in(None, file_id, since).await?;
+        for m in self.detached_months().await? {
+            if m.next().start() > since {
+                days.extend(self.downloads_per_day_in(Some(m), file_id, since).await?);
+            }
+        }
+        days.sort_by(|a, b| a.day.cmp(&b.day));
+        Ok(days)
+    }
+
+    /// `downloads_per_day` over `download_events`, or over one detached month's table.
+    async fn downloads_per_day_in(
+        &self,
+        detached: Option<Month>,
+        file_id: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<DailyDownloads>> {
+        // A detached month's name is built from integers.
+        let table = detached.map_or_else(|| "download_events".to_string(), partition_name);
         let sql = match self.backend() {
-            Backend::Postgres => {
+            Backend::Postgres => format!(
                 "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, count(*) AS n, \
                  CAST(coalesce(sum(bytes), 0) AS BIGINT) AS b \
+                 FROM {table} WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 AND status <> 304 \
+                 GROUP BY 1 ORDER BY 1"
+            ),
+            Backend::Sqlite => "SELECT substr(occurred_at, 1, 10) AS day, count(*) AS n, coalesce(sum(bytes), 0) AS b \
                  FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 AND status <> 304 \
                  GROUP BY 1 ORDER BY 1"
-            }
-            Backend::Sqlite => {
-                "SELECT substr(occurred_at, 1, 10) AS day, count(*) AS n, coalesce(sum(bytes), 0) AS b \
-                 FROM download_events WHERE file_id = $1 AND occurred_at >= $2 AND status < 500 AND status <> 304 \
-                 GROUP BY 1 ORDER BY 1"
-            }
+                .to_string(),
         };
         let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> =
-            on_pool!(self, |p| sqlx::query_as(sql)
+            on_pool!(self, |p| sqlx::query_as(&sql)
                 .bind(file_id)
                 .bind(ts(since))
                 .fetch_all(p)
@@ -238,6 +258,7 @@ impl Db {
                 day,
                 downloads,
                 bytes,
+                from_archive: false,
             })
             .collect())
     }

@@ -124,9 +124,18 @@ impl Db {
             }
         }
         if !dry_run {
+            // The months around now, except one already archived (with `--older-than-months
+            // 0`): an empty partition would only stand in the way. Detached months are left
+            // alone.
             let now = Month::of(Utc::now());
-            self.ensure_partitions(now.prev(), now.next().next())
-                .await?;
+            let archived = self.archived_months().await?;
+            let mut m = now.prev();
+            while m <= now.next().next() {
+                if !archived.contains(&m) {
+                    self.ensure_partitions(m, m).await?;
+                }
+                m = m.next();
+            }
         }
         Ok(report)
     }

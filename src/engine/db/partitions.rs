@@ -3,7 +3,7 @@
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 
 use super::{Db, Pool};
-use crate::engine::error::Result;
+use crate::engine::error::{Error, Result};
 
 /// A calendar month in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -76,9 +76,14 @@ pub fn month_bounds(m: Month) -> (DateTime<Utc>, DateTime<Utc>) {
 impl Db {
     /// Creates the PostgreSQL partitions for every month in `[from, to]` that does not exist yet.
     /// SQLite keeps one table, so there it does nothing.
-    pub async fn ensure_partitions(&self, from: Month, to: Month) -> Result<()> {
+    ///
+    /// Returns the months it could not provide: their table exists but is detached by an
+    /// archive run that has not finished (`CREATE TABLE IF NOT EXISTS` would silently keep the
+    /// detached table, and rows of that month would find no partition). Once the run drops
+    /// the table, the month can be created again (late rows; the archive run reports them).
+    pub async fn ensure_partitions(&self, from: Month, to: Month) -> Result<Vec<Month>> {
         let Pool::Postgres(pool) = &self.pool else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let mut m = from;
         while m <= to {
@@ -96,7 +101,11 @@ impl Db {
                 .map_err(|e| self.err(e))?;
             m = m.next();
         }
-        Ok(())
+        let detached = self.detached_months().await?;
+        Ok(detached
+            .into_iter()
+            .filter(|m| (from..=to).contains(m))
+            .collect())
     }
 }
 
@@ -129,7 +138,13 @@ impl Db {
         if all_known {
             return Ok(());
         }
-        self.ensure_partitions(from, to).await?;
+        if let Some(m) = self.ensure_partitions(from, to).await?.first() {
+            return Err(Error::Refused(format!(
+                "events of {} cannot be written now: an archive run detached its partition and \
+                 has not dropped it yet (run `archive run` to finish it)",
+                partition_name(*m)
+            )));
+        }
         let mut known = self.known_months.lock().unwrap_or_else(|p| p.into_inner());
         let mut m = from;
         while m <= to {

@@ -1,11 +1,14 @@
 //! `files` (the per-file table) and `file` (one file in full, with downloads per day).
 
+use std::collections::BTreeMap;
+
 use chrono::{TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Report;
 use crate::engine::model::{DailyDownloads, FileDetail, FileQuery, FileRow};
+use crate::engine::ops::archive;
 use crate::engine::origin::OriginMeta;
 use crate::engine::Ctx;
 
@@ -37,13 +40,29 @@ pub async fn cursor(ctx: &Ctx, id: i64) -> Result<FileRow> {
         .ok_or_else(|| Error::NotFound(format!("--after: no mirrored file with id {id}")))
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FileParams {
     pub id_or_key: String,
     /// Ask the origin and the mirror bucket what they hold now.
     pub live: bool,
-    pub days: i64,
+    /// Downloads per day over this much of the past (`--since`; 30 days by default).
+    pub since: std::time::Duration,
 }
+
+impl Default for FileParams {
+    fn default() -> Self {
+        FileParams {
+            id_or_key: String::new(),
+            live: false,
+            since: DEFAULT_SINCE,
+        }
+    }
+}
+
+/// `file`'s window when none is given.
+pub const DEFAULT_SINCE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// The longest `--since` accepted: far beyond any archive, short of date arithmetic overflow.
+const MAX_SINCE: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 86_400);
 
 /// What the mirror bucket holds for the file now.
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +81,10 @@ pub struct FileReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_object: Option<MirrorObject>,
     pub downloads_per_day: Vec<DailyDownloads>,
+    /// Archived months in the window whose archive could not be read, with why: their days
+    /// are missing from `downloads_per_day`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub archive_unavailable: Vec<String>,
 }
 
 /// The origin as the database recorded it, and as it answers now when asked.
@@ -93,11 +116,23 @@ pub async fn show(ctx: &Ctx, p: &FileParams) -> Result<FileReport> {
         .ok_or_else(|| {
             Error::NotFound(format!("no mirrored file with id or key {:?}", p.id_or_key))
         })?;
-    let days = if p.days > 0 { p.days } else { 30 };
-    let downloads_per_day = ctx
-        .db
-        .downloads_per_day(file.id, Utc::now() - TimeDelta::days(days))
-        .await?;
+    if p.since.is_zero() || p.since > MAX_SINCE {
+        return Err(Error::Usage(format!(
+            "--since must be between 1s and 100 years, not {}",
+            humantime::format_duration(p.since)
+        )));
+    }
+    let since = Utc::now() - TimeDelta::from_std(p.since).unwrap_or(TimeDelta::days(30));
+    let mut per_day: BTreeMap<String, DailyDownloads> = BTreeMap::new();
+    for d in ctx.db.downloads_per_day(file.id, since).await? {
+        add_day(&mut per_day, d);
+    }
+    // Months archived to S3: their events are no longer in the database.
+    let archived = archive::read_back::downloads_per_day(ctx, file.id, since).await?;
+    for d in archived.days {
+        add_day(&mut per_day, d);
+    }
+    let downloads_per_day = per_day.into_values().collect();
     let (live, mirror_object) = if p.live {
         let origin = async {
             match ctx.origin().await?.head(&file.origin_url).await {
@@ -135,7 +170,23 @@ pub async fn show(ctx: &Ctx, p: &FileParams) -> Result<FileReport> {
         file,
         mirror_object,
         downloads_per_day,
+        archive_unavailable: archived.unavailable,
     })
+}
+
+/// Adds one day's figures, summing with what another source had for the same day (rows that
+/// arrived for an archived month after it was archived are in the database, the rest on S3).
+fn add_day(per_day: &mut BTreeMap<String, DailyDownloads>, d: DailyDownloads) {
+    match per_day.get_mut(&d.day) {
+        Some(e) => {
+            e.downloads += d.downloads;
+            e.bytes += d.bytes;
+            e.from_archive |= d.from_archive;
+        }
+        None => {
+            per_day.insert(d.day.clone(), d);
+        }
+    }
 }
 
 /// A presigned download URL.
