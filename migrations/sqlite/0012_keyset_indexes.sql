@@ -8,7 +8,7 @@ CREATE INDEX IF NOT EXISTS mirrored_files_page_bytes_served ON mirrored_files (b
 CREATE INDEX IF NOT EXISTS mirrored_files_page_last_downloaded ON mirrored_files (coalesce(last_downloaded_at, ''), id) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS mirrored_files_page_stale ON mirrored_files (is_stale, download_count, id) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS mirrored_files_page_name ON mirrored_files (key, id) WHERE deleted_at IS NULL;
-CREATE INDEX IF NOT EXISTS mirrored_files_lru ON mirrored_files (bucket, coalesce(last_downloaded_at, mirrored_at), id) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS mirrored_files_lru ON mirrored_files (bucket, coalesce(last_downloaded_at, mirrored_at), id, size) WHERE deleted_at IS NULL;
 DROP INDEX IF EXISTS mirrored_files_downloads;
 DROP INDEX IF EXISTS mirrored_files_size;
 DROP INDEX IF EXISTS mirrored_files_bytes_served;

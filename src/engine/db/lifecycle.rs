@@ -467,10 +467,11 @@ impl Db {
         keys: &KeyScope,
         excess: i64,
     ) -> Result<Option<(DateTime<Utc>, i64)>> {
-        const PAGE: i64 = 5000;
         if excess <= 0 {
             return Ok(None);
         }
+        // Small pages first (a typical purge frees a few files' worth), growing for big ones.
+        let mut page: i64 = 256;
         let mut freed = 0i64;
         let mut after: Option<(DateTime<Utc>, i64)> = None;
         loop {
@@ -493,11 +494,12 @@ impl Db {
                 qb.push(" ORDER BY ")
                     .push(LAST_USED)
                     .push(", m.id LIMIT ")
-                    .push_bind(PAGE);
+                    .push_bind(page);
                 qb.build_query_as().fetch_all(p).await
             });
             let rows = r.map_err(|e| self.err(e))?;
-            let full = rows.len() as i64 == PAGE;
+            let full = rows.len() as i64 == page;
+            page = (page * 4).min(16_384);
             for (t, id, size) in rows {
                 freed = freed.saturating_add(size);
                 after = Some((t, id));
