@@ -72,7 +72,7 @@ M migrate >/dev/null
 
 if [ -z "${OWN_DATA:-}" ]; then
   # The 10,000,000-event dataset (REUSE_DATASET=1: already filled by scale-dataset.sh).
-  [ -n "${REUSE_DATASET:-}" ] || { log "dataset: scripts/scale-dataset.sh"; MIRRORCTL_BIN="$BIN" scripts/scale-dataset.sh "$DB_URL" >&2; }
+  [ -n "${REUSE_DATASET:-}" ] || { log "dataset: scripts/scale-dataset.sh"; MIRRORCTL_BIN="$BIN" scripts/scale-dataset.sh "$DB_URL" 1000000 10000000 >&2; }
   # The newest month that ended more than 3 months ago: full, and eligible for archiving.
   PART="download_events_$(date -u -d "$(date -u +%Y-%m-01) -4 months" +y%Ym%m)"
   log "partition $PART: $(psql "$DB_URL" -Atc "SELECT count(*) FROM $PART") rows"

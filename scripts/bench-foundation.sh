@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 BIN=target/release/mirrorctl
 RUNS=${RUNS:-30}
-[ "${SKIP_DATASET:-}" = 1 ] || scripts/scale-dataset.sh "$URL"
+[ "${SKIP_DATASET:-}" = 1 ] || scripts/scale-dataset.sh "$URL" 1000000 10000000
 
 echo "== PostgreSQL ($(psql "$URL" -Atc 'SELECT count(*) FROM mirrored_files') files, $(psql "$URL" -Atc 'SELECT count(*) FROM download_events') events)"
 for w in 24h 7d 30d all; do
