@@ -393,23 +393,15 @@ impl Db {
                     .await?
                     .iter()
                     .any(|t| t.month == month && t.detached);
-                let found = if detached {
-                    // Nobody writes into a detached table; the count still guards against
-                    // anyone who did by its name.
-                    with_lock_retries!(
-                        self,
-                        name,
-                        "drop",
-                        self.pg_drop_detached(p, &name, expected_rows, record).await
-                    )?
-                } else {
-                    with_lock_retries!(
-                        self,
-                        name,
-                        "drop",
-                        self.pg_drop_month(p, &name, expected_rows, record).await
-                    )?
-                };
+                // Nobody writes into a detached table; the count still guards against anyone
+                // who did by its name.
+                let found = with_lock_retries!(
+                    self,
+                    name,
+                    "drop",
+                    self.pg_drop_counted(p, &name, !detached, expected_rows, record)
+                        .await
+                )?;
                 if let Some(found) = found {
                     return Err(mismatch(found));
                 }
@@ -616,15 +608,17 @@ fn lock_contention(e: &sqlx::Error) -> bool {
 }
 
 impl Db {
-    /// One attempt at dropping an archived month's partition on PostgreSQL, in one
-    /// transaction: the count runs under a lock on that partition only (writers of the
-    /// current month, in other partitions, go on), then the parent is locked just for the
-    /// catalog-only DETACH and DROP. Every lock waits at most `DDL_LOCK_TIMEOUT`.
-    /// `Ok(Some(n))`: the partition holds `n` rows, not the archived count; nothing dropped.
-    async fn pg_drop_month(
+    /// One attempt at dropping an archived month's table together with writing its record, in
+    /// one transaction. Still `attached`: the count runs under a SHARE lock on that partition
+    /// only (writers of the current month, in other partitions, go on; reads too), then the
+    /// parent is locked just for the catalog-only DETACH. Detached: only that table is locked.
+    /// Every lock waits at most `DDL_LOCK_TIMEOUT`. `Ok(Some(n))`: the table holds `n` rows,
+    /// not the archived count; nothing dropped.
+    async fn pg_drop_counted(
         &self,
         p: &sqlx::PgPool,
         name: &str,
+        attached: bool,
         expected_rows: u64,
         record: &ArchiveRecord,
     ) -> std::result::Result<Option<u64>, sqlx::Error> {
@@ -632,9 +626,13 @@ impl Db {
         sqlx::query(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
             .execute(&mut *tx)
             .await?;
-        // The name is built from integers. SHARE keeps rows from arriving in this month
-        // between the count and the drop, and lets reads go on.
-        sqlx::query(&format!("LOCK TABLE {name} IN SHARE MODE"))
+        // The name is built from integers.
+        let mode = if attached {
+            "SHARE"
+        } else {
+            "ACCESS EXCLUSIVE"
+        };
+        sqlx::query(&format!("LOCK TABLE {name} IN {mode} MODE"))
             .execute(&mut *tx)
             .await?;
         let found: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}"))
@@ -643,11 +641,13 @@ impl Db {
         if found as u64 != expected_rows {
             return Ok(Some(found as u64));
         }
-        sqlx::query(&format!(
-            "ALTER TABLE download_events DETACH PARTITION {name}"
-        ))
-        .execute(&mut *tx)
-        .await?;
+        if attached {
+            sqlx::query(&format!(
+                "ALTER TABLE download_events DETACH PARTITION {name}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(&format!("DROP TABLE {name}"))
             .execute(&mut *tx)
             .await?;
@@ -738,37 +738,6 @@ impl Db {
                 "{name}: the detach did not complete; rerun the archive"
             )))
         }
-    }
-
-    /// One attempt at dropping a detached month's table together with writing its record.
-    /// Only that table is locked: writers of `download_events` never wait for it.
-    /// `Ok(Some(n))`: it holds `n` rows, not the archived count; nothing dropped.
-    async fn pg_drop_detached(
-        &self,
-        p: &sqlx::PgPool,
-        name: &str,
-        expected_rows: u64,
-        record: &ArchiveRecord,
-    ) -> std::result::Result<Option<u64>, sqlx::Error> {
-        let mut tx = p.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!("LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE"))
-            .execute(&mut *tx)
-            .await?;
-        let found: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}"))
-            .fetch_one(&mut *tx)
-            .await?;
-        if found as u64 != expected_rows {
-            return Ok(Some(found as u64));
-        }
-        sqlx::query(&format!("DROP TABLE {name}"))
-            .execute(&mut *tx)
-            .await?;
-        upsert_record!(record).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(None)
     }
 
     /// Whether the table is still a child of `download_events` (a detach pending).
