@@ -21,33 +21,52 @@ pub struct PurgeImpactRow {
 
 impl Db {
     /// Hits of the live files of `bucket` that `sel` picks, since `since`. Memory stays
-    /// bounded: the database joins the candidates' ids to the events and returns three
-    /// numbers. `occurred_at >= since` lets PostgreSQL skip the older monthly partitions and
-    /// both databases use the (file_id, occurred_at) index per candidate.
+    /// bounded: the database joins the candidates to their events and returns three numbers.
+    /// On PostgreSQL each candidate looks up its own events on the (file_id, occurred_at) index
+    /// of the partitions since `since` (a LATERAL subquery the planner may not flatten: its
+    /// estimate of a row-comparison selection can be off by a thousand times, and a hash join
+    /// then reads a month of events for a few files). The cost grows with the candidates.
     pub async fn purge_impact(
         &self,
         bucket: &str,
         sel: &PurgeSelector,
         since: DateTime<Utc>,
     ) -> Result<PurgeImpactRow> {
-        let hit = match self.backend() {
-            Backend::Postgres => "e.cache_hit",
-            Backend::Sqlite => "e.cache_hit <> 0",
-        };
+        let backend = self.backend();
         let r = on_pool!(self, |p| {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT count(*) AS downloads, CAST(coalesce(sum(e.bytes), 0) AS BIGINT) AS bytes, \
-                 count(DISTINCT e.file_id) AS files FROM download_events e \
-                 WHERE {hit} AND e.status < 500 AND e.status <> 304 AND e.occurred_at >= "
-            ));
-            qb.push_bind(ts(since));
-            qb.push(
-                " AND e.file_id IN (SELECT m.id FROM mirrored_files m \
-                 WHERE m.deleted_at IS NULL AND m.bucket = ",
-            );
+            let mut qb = match backend {
+                Backend::Postgres => {
+                    let mut qb = QueryBuilder::new(
+                        "SELECT count(*) AS downloads, CAST(coalesce(sum(e.bytes), 0) AS BIGINT) AS bytes, \
+                         count(DISTINCT e.file_id) AS files FROM mirrored_files m \
+                         CROSS JOIN LATERAL (SELECT e.file_id, e.bytes FROM download_events e \
+                         WHERE e.file_id = m.id AND e.cache_hit AND e.status < 500 AND e.status <> 304 \
+                         AND e.occurred_at >= ",
+                    );
+                    qb.push_bind(ts(since));
+                    // OFFSET 0 keeps the subquery a subquery: one index lookup per candidate.
+                    qb.push(" OFFSET 0) e WHERE m.deleted_at IS NULL AND m.bucket = ");
+                    qb
+                }
+                Backend::Sqlite => {
+                    let mut qb = QueryBuilder::new(
+                        "SELECT count(*) AS downloads, CAST(coalesce(sum(e.bytes), 0) AS BIGINT) AS bytes, \
+                         count(DISTINCT e.file_id) AS files FROM download_events e \
+                         WHERE e.cache_hit <> 0 AND e.status < 500 AND e.status <> 304 AND e.occurred_at >= ",
+                    );
+                    qb.push_bind(ts(since));
+                    qb.push(
+                        " AND e.file_id IN (SELECT m.id FROM mirrored_files m \
+                         WHERE m.deleted_at IS NULL AND m.bucket = ",
+                    );
+                    qb
+                }
+            };
             qb.push_bind(bucket);
-            push_selector(&mut qb, self.backend(), sel);
-            qb.push(")");
+            push_selector(&mut qb, backend, sel);
+            if backend == Backend::Sqlite {
+                qb.push(")");
+            }
             qb.build_query_as::<PurgeImpactRow>().fetch_one(p).await
         });
         r.map_err(|e| self.err(e))
