@@ -99,6 +99,9 @@ TOML
 bytes=$(q "SELECT bytes FROM mirror_counters")
 for free in 1073741824 107374182400; do
   max=$(( bytes - free ))
-  env -u MIRRORCTL_DATABASE_URL scripts/latency.py "$RUNS" "$BIN" --config "$work/config.toml" --headless purge --max-bytes "$max" --dry-run --impact-days 0 -o json
+  # With the price (30 days of the candidates' downloads, the default) and without.
+  for days in 30 0; do
+    env -u MIRRORCTL_DATABASE_URL scripts/latency.py "$RUNS" "$BIN" --config "$work/config.toml" --headless purge --max-bytes "$max" --dry-run --impact-days "$days" -o json
+  done
   env -u MIRRORCTL_DATABASE_URL "$BIN" --config "$work/config.toml" --headless purge --max-bytes "$max" --dry-run --impact-days 0 -o json | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  selects", r["candidates"], "files,", r["bytes"], "bytes")'
 done
