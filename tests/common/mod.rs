@@ -159,30 +159,7 @@ impl TestDb {
 
     /// A new database on the server at MIRRORCTL_TEST_DATABASE_URL, migrated.
     pub async fn postgres() -> Option<TestDb> {
-        let Ok(admin_url) = std::env::var("MIRRORCTL_TEST_DATABASE_URL") else {
-            assert!(
-                !servers_required(),
-                "MIRRORCTL_TEST_DATABASE_URL is not set"
-            );
-            eprintln!(
-                "PostgreSQL not configured (run scripts/test.sh): skipping the PostgreSQL half"
-            );
-            return None;
-        };
-        let name = unique("mt").replace('-', "_");
-        {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("connect to PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await
-                .expect("create database");
-        }
-        let mut url = url::Url::parse(&admin_url).expect("url");
-        url.set_path(&format!("/{name}"));
-        let url = url.to_string();
+        let url = empty_postgres().await?;
         let db = Db::connect(&url, 4, std::time::Duration::from_secs(5))
             .await
             .expect("postgres");
@@ -200,6 +177,33 @@ impl TestDb {
         v.extend(TestDb::postgres().await);
         v
     }
+}
+
+/// The URL of a new, empty database (no schema) on the server at MIRRORCTL_TEST_DATABASE_URL;
+/// `None` when PostgreSQL is not configured (an error when servers are required).
+pub async fn empty_postgres() -> Option<String> {
+    let Ok(admin_url) = std::env::var("MIRRORCTL_TEST_DATABASE_URL") else {
+        assert!(
+            !servers_required(),
+            "MIRRORCTL_TEST_DATABASE_URL is not set"
+        );
+        eprintln!("PostgreSQL not configured (run scripts/test.sh): skipping the PostgreSQL half");
+        return None;
+    };
+    let name = unique("mt").replace('-', "_");
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+    }
+    let mut url = url::Url::parse(&admin_url).expect("url");
+    url.set_path(&format!("/{name}"));
+    Some(url.to_string())
 }
 
 /// A config with the database and a mirror bucket.

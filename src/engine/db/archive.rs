@@ -599,6 +599,17 @@ const DDL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 /// The first PostgreSQL release with `DETACH PARTITION … CONCURRENTLY` (14.0).
 const PG_DETACH_CONCURRENTLY: i32 = 140_000;
 
+/// A transaction whose every lock waits at most `DDL_LOCK_TIMEOUT`.
+async fn ddl_transaction(
+    p: &sqlx::PgPool,
+) -> std::result::Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = p.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// A lock timeout (55P03) or a deadlock (40P01): the transaction changed nothing.
 fn lock_contention(e: &sqlx::Error) -> bool {
     matches!(
@@ -622,10 +633,7 @@ impl Db {
         expected_rows: u64,
         record: &ArchiveRecord,
     ) -> std::result::Result<Option<u64>, sqlx::Error> {
-        let mut tx = p.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = ddl_transaction(p).await?;
         // The name is built from integers.
         let mode = if attached {
             "SHARE"
@@ -775,10 +783,7 @@ impl Db {
         p: &sqlx::PgPool,
         name: &str,
     ) -> std::result::Result<i64, sqlx::Error> {
-        let mut tx = p.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'"))
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = ddl_transaction(p).await?;
         let found: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {name}"))
             .fetch_one(&mut *tx)
             .await?;

@@ -162,15 +162,12 @@ impl Db {
         }
         let v = match &self.pool {
             super::Pool::Sqlite(_) => true,
-            super::Pool::Postgres(p) => sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-                 WHERE c.relname = $1 AND i.indisvalid \
-                 AND c.relnamespace = current_schema()::regnamespace)",
-            )
-            .bind(super::migrate::TRIGRAM_INDEX)
-            .fetch_one(p)
-            .await
-            .map_err(|e| self.err(e))?,
+            super::Pool::Postgres(p) => {
+                super::migrate::index_valid(p, super::migrate::TRIGRAM_INDEX)
+                    .await
+                    .map_err(|e| self.err(e))?
+                    == Some(true)
+            }
         };
         let _ = self.trigram.set(v);
         Ok(v)

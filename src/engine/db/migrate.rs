@@ -186,17 +186,24 @@ impl RunNoTx for sqlx::SqliteConnection {
     }
 }
 
-/// Drops `name` if it is an invalid index (an interrupted `CREATE INDEX CONCURRENTLY`), so the
-/// build's `IF NOT EXISTS` does not keep the broken one.
-async fn drop_invalid_index(c: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<()> {
-    let invalid: Option<bool> = sqlx::query_scalar(
-        "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+/// Whether the index `name` of this schema is valid; `None` when there is none.
+pub(super) async fn index_valid<'e>(
+    e: impl sqlx::PgExecutor<'e>,
+    name: &str,
+) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
          WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
     )
     .bind(name)
-    .fetch_optional(&mut *c)
-    .await?;
-    if invalid == Some(true) {
+    .fetch_optional(e)
+    .await
+}
+
+/// Drops `name` if it is an invalid index (an interrupted `CREATE INDEX CONCURRENTLY`), so the
+/// build's `IF NOT EXISTS` does not keep the broken one.
+async fn drop_invalid_index(c: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<()> {
+    if index_valid(&mut *c, name).await? == Some(false) {
         tracing::warn!(
             index = name,
             "dropping an invalid index left by an interrupted build"
@@ -233,16 +240,7 @@ async fn run_locked<C: RunNoTx>(
     dry_run: bool,
 ) -> std::result::Result<MigrateReport, String> {
     let e = |e: sqlx::migrate::MigrateError| e.to_string();
-    let applied: HashMap<i64, Vec<u8>> = if dry_run {
-        // A dry run creates nothing, not even the migrations table.
-        match c.list_applied_migrations().await {
-            Ok(v) => v
-                .into_iter()
-                .map(|m| (m.version, m.checksum.into_owned()))
-                .collect(),
-            Err(_) => HashMap::new(),
-        }
-    } else {
+    if !dry_run {
         c.ensure_migrations_table().await.map_err(e)?;
         if let Some(v) = c.dirty_version().await.map_err(e)? {
             return Err(format!(
@@ -250,12 +248,15 @@ async fn run_locked<C: RunNoTx>(
                  from _sqlx_migrations"
             ));
         }
-        c.list_applied_migrations()
-            .await
-            .map_err(e)?
+    }
+    let applied: HashMap<i64, Vec<u8>> = match c.list_applied_migrations().await {
+        Ok(v) => v
             .into_iter()
             .map(|m| (m.version, m.checksum.into_owned()))
-            .collect()
+            .collect(),
+        // A dry run creates nothing, not even the migrations table: none means none applied.
+        Err(_) if dry_run => HashMap::new(),
+        Err(err) => return Err(e(err)),
     };
     let mut steps = Vec::new();
     let mut total = 0;
@@ -305,14 +306,7 @@ fn secs(d: Duration) -> f64 {
 /// The trigram index for substring key filters, when pg_trgm is (or can be) installed and the
 /// index is missing; `None` when there is nothing to do.
 async fn trigram_index(p: &sqlx::PgPool, dry_run: bool) -> sqlx::Result<Option<MigrationStep>> {
-    let valid: Option<bool> = sqlx::query_scalar(
-        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-         WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace",
-    )
-    .bind(TRIGRAM_INDEX)
-    .fetch_optional(p)
-    .await?;
-    if valid == Some(true) {
+    if index_valid(p, TRIGRAM_INDEX).await? == Some(true) {
         return Ok(None);
     }
     let mut s = MigrationStep {
