@@ -8,7 +8,8 @@
 #     every sort, file KEY, --filter (substring and ^prefix), purge --max-bytes --dry-run.
 #
 #   scripts/bench-scale.sh postgres://mirrorctl:mirrorctl@127.0.0.1/mirror_bench
-# SKIP_MIGRATE=1 skips part 1 (e.g. on a rerun, once the migrations are applied).
+# SKIP_MIGRATE=1 skips part 1 (e.g. on a rerun, once the migrations are applied). PARTS picks
+# the read paths to time (default: "stats pages file filter purge").
 set -euo pipefail
 URL=${1:?usage: bench-scale.sh DATABASE_URL}
 cd "$(dirname "$0")/.."
@@ -62,10 +63,12 @@ SQL
   summary "$work/during" "during migrate"
 fi
 
-echo "== read paths ($RUNS runs each, whole process)"
+PARTS=" ${PARTS:-stats pages file filter purge} "
+part() { [[ $PARTS == *" $1 "* ]]; }
+echo "== read paths ($RUNS runs each, whole process):$PARTS"
 lat() { scripts/latency.py "$RUNS" "$BIN" --headless "$@" -o json; }
-for w in 24h 7d 30d all; do lat stats --window "$w"; done
-for s in downloads size last-downloaded name; do
+if part stats; then for w in 24h 7d 30d all; do lat stats --window "$w"; done; fi
+part pages && for s in downloads size last-downloaded name; do
   order=$(case $s in
     downloads) echo "download_count DESC, id DESC" ;;
     size) echo "size DESC, id DESC" ;;
@@ -78,12 +81,19 @@ for s in downloads size last-downloaded name; do
   lat files --sort "$s" --limit 50 --after "$cursor"
   lat files --sort "$s" --limit 50 --last
 done
-key=$(q "SELECT key FROM mirrored_files WHERE id = 7654321")
-lat file "$key"
-lat file 7654321
-lat files --filter file-7654321 --limit 50
-lat files --filter '^mods/2551440/' --limit 50
-lat files --filter 'file-765432' --sort name --limit 50
+if part file; then
+  key=$(q "SELECT key FROM mirrored_files WHERE id = 7654321")
+  lat file "$key"
+  lat file 7654321
+fi
+if part filter; then
+  lat files --filter file-7654321 --limit 50
+  lat files --filter '^mods/2551440/' --limit 50
+  lat files --filter 'file-765432' --sort name --limit 50
+  # Common words only: the sort's own index, read until a page matches.
+  lat files --filter 'file-' --limit 50
+fi
+part purge || exit 0
 
 # purge needs a mirror bucket in the config; a dry run only reads the database.
 cat > "$work/config.toml" <<TOML

@@ -214,7 +214,7 @@ impl Db {
     ) -> Result<Vec<CatalogRow>> {
         let pattern = filter
             .filter(|f| !f.is_empty())
-            .map(super::files::contains_pattern);
+            .map(super::key_filter::contains_pattern);
         let r = on_pool!(self, |p| {
             let mut qb = QueryBuilder::new(ROW_SQL);
             qb.push_bind(bucket.to_string());

@@ -2,6 +2,7 @@
 
 use sqlx::QueryBuilder;
 
+use super::key_filter::{key_match, push_filter, KeyMatch};
 use super::{on_pool, ts, Backend, Db};
 use crate::engine::error::Result;
 use crate::engine::model::{
@@ -90,92 +91,10 @@ where
     };
 }
 
-/// How `--filter` matches keys on this database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum KeyMatch {
-    /// Keys containing the text, case-insensitive (SQLite; PostgreSQL with the trigram index).
-    Contains(String),
-    /// Keys starting with the text, byte for byte: an index range.
-    Prefix(String),
-}
-
-/// `^text` is a prefix everywhere; other text is a substring where an index (or a small
-/// SQLite file) serves it, else a prefix.
-fn key_match(filter: &str, substring_indexed: bool) -> KeyMatch {
-    match filter.strip_prefix('^') {
-        Some(p) => KeyMatch::Prefix(p.to_string()),
-        None if substring_indexed => KeyMatch::Contains(filter.to_string()),
-        None => KeyMatch::Prefix(filter.to_string()),
-    }
-}
-
-/// The first string after every string that starts with `p` (in byte order).
-fn prefix_end(p: &str) -> String {
-    format!("{p}{}", char::MAX)
-}
-
-fn push_filter<'a, DB: sqlx::Database>(
-    qb: &mut QueryBuilder<'a, DB>,
-    m: &KeyMatch,
-    backend: Backend,
-) where
-    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    match m {
-        KeyMatch::Contains(s) => {
-            qb.push(" AND lower(key) LIKE ")
-                .push_bind(contains_pattern(s))
-                .push(" ESCAPE '\\'");
-        }
-        KeyMatch::Prefix(p) if !p.is_empty() => {
-            let col = expr(Col::Name, backend);
-            qb.push(" AND ").push(col).push(" >= ").push_bind(p.clone());
-            qb.push(" AND ")
-                .push(col)
-                .push(" < ")
-                .push_bind(prefix_end(p));
-        }
-        KeyMatch::Prefix(_) => {}
-    }
-}
-
-/// A LIKE pattern matching `s` anywhere, with LIKE's wildcards in `s` taken literally.
-pub(super) fn contains_pattern(s: &str) -> String {
-    let mut p = String::with_capacity(s.len() + 2);
-    p.push('%');
-    for c in s.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
-}
-
 impl Db {
-    /// Whether a substring key filter has an index: always on SQLite (files of a single host),
-    /// on PostgreSQL when `migrate` could build the trigram index.
-    async fn substring_indexed(&self) -> Result<bool> {
-        if let Some(v) = self.trigram.get() {
-            return Ok(*v);
-        }
-        let v = match &self.pool {
-            super::Pool::Sqlite(_) => true,
-            super::Pool::Postgres(p) => {
-                super::migrate::index_valid(p, super::migrate::TRIGRAM_INDEX)
-                    .await
-                    .map_err(|e| self.err(e))?
-                    == Some(true)
-            }
-        };
-        let _ = self.trigram.set(v);
-        Ok(v)
-    }
-
     async fn key_match(&self, q: &FileQuery) -> Result<Option<KeyMatch>> {
         match q.filter.as_deref().filter(|f| !f.is_empty()) {
-            Some(f) => Ok(Some(key_match(f, self.substring_indexed().await?))),
+            Some(f) => Ok(Some(key_match(f, self.key_index().await?))),
             None => Ok(None),
         }
     }
@@ -195,7 +114,7 @@ impl Db {
                 qb.push(" AND is_stale");
             }
             if let Some(m) = &m {
-                push_filter(&mut qb, m, backend);
+                push_filter(&mut qb, m, backend, expr(Col::Name, backend));
             }
             if let Some(after) = q.after.as_ref().filter(|_| !q.from_end) {
                 qb.push(" AND (");
@@ -248,7 +167,7 @@ impl Db {
                 qb.push(" AND is_stale");
             }
             if let Some(m) = &m {
-                push_filter(&mut qb, m, backend);
+                push_filter(&mut qb, m, backend, expr(Col::Name, backend));
             }
             qb.build_query_scalar().fetch_one(p).await
         });
@@ -409,27 +328,5 @@ impl Db {
         .fetch_one(p)
         .await);
         r.map_err(|e| self.err(e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn like_wildcards_are_literal() {
-        assert_eq!(contains_pattern("a_b%C"), "%a\\_b\\%c%");
-    }
-
-    #[test]
-    fn a_caret_asks_for_a_prefix_and_no_index_means_a_prefix() {
-        assert_eq!(
-            key_match("^mods/1", true),
-            KeyMatch::Prefix("mods/1".into())
-        );
-        assert_eq!(key_match("mods", true), KeyMatch::Contains("mods".into()));
-        assert_eq!(key_match("mods", false), KeyMatch::Prefix("mods".into()));
-        assert!(prefix_end("ab").as_str() > "ab\u{10fffe}");
-        assert!(prefix_end("ab").as_str() < "ac");
     }
 }

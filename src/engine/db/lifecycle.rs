@@ -96,10 +96,13 @@ pub enum PurgeBy {
     Stale,
     /// `coalesce(last_downloaded_at, mirrored_at)` at or before this time.
     UsedBefore(DateTime<Utc>),
-    /// Least recently used first, up to and including this (last use, id) position.
+    /// Least recently used first, up to and including this (last use, id) position; the walk
+    /// that found it counted the `files` and `bytes` up to it.
     LruThrough {
         last_used_at: DateTime<Utc>,
         id: i64,
+        files: i64,
+        bytes: i64,
     },
 }
 
@@ -125,7 +128,9 @@ pub(super) fn push_selector<'a, DB: sqlx::Database>(
                 .push(" <= ")
                 .push_bind(ts(*t));
         }
-        PurgeBy::LruThrough { last_used_at, id } => {
+        PurgeBy::LruThrough {
+            last_used_at, id, ..
+        } => {
             // One row comparison: a range of the (bucket, last use, id) index. The boundary
             // is a value read from the rows, bound as it is (rows written by other programs
             // may carry sub-second times).
@@ -458,22 +463,31 @@ impl Db {
     }
 
     /// The last (last use, id) position, in least-recently-used order among the live files of
-    /// `bucket` in `keys`, that has to go so that at least `excess` bytes are freed; `None`
-    /// when nothing has to go. Walks the (bucket, last use, id) index a page at a time and
-    /// stops there: the cost grows with what goes, not with the bucket.
+    /// `bucket` in `keys`, that has to go so that at least `excess` bytes are freed, with the
+    /// files and bytes up to it; `None` when nothing has to go. Walks the (bucket, last use,
+    /// id) index a page at a time and stops there: the cost grows with what goes, not with the
+    /// bucket.
     pub async fn lru_boundary(
         &self,
         bucket: &str,
         keys: &KeyScope,
         excess: i64,
-    ) -> Result<Option<(DateTime<Utc>, i64)>> {
+    ) -> Result<Option<PurgeBy>> {
         if excess <= 0 {
             return Ok(None);
         }
         // Small pages first (a typical purge frees a few files' worth), growing for big ones.
         let mut page: i64 = 256;
-        let mut freed = 0i64;
+        let (mut freed, mut files) = (0i64, 0i64);
         let mut after: Option<(DateTime<Utc>, i64)> = None;
+        let through = |after: Option<(DateTime<Utc>, i64)>, files, bytes| {
+            after.map(|(last_used_at, id)| PurgeBy::LruThrough {
+                last_used_at,
+                id,
+                files,
+                bytes,
+            })
+        };
         loop {
             let r: Result<Vec<(DateTime<Utc>, i64, i64)>, sqlx::Error> = on_pool!(self, |p| {
                 let mut qb = QueryBuilder::new(format!(
@@ -502,14 +516,15 @@ impl Db {
             page = (page * 4).min(16_384);
             for (t, id, size) in rows {
                 freed = freed.saturating_add(size);
+                files += 1;
                 after = Some((t, id));
                 if freed >= excess {
-                    return Ok(after);
+                    return Ok(through(after, files, freed));
                 }
             }
             if !full {
                 // Everything in scope goes and still does not free `excess`.
-                return Ok(after);
+                return Ok(through(after, files, freed));
             }
         }
     }
@@ -522,13 +537,21 @@ impl Db {
         sample: i64,
     ) -> Result<PurgePlan> {
         let r: Result<PurgePlan, sqlx::Error> = on_pool!(self, |p| {
-            let mut qb = QueryBuilder::new(
-                "SELECT count(*), CAST(coalesce(sum(m.size), 0) AS BIGINT) FROM mirrored_files m \
-                 WHERE m.deleted_at IS NULL AND m.bucket = ",
-            );
-            qb.push_bind(bucket);
-            push_selector(&mut qb, self.backend(), sel);
-            let (candidates, bytes): (i64, i64) = qb.build_query_as().fetch_one(p).await?;
+            // The LRU walk counted its files; a count of them would be planned from an estimate
+            // a thousand times too high (a row comparison), in parallel workers that take
+            // longer to start than the count takes.
+            let (candidates, bytes): (i64, i64) = match sel.by {
+                PurgeBy::LruThrough { files, bytes, .. } => (files, bytes),
+                _ => {
+                    let mut qb = QueryBuilder::new(
+                        "SELECT count(*), CAST(coalesce(sum(m.size), 0) AS BIGINT) \
+                         FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = ",
+                    );
+                    qb.push_bind(bucket);
+                    push_selector(&mut qb, self.backend(), sel);
+                    qb.build_query_as().fetch_one(p).await?
+                }
+            };
             let mut qb = QueryBuilder::new(
                 "SELECT m.key FROM mirrored_files m WHERE m.deleted_at IS NULL AND m.bucket = ",
             );

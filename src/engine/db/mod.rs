@@ -11,6 +11,7 @@ mod events;
 mod files;
 mod fleet;
 mod inventory;
+mod key_filter;
 mod key_scope;
 mod leases;
 mod lifecycle;
@@ -119,8 +120,8 @@ pub struct Db {
     known_months: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Month>>>,
     /// How long the mutation lock and a running operation's row stay claimed without renewal.
     lock_lease: Duration,
-    /// Whether a substring key filter has an index (looked up once).
-    trigram: std::sync::Arc<std::sync::OnceLock<bool>>,
+    /// What the database offers a key filter (looked up once).
+    key_index: std::sync::Arc<std::sync::OnceLock<key_filter::KeyIndex>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -217,7 +218,7 @@ impl Db {
             target,
             known_months: Default::default(),
             lock_lease: DEFAULT_LOCK_LEASE,
-            trigram: Default::default(),
+            key_index: Default::default(),
         })
     }
 

@@ -25,7 +25,11 @@ impl Db {
     /// On PostgreSQL each candidate looks up its own events on the (file_id, occurred_at) index
     /// of the partitions since `since` (a LATERAL subquery the planner may not flatten: its
     /// estimate of a row-comparison selection can be off by a thousand times, and a hash join
-    /// then reads a month of events for a few files). The cost grows with the candidates.
+    /// then reads a month of events for a few files). The cost grows with the candidates
+    /// downloaded since `since`: a file's `last_downloaded_at` is at or after every hit it has
+    /// (each recorded download moves it forward in the same transaction), so a candidate last
+    /// downloaded before `since` has no hit in the window and is not looked up at all. The
+    /// oldest files are what a purge by size takes first, and most of them are such files.
     pub async fn purge_impact(
         &self,
         bucket: &str,
@@ -63,6 +67,8 @@ impl Db {
                 }
             };
             qb.push_bind(bucket);
+            qb.push(" AND m.last_downloaded_at >= ")
+                .push_bind(ts(since));
             push_selector(&mut qb, backend, sel);
             if backend == Backend::Sqlite {
                 qb.push(")");

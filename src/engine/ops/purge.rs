@@ -283,11 +283,7 @@ async fn selector(
             };
             let live = db.live_bytes(mirror.name(), &keys).await?;
             let excess = live.saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
-            let boundary = db.lru_boundary(mirror.name(), &keys, excess).await?;
-            (
-                boundary.map(|(last_used_at, id)| PurgeBy::LruThrough { last_used_at, id }),
-                label,
-            )
+            (db.lru_boundary(mirror.name(), &keys, excess).await?, label)
         }
     };
     Ok((by.map(|by| PurgeSelector { by, keys }), label))
