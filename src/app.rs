@@ -334,11 +334,11 @@ async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
             );
             demo.ensure_generated(&|step| eprintln!("  {step}")).await?;
         }
-        let db = connect(&demo.config).await?;
+        let db = connect(&demo.config, pool_size(cli, &demo.config)).await?;
         return Ok((Ctx::new(demo.config.clone(), db, cli.read_only), Some(demo)));
     }
     let (config, _source) = config::load(cli.config.as_deref())?;
-    let db = connect(&config).await?;
+    let db = connect(&config, pool_size(cli, &config)).await?;
     let dry_run = matches!(cli.command, Some(Command::Migrate { dry_run: true }));
     if db.backend() == crate::engine::db::Backend::Sqlite && !dry_run {
         // A SQLite file is created and migrated on first use.
@@ -347,15 +347,31 @@ async fn open(cli: &Cli) -> anyhow::Result<(Ctx, Option<Demo>)> {
     Ok((Ctx::new(config, db, cli.read_only), None))
 }
 
-async fn connect(config: &config::Config) -> anyhow::Result<Db> {
+/// How many database connections a command may open. One-shot reads run their queries one
+/// after another, so one connection serves them all. With more allowed, sqlx pings each
+/// connection handed back on a task of its own, and the next query, asked for meanwhile,
+/// opens another connection (a new backend and its authentication: about 5 ms on loopback,
+/// twice per command).
+fn pool_size(cli: &Cli, config: &config::Config) -> u32 {
+    match &cli.command {
+        Some(
+            Command::Stats { .. }
+            | Command::Files { .. }
+            | Command::File { .. }
+            | Command::History { .. }
+            | Command::Purge { dry_run: true, .. },
+        ) => 1,
+        _ => config.database.max_connections,
+    }
+}
+
+async fn connect(config: &config::Config, max_connections: u32) -> anyhow::Result<Db> {
     let url = config.database_url().map_err(Error::Usage)?;
-    Ok(Db::connect(
-        url,
-        config.database.max_connections,
-        config.database.connect_timeout.0,
+    Ok(
+        Db::connect(url, max_connections, config.database.connect_timeout.0)
+            .await?
+            .with_lock_lease(config.database.lock_lease.0),
     )
-    .await?
-    .with_lock_lease(config.database.lock_lease.0))
 }
 
 /// Prints a report as JSON or with the table renderer.

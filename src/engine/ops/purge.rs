@@ -174,35 +174,42 @@ pub async fn run(ctx: &Ctx, p: PurgeParams, progress: &Progress) -> Result<Purge
         }
     }
     let limit = p.max_delete.unwrap_or(ctx.config.policy.max_delete);
-    let mirror = ctx.mirror().await?;
+    // The bucket's client is made only to delete: a preview reads the database alone.
+    let bucket = ctx
+        .config
+        .mirror_bucket()
+        .map_err(Error::Usage)?
+        .bucket
+        .clone();
     // The plan is made under the lock, so the count confirmed is the count deleted.
     audited(ctx, "purge", &p, !p.dry_run, progress, || {
-        plan_and_delete(&ctx.db, mirror, &p, keys, limit, progress)
+        plan_and_delete(ctx, &bucket, &p, keys, limit, progress)
     })
     .await
 }
 
 async fn plan_and_delete(
-    db: &Db,
-    mirror: &S3Bucket,
+    ctx: &Ctx,
+    bucket: &str,
     p: &PurgeParams,
     keys: KeyScope,
     limit: u64,
     progress: &Progress,
 ) -> Result<PurgeReport> {
-    let (selector, selection) = selector(db, mirror, p.target, keys).await?;
+    let db = &ctx.db;
+    let (selector, selection) = selector(db, bucket, p.target, keys).await?;
     let mut report = PurgeReport {
         selection,
         dry_run: p.dry_run,
         ..Default::default()
     };
     if p.impact_days > 0 {
-        report.impact = Some(impact(db, mirror.name(), selector.as_ref(), p.impact_days).await?);
+        report.impact = Some(impact(db, bucket, selector.as_ref(), p.impact_days).await?);
     }
     let Some(selector) = selector else {
         return Ok(report);
     };
-    let plan: PurgePlan = db.purge_plan(mirror.name(), &selector, SAMPLE_KEYS).await?;
+    let plan: PurgePlan = db.purge_plan(bucket, &selector, SAMPLE_KEYS).await?;
     report.candidates = plan.candidates.max(0) as u64;
     report.bytes = plan.bytes.max(0) as u64;
     report.first_keys = plan.first_keys;
@@ -215,6 +222,7 @@ async fn plan_and_delete(
             report.candidates, report.candidates
         )));
     }
+    let mirror = ctx.mirror().await?;
     delete_all(db, mirror, &selector, &mut report, progress).await?;
     Ok(report)
 }
@@ -254,7 +262,7 @@ async fn impact(
 /// match (the files in scope already fit their byte budget).
 async fn selector(
     db: &Db,
-    mirror: &S3Bucket,
+    bucket: &str,
     target: PurgeTarget,
     keys: KeyScope,
 ) -> Result<(Option<PurgeSelector>, String)> {
@@ -281,9 +289,9 @@ async fn selector(
                 None => format!("least recently used until the mirror fits in {budget}"),
                 Some(s) => format!("least recently used {s} until those fit in {budget}"),
             };
-            let live = db.live_bytes(mirror.name(), &keys).await?;
+            let live = db.live_bytes(bucket, &keys).await?;
             let excess = live.saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
-            (db.lru_boundary(mirror.name(), &keys, excess).await?, label)
+            (db.lru_boundary(bucket, &keys, excess).await?, label)
         }
     };
     Ok((by.map(|by| PurgeSelector { by, keys }), label))
