@@ -21,6 +21,7 @@ mod codec;
 mod export;
 mod health;
 mod list;
+mod pace;
 pub mod read_back;
 mod restore;
 mod run;
