@@ -316,10 +316,6 @@ pub struct Policy {
     /// `archive health` fails when reading an archived month back takes longer.
     #[serde(default = "default_archive_health_threshold")]
     pub archive_health_threshold: HumanDuration,
-    /// An archive exports at most this many rows a second (0: as fast as it can), so that it
-    /// leaves the data plane its share of the machine.
-    #[serde(default = "default_archive_rows_per_second")]
-    pub archive_rows_per_second: u64,
 }
 
 fn default_unused_days() -> u32 {
@@ -334,9 +330,6 @@ fn default_archive_after_months() -> u32 {
 fn default_max_delete() -> u64 {
     1000
 }
-fn default_archive_rows_per_second() -> u64 {
-    250_000
-}
 fn default_archive_health_threshold() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
@@ -349,7 +342,6 @@ impl Default for Policy {
             archive_after_months: default_archive_after_months(),
             max_delete: default_max_delete(),
             archive_health_threshold: default_archive_health_threshold(),
-            archive_rows_per_second: default_archive_rows_per_second(),
         }
     }
 }

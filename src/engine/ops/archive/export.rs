@@ -40,10 +40,8 @@ pub async fn export_and_upload(
     let dir = month_dir(bucket, m);
     let work = WorkDir::create(&name)?;
 
-    // Export: the database streams batches into a bounded queue, at the policy's pace; a
-    // blocking thread encodes them.
+    // Export: the database streams batches into a bounded queue; a blocking thread encodes them.
     let (tx, rx) = mpsc::channel::<Vec<EventRow>>(QUEUE_BATCHES);
-    let rx = super::pace::paced(rx, ctx.config.policy.archive_rows_per_second);
     let writer = {
         let path = work.path.clone();
         let name = name.clone();

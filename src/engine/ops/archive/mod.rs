@@ -21,7 +21,6 @@ mod codec;
 mod export;
 mod health;
 mod list;
-mod pace;
 pub mod read_back;
 mod restore;
 mod run;
