@@ -120,7 +120,8 @@ while read -r id key; do
 done <"$WORK/files.txt" >"$WORK/paths.txt"
 IDS=$(awk '{printf "%s%s", sep, $1; sep=","}' "$WORK/files.txt")
 
-M serve >"$WORK/serve.log" 2>&1 &
+# Not through M: $! must be serve itself, which the SIGTERM below is for.
+"$BIN" --config "$WORK/config.toml" serve >"$WORK/serve.log" 2>&1 &
 SERVE_PID=$!
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/healthz" && break; sleep 0.1; done
 CODE=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT$(head -1 "$WORK/paths.txt")")
