@@ -40,6 +40,14 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli);
+    if let Some(Command::Archive {
+        action: crate::cli::ArchiveAction::Run { dry_run: false, .. },
+    }) = &cli.command
+    {
+        // A one-shot archive is background work through and through: every thread of the
+        // runtime, started below, inherits the idle priority (see `engine::background`).
+        crate::engine::background::lower_to_idle();
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(Command::Serve {
         threads: Some(n), ..

@@ -1,6 +1,7 @@
 //! The core of mirrorctl: database, S3, origin and the operations. Knows nothing of the
 //! terminal UI or the command line; both call the same operation functions.
 
+pub mod background;
 pub mod db;
 pub mod error;
 pub mod jobs;

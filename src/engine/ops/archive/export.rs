@@ -12,6 +12,7 @@ use super::{
     month_dir, Manifest, ManifestColumn, ManifestPart, WorkDir, MANIFEST_NAME,
     PARQUET_CONTENT_TYPE, QUEUE_BATCHES, SCHEMA_VERSION,
 };
+use crate::engine::background;
 use crate::engine::db::{partition_name, ArchiveRecord, EventRow, Month};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::Progress;
@@ -40,18 +41,28 @@ pub async fn export_and_upload(
     let dir = month_dir(bucket, m);
     let work = WorkDir::create(&name)?;
 
-    // Export: the database streams batches into a bounded queue; a blocking thread encodes them.
+    // Export: the database streams batches into a bounded queue; a thread of its own encodes
+    // them, at idle priority (see `background`), so the encoding takes only the CPU the data
+    // plane leaves; the thread ends with the export.
     let (tx, rx) = mpsc::channel::<Vec<EventRow>>(QUEUE_BATCHES);
     let writer = {
         let path = work.path.clone();
-        let name = name.clone();
+        let part_name = name.clone();
         let progress = progress.clone();
-        tokio::task::spawn_blocking(move || write_parts(rx, &path, &name, rows_per_part, &progress))
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("archive-writer".into())
+            .spawn(move || {
+                background::lower_to_idle();
+                let _ = done.send(write_parts(rx, &path, &part_name, rows_per_part, &progress));
+            })
+            .map_err(|e| Error::runtime(format!("{name}: cannot start the Parquet writer: {e}")))?;
+        result
     };
     let exported = ctx.db.export_month(m, BATCH_ROWS, tx).await;
     let parts = writer
         .await
-        .map_err(|e| Error::runtime(format!("{name}: Parquet writer stopped: {e}")))??;
+        .map_err(|_| Error::runtime(format!("{name}: Parquet writer stopped")))??;
     let exported = exported?;
     let rows: u64 = parts.iter().map(|p| p.rows).sum();
     if rows != exported {
