@@ -118,6 +118,8 @@ fn init_logging(cli: &Cli) {
         _ => "debug",
     };
     // `MIRRORCTL_LOG` takes `level` or `target=level,...` (e.g. "mirrorctl=debug,sqlx=info").
+    // The filter decides alone: the fmt subscriber's own maximum (INFO unless told) would
+    // otherwise drop every debug line the filter lets through.
     let default = format!("mirrorctl={level},s3s=off,s3s_fs=off");
     let filter: tracing_subscriber::filter::Targets = std::env::var("MIRRORCTL_LOG")
         .ok()
@@ -143,6 +145,7 @@ fn init_logging(cli: &Cli) {
             .open(&path)
         {
             let _ = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
                 .with_ansi(false)
                 .with_writer(std::sync::Mutex::new(file))
                 .finish()
@@ -152,6 +155,7 @@ fn init_logging(cli: &Cli) {
     } else {
         use std::io::IsTerminal;
         let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .finish()

@@ -300,19 +300,25 @@ async fn finds_every_kind_of_drift_and_repair_makes_it_clean() {
             let seeded = seed(&s3, &db, true).await;
             let ctx = ctx_for(&db, &seeded);
 
-            // One range and many ranges give the same answer.
+            // One range and many ranges give the same answer; so does a run that keeps no
+            // items (`--combined`), which reads only the inventory columns it compares.
             for concurrency in [1, 8] {
-                let (r, lines) = check(
-                    &ctx,
-                    DriftParams {
-                        concurrency,
-                        // Split even these small buckets, so the range merge is exercised.
-                        split_above_pages: 0,
-                        ..Default::default()
-                    },
-                )
-                .await;
-                assert_matches_seed(&format!("{label} -j{concurrency}"), &r, &lines, &seeded);
+                for keep_items in [true, false] {
+                    let (r, lines) = check(
+                        &ctx,
+                        DriftParams {
+                            concurrency,
+                            // Split even these small buckets, so the range merge is exercised.
+                            split_above_pages: 0,
+                            keep_items,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                    let label = format!("{label} -j{concurrency} keep_items={keep_items}");
+                    assert_matches_seed(&label, &r, &lines, &seeded);
+                    assert_eq!(r.items.is_empty(), !keep_items, "{label}");
+                }
             }
             // --checksum hashes the multipart pair: same bytes, so same.
             let (r, _) = check(
@@ -536,6 +542,37 @@ async fn parallel_ranges_agree_with_one_range_on_a_larger_bucket() {
         );
         assert_eq!(one_lines, many_lines, "{}", s3.name);
         assert_eq!(one_lines.len(), keys.len(), "{}", s3.name);
+        // The first page of each side, listed to decide on the split, serves the ranges it
+        // covers; the ranges past it are listed: the same answer, with items or without.
+        for keep_items in [true, false] {
+            let (headed, headed_lines) = check(
+                &ctx,
+                DriftParams {
+                    concurrency: 8,
+                    split_above_pages: 1,
+                    keep_items,
+                    ..Default::default()
+                },
+            )
+            .await;
+            assert!(
+                headed.ranges > 4,
+                "{}: the planner did not split ({} ranges)",
+                s3.name,
+                headed.ranges
+            );
+            assert_eq!(
+                headed_lines, one_lines,
+                "{} keep_items={keep_items}",
+                s3.name
+            );
+            assert_eq!(
+                (headed.main_objects, headed.backup_objects),
+                (one.main_objects, one.backup_objects),
+                "{}",
+                s3.name
+            );
+        }
         let s = &many.summary;
         assert_eq!(
             (s.missing_in_backup, s.extra_in_backup, s.differ),
@@ -1390,4 +1427,62 @@ async fn ctrl_c_stops_a_running_check_within_a_second() {
     let ops = db.db.list_operations(10).await.expect("history");
     let last = ops.iter().find(|o| o.kind == "drift").expect("a drift row");
     assert_eq!(last.status, "cancelled", "{err}");
+}
+
+/// Migration 0015 stores SQLite's inventory in path order (a WITHOUT ROWID table) and keeps its
+/// rows, also when it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_inventory_is_stored_by_path_and_kept_across_migration_0015() {
+    let db = TestDb::sqlite().await;
+    let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+    let rows: Vec<InventoryRow> = ["b/2", "a/1", "é/3"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| InventoryRow {
+            path: p.to_string(),
+            size: i as i64 + 10,
+            etag: Some(format!("etag-{i}")),
+            content_type: Some("application/zip".into()),
+            is_backed_up: i % 2 == 0,
+            last_modified: Some(now),
+            deleted: false,
+            updated_at: now,
+        })
+        .collect();
+    db.db.upsert_inventory(&rows).await.expect("rows");
+    let pool = sqlx::sqlite::SqlitePool::connect(&db.url)
+        .await
+        .expect("pool");
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = 15")
+        .execute(&pool)
+        .await
+        .expect("forget 0015");
+    db.db.migrate().await.expect("0015 again");
+    let sql: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'backup_inventory'")
+            .fetch_one(&pool)
+            .await
+            .expect("schema");
+    assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+    let read = db
+        .db
+        .inventory_range("", None, None, 10)
+        .await
+        .expect("read");
+    let mut want = rows.clone();
+    want.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(
+        serde_json::to_value(&read).expect("json"),
+        serde_json::to_value(&want).expect("json")
+    );
+    let facts = db
+        .db
+        .inventory_facts_range("", Some("a/1"), None, 10)
+        .await
+        .expect("facts");
+    let paths: Vec<(&str, i64, bool)> = facts
+        .iter()
+        .map(|f| (f.path.as_str(), f.size, f.is_backed_up))
+        .collect();
+    assert_eq!(paths, vec![("b/2", 10, true), ("é/3", 12, true)]);
 }

@@ -186,6 +186,16 @@ pub struct NewOriginFile {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The columns of a `backup_inventory` row that `drift` compares with the buckets: all a
+/// merge that builds no report item reads (no text dates to parse, no content type).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct InventoryFacts {
+    pub path: String,
+    pub size: i64,
+    pub etag: Option<String>,
+    pub is_backed_up: bool,
+}
+
 /// One row of `backup_inventory`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct InventoryRow {

@@ -4,10 +4,12 @@
 
 use super::{on_pool, Db, Pool};
 use crate::engine::error::Result;
-use crate::engine::model::InventoryRow;
+use crate::engine::model::{InventoryFacts, InventoryRow};
 
 const COLUMNS: &str =
     "path, size, etag, content_type, is_backed_up, last_modified, deleted, updated_at";
+/// The columns `InventoryFacts` holds.
+const COMPARED_COLUMNS: &str = "path, size, etag, is_backed_up";
 
 /// The `WHERE` condition on `path` for one page of a key range, in byte order, and the lower
 /// bound to bind as `$1` (the upper bound, when there is one, is `$2`). Only one lower bound,
@@ -52,14 +54,44 @@ impl Db {
         upto: Option<&str>,
         limit: i64,
     ) -> Result<Vec<InventoryRow>> {
+        self.inventory_range_page(COLUMNS, prefix, after, upto, limit)
+            .await
+    }
+
+    /// `inventory_range` with only the columns `drift` compares.
+    pub async fn inventory_facts_range(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<InventoryFacts>> {
+        self.inventory_range_page(COMPARED_COLUMNS, prefix, after, upto, limit)
+            .await
+    }
+
+    async fn inventory_range_page<T>(
+        &self,
+        columns: &str,
+        prefix: &str,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<T>>
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>,
+    {
         let (condition, collate, lower) = range_condition(&self.pool, prefix, after, upto);
         let sql = format!(
-            "SELECT {COLUMNS} FROM backup_inventory WHERE NOT deleted AND {condition} \
+            "SELECT {columns} FROM backup_inventory WHERE NOT deleted AND {condition} \
              ORDER BY path{collate} LIMIT {limit}",
             limit = limit.max(1)
         );
         let r = on_pool!(self, |p| {
-            let mut q = sqlx::query_as::<_, InventoryRow>(&sql).bind(lower);
+            let mut q = sqlx::query_as::<_, T>(&sql).bind(lower);
             if let Some(u) = upto {
                 q = q.bind(u);
             }

@@ -154,7 +154,12 @@ impl Db {
                 // 1 MiB of page cache per connection instead of SQLite's 2 MiB: the OS caches
                 // the file too, and a pool of connections scanning the inventory in parallel
                 // would otherwise hold most of a bounded-memory drift run.
-                .pragma("cache_size", "-1024");
+                .pragma("cache_size", "-1024")
+                // sqlx-sqlite's worker thread hands rows over a channel of this many (50 by
+                // default): a page of 1,000 rows then woke the reading task about once per
+                // row. A page's worth lets the worker run ahead (drift at 100,000 keys: system
+                // time 0.24-0.38 s down to 0.09-0.12 s). A page's rows are collected anyway.
+                .row_buffer_size(1024);
             if let Some(parent) = opts.get_filename().parent() {
                 if !parent.as_os_str().is_empty() && !parent.exists() {
                     std::fs::create_dir_all(parent)

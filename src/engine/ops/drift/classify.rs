@@ -8,11 +8,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
-use super::listing::with_retry;
+use super::listing::{with_retry, InventoryEntry};
 use super::merge::Scan;
 use super::{DriftItem, InventoryStatus, ObjectSide, PairStatus};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::InventoryRow;
 use crate::engine::s3::{ObjectInfo, S3Bucket};
 
 /// Decides one key and records it: counts it, prints its line, keeps it (`keep_items`) and
@@ -23,7 +22,7 @@ pub(super) async fn classify(
     key: String,
     mo: Option<ObjectInfo>,
     bo: Option<ObjectInfo>,
-    io: Option<InventoryRow>,
+    io: Option<InventoryEntry>,
     pending: bool,
     repair: Option<&mpsc::Sender<DriftItem>>,
 ) {
@@ -47,7 +46,7 @@ pub(super) async fn classify(
                 detail: Some("replication pending".into()),
                 main: mo.as_ref().map(ObjectSide::from),
                 backup: bo.as_ref().map(ObjectSide::from),
-                inventory: io,
+                inventory: io.and_then(InventoryEntry::into_row),
             };
             if let Ok(mut items) = scan.items.lock() {
                 items.push(item);
@@ -114,7 +113,7 @@ pub(super) async fn classify(
         detail,
         main: mo.as_ref().map(ObjectSide::from),
         backup: bo.as_ref().map(ObjectSide::from),
-        inventory: io,
+        inventory: io.and_then(InventoryEntry::into_row),
     };
     if scan.params.keep_items {
         if let Ok(mut items) = scan.items.lock() {
@@ -129,20 +128,21 @@ pub(super) async fn classify(
 }
 
 /// Why an inventory row disagrees with the object it describes, if it does.
-fn inventory_disagreement(o: &ObjectInfo, row: &InventoryRow, in_backup: bool) -> Option<String> {
+fn inventory_disagreement(o: &ObjectInfo, row: &InventoryEntry, in_backup: bool) -> Option<String> {
     let mut why = Vec::new();
-    if row.size < 0 || row.size as u64 != o.size {
-        why.push(format!("size {} vs object {}", row.size, o.size));
+    let size = row.size();
+    if size < 0 || size as u64 != o.size {
+        why.push(format!("size {size} vs object {}", o.size));
     }
-    if let (Some(re), Some(oe)) = (row.etag.as_deref(), o.etag.as_deref()) {
+    if let (Some(re), Some(oe)) = (row.etag(), o.etag.as_deref()) {
         if re.trim_matches('"') != oe {
             why.push(format!("etag {re} vs object {oe}"));
         }
     }
-    if row.is_backed_up != in_backup {
+    if row.is_backed_up() != in_backup {
         why.push(format!(
             "is_backed_up {} but the backup {}",
-            row.is_backed_up,
+            row.is_backed_up(),
             if in_backup { "has it" } else { "does not" }
         ));
     }

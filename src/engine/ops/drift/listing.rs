@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::merge::Scan;
-use super::plan::KeyRange;
+use super::plan::{KeyRange, ListingHead};
 use super::{strip, INVENTORY_PAGE, LIST_ATTEMPTS, PAGE, READ_AHEAD};
 use crate::engine::error::{Error, Result};
-use crate::engine::model::InventoryRow;
+use crate::engine::model::{InventoryFacts, InventoryRow};
 use crate::engine::s3::{ObjectInfo, S3Bucket};
 
 /// One listing page with retries; returns the objects and the continuation token.
@@ -64,19 +64,51 @@ fn is_transient(e: &Error) -> bool {
     }
 }
 
-/// Lists one bucket's keys in `range` on a task of its own, a page ahead of the merge.
+/// Lists one bucket's keys in `range` on a task of its own, a page ahead of the merge. The
+/// part of the range that `head` (the side's first pages, listed while planning) covers comes
+/// from it; the listing goes on after it only when the range ends past it.
 pub(super) fn spawn_listing(
     bucket: S3Bucket,
     prefix: String,
     range: KeyRange,
+    head: Option<Arc<ListingHead>>,
     counter: Arc<Scan>,
     is_main: bool,
 ) -> mpsc::Receiver<Result<Vec<ObjectInfo>>> {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::spawn(async move {
+        let c = if is_main {
+            &counter.counters.main_listed
+        } else {
+            &counter.counters.backup_listed
+        };
         let base = bucket.prefix().to_string();
         let full_prefix = format!("{base}{prefix}");
-        let mut after = range.after.as_ref().map(|a| format!("{base}{a}"));
+        let mut after = range.after.clone();
+        if let Some(head) = head {
+            let (objects, ends_within) = head.within(&range);
+            for page in objects.chunks(PAGE as usize) {
+                let keep: Vec<ObjectInfo> = page
+                    .iter()
+                    .filter(|o| !counter.excluded(&o.key))
+                    .cloned()
+                    .collect();
+                c.fetch_add(keep.len() as u64, Ordering::Relaxed);
+                if tx.send(Ok(keep)).await.is_err() {
+                    return;
+                }
+            }
+            if ends_within || head.complete {
+                return;
+            }
+            // The range goes on past the head: list from whichever is later.
+            if let Some(last) = head.last_key() {
+                if after.as_deref().is_none_or(|a| a < last) {
+                    after = Some(last.to_string());
+                }
+            }
+        }
+        let mut after = after.map(|a| format!("{base}{a}"));
         let mut token: Option<String> = None;
         loop {
             let page = list_with_retry(
@@ -106,11 +138,6 @@ pub(super) fn spawn_listing(
                     keep.push(o);
                 }
             }
-            let c = if is_main {
-                &counter.counters.main_listed
-            } else {
-                &counter.counters.backup_listed
-            };
             c.fetch_add(keep.len() as u64, Ordering::Relaxed);
             if tx.send(Ok(keep)).await.is_err() || past_end {
                 return;
@@ -127,20 +154,78 @@ pub(super) fn spawn_listing(
     rx
 }
 
-/// Reads the inventory rows in `range` on a task of its own, a page ahead of the merge.
+/// An inventory row as the merge reads it: the whole row when a disagreeing key may become a
+/// report item or a repair (they carry it), else only the columns classification compares.
+pub(super) enum InventoryEntry {
+    Compared(InventoryFacts),
+    Full(InventoryRow),
+}
+
+impl InventoryEntry {
+    pub(super) fn path(&self) -> &str {
+        match self {
+            InventoryEntry::Compared(f) => &f.path,
+            InventoryEntry::Full(r) => &r.path,
+        }
+    }
+
+    pub(super) fn size(&self) -> i64 {
+        match self {
+            InventoryEntry::Compared(f) => f.size,
+            InventoryEntry::Full(r) => r.size,
+        }
+    }
+
+    pub(super) fn etag(&self) -> Option<&str> {
+        match self {
+            InventoryEntry::Compared(f) => f.etag.as_deref(),
+            InventoryEntry::Full(r) => r.etag.as_deref(),
+        }
+    }
+
+    pub(super) fn is_backed_up(&self) -> bool {
+        match self {
+            InventoryEntry::Compared(f) => f.is_backed_up,
+            InventoryEntry::Full(r) => r.is_backed_up,
+        }
+    }
+
+    /// The whole row, when it was read.
+    pub(super) fn into_row(self) -> Option<InventoryRow> {
+        match self {
+            InventoryEntry::Compared(_) => None,
+            InventoryEntry::Full(r) => Some(r),
+        }
+    }
+}
+
+/// Reads the inventory rows in `range` on a task of its own, a page ahead of the merge: whole
+/// rows when the scan keeps items or repairs, else only the compared columns.
 pub(super) fn spawn_inventory(
     scan: Arc<Scan>,
     range: KeyRange,
-) -> mpsc::Receiver<Result<Vec<InventoryRow>>> {
+) -> mpsc::Receiver<Result<Vec<InventoryEntry>>> {
+    let whole_rows = scan.params.keep_items || scan.params.repair;
     spawn_db_pages(
         scan,
         range,
-        |scan, prefix, after, upto| async move {
-            scan.db
-                .inventory_range(&prefix, after.as_deref(), upto.as_deref(), INVENTORY_PAGE)
-                .await
+        move |scan, prefix, after, upto| async move {
+            let (after, upto) = (after.as_deref(), upto.as_deref());
+            if whole_rows {
+                let rows = scan
+                    .db
+                    .inventory_range(&prefix, after, upto, INVENTORY_PAGE)
+                    .await?;
+                Ok(rows.into_iter().map(InventoryEntry::Full).collect())
+            } else {
+                let rows = scan
+                    .db
+                    .inventory_facts_range(&prefix, after, upto, INVENTORY_PAGE)
+                    .await?;
+                Ok(rows.into_iter().map(InventoryEntry::Compared).collect())
+            }
         },
-        |r: &InventoryRow| r.path.as_str(),
+        InventoryEntry::path,
         true,
     )
 }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::classify::classify;
 use super::listing::{spawn_inventory, spawn_listing, spawn_pending, Cursor};
-use super::plan::{more_than_pages, plan_boundaries, ranges_from, KeyRange};
+use super::plan::{list_head, plan_boundaries, ranges_from, KeyRange, ListingHead};
 use super::{BucketName, DriftItem, DriftParams, DriftReport, DriftSummary};
 use crate::engine::db::Db;
 use crate::engine::error::{Error, Result};
@@ -112,19 +112,26 @@ pub(super) async fn compare(
     // Ranges beyond the worker count let a fast worker take over the slack of a dense range;
     // but each range also lists up to a page past its end, so not many more.
     let target = params.concurrency.saturating_mul(2).max(1);
-    // Planning costs requests; a prefix that fits in one page per side does not need it.
+    // Planning costs requests; a prefix that fits in a few pages per side does not need it.
+    // Both sides' first pages are listed at once to find out, and kept for the ranges they
+    // cover, so the check costs no listing of its own.
     let mut boundaries = Vec::new();
+    let (main_head, backup_head) = if params.concurrency > 1 {
+        let pages = params.split_above_pages;
+        let (m, b) = tokio::try_join!(
+            list_head(main, &params.prefix, pages),
+            list_head(backup, &params.prefix, pages)
+        )?;
+        (Some(Arc::new(m)), Some(Arc::new(b)))
+    } else {
+        (None, None)
+    };
+    let big = |head: &Option<Arc<ListingHead>>| head.as_ref().is_some_and(|h| !h.complete);
     // Below a few pages per side one sequential range is faster than any split.
-    if params.concurrency > 1
-        && (more_than_pages(main, &params.prefix, params.split_above_pages).await?
-            || more_than_pages(backup, &params.prefix, params.split_above_pages).await?)
-    {
+    if big(&main_head) || big(&backup_head) {
         boundaries = plan_boundaries(main, &params.prefix, target, params.concurrency).await?;
     }
-    if boundaries.is_empty()
-        && params.concurrency > 1
-        && more_than_pages(backup, &params.prefix, params.split_above_pages).await?
-    {
+    if boundaries.is_empty() && big(&backup_head) {
         // An empty or flat main bucket says nothing about the backup's key space.
         boundaries = plan_boundaries(backup, &params.prefix, target, params.concurrency).await?;
     }
@@ -169,19 +176,25 @@ pub(super) async fn compare(
     };
     let ticker = AbortOnDrop(ticker);
 
+    let heads = Heads {
+        main: main_head,
+        backup: backup_head,
+    };
     stream::iter(ranges)
         .map(|range| {
             let scan = scan.clone();
             let progress = progress.clone();
             let repair = repair.clone();
+            let heads = heads.clone();
             async move {
                 progress.check()?;
-                scan_range(&scan, range, repair.as_ref()).await
+                scan_range(&scan, range, heads, repair.as_ref()).await
             }
         })
         .buffer_unordered(params.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
+    drop(heads);
     drop(repair);
     drop(ticker);
 
@@ -222,11 +235,19 @@ pub(super) async fn compare(
     })
 }
 
+/// The first pages of each side, listed while planning.
+#[derive(Clone)]
+struct Heads {
+    main: Option<Arc<ListingHead>>,
+    backup: Option<Arc<ListingHead>>,
+}
+
 /// Merges main, backup, inventory and the paths with open replication over one range, in byte
 /// order.
 async fn scan_range(
     scan: &Arc<Scan>,
     range: KeyRange,
+    heads: Heads,
     repair: Option<&mpsc::Sender<DriftItem>>,
 ) -> Result<()> {
     let prefix = scan.params.prefix.clone();
@@ -234,6 +255,7 @@ async fn scan_range(
         scan.main.clone(),
         prefix.clone(),
         range.clone(),
+        heads.main,
         scan.clone(),
         true,
     ));
@@ -241,6 +263,7 @@ async fn scan_range(
         scan.backup.clone(),
         prefix,
         range.clone(),
+        heads.backup,
         scan.clone(),
         false,
     ));
@@ -254,7 +277,7 @@ async fn scan_range(
     while let Some(key) = [
         m.as_ref().map(|o| o.key.as_str()),
         b.as_ref().map(|o| o.key.as_str()),
-        i.as_ref().map(|r| r.path.as_str()),
+        i.as_ref().map(|r| r.path()),
     ]
     .into_iter()
     .flatten()
@@ -271,7 +294,7 @@ async fn scan_range(
         } else {
             None
         };
-        let io = if i.as_ref().is_some_and(|r| r.path == key) {
+        let io = if i.as_ref().is_some_and(|r| r.path() == key) {
             std::mem::replace(&mut i, ic.next().await?)
         } else {
             None

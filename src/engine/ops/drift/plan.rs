@@ -7,7 +7,7 @@ use futures::stream::{self, StreamExt};
 use super::listing::list_with_retry;
 use super::{strip, MAX_CHAR, MAX_PROBES, PAGE};
 use crate::engine::error::Result;
-use crate::engine::s3::S3Bucket;
+use crate::engine::s3::{ObjectInfo, S3Bucket};
 
 /// A slice of the key space: keys `k` with `after < k <= upto` (`None` = unbounded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,18 +145,64 @@ async fn children(bucket: &S3Bucket, leaf: Leaf) -> Result<(Vec<Leaf>, usize)> {
     Ok((out, probes))
 }
 
-/// Whether `prefix` holds more than `pages` pages of keys: a few sequential list requests.
-pub(super) async fn more_than_pages(bucket: &S3Bucket, prefix: &str, pages: usize) -> Result<bool> {
-    let full_prefix = format!("{}{prefix}", bucket.prefix());
+/// The first pages of one side's listing under the prefix (keys relative, in byte order),
+/// read to decide whether to split it. They are kept: the ranges they cover are served from
+/// them instead of being listed again.
+#[derive(Debug, Default)]
+pub(super) struct ListingHead {
+    pub(super) objects: Vec<ObjectInfo>,
+    /// The listing ended within these pages: they are the whole side.
+    pub(super) complete: bool,
+}
+
+impl ListingHead {
+    /// The objects `k` with `after < k <= upto`, and whether keys past `upto` are known (the
+    /// range ends within the head).
+    pub(super) fn within(&self, range: &KeyRange) -> (&[ObjectInfo], bool) {
+        let from = match &range.after {
+            Some(a) => self.objects.partition_point(|o| o.key <= *a),
+            None => 0,
+        };
+        let to = match &range.upto {
+            Some(u) => self.objects.partition_point(|o| o.key <= *u),
+            None => self.objects.len(),
+        };
+        let from = from.min(to);
+        (&self.objects[from..to], to < self.objects.len())
+    }
+
+    /// The last key read, where the listing continues after the head.
+    pub(super) fn last_key(&self) -> Option<&str> {
+        self.objects.last().map(|o| o.key.as_str())
+    }
+}
+
+/// Up to `pages` pages of `prefix`: a few sequential list requests.
+pub(super) async fn list_head(
+    bucket: &S3Bucket,
+    prefix: &str,
+    pages: usize,
+) -> Result<ListingHead> {
+    let base = bucket.prefix();
+    let full_prefix = format!("{base}{prefix}");
+    let mut head = ListingHead::default();
     let mut token: Option<String> = None;
     for _ in 0..pages {
-        let page = list_with_retry(bucket, &full_prefix, None, token.as_deref(), PAGE).await?;
-        match page.1 {
+        let (objects, next) =
+            list_with_retry(bucket, &full_prefix, None, token.as_deref(), PAGE).await?;
+        head.objects.extend(objects.into_iter().map(|mut o| {
+            o.key = strip(base, o.key);
+            o
+        }));
+        match next {
             Some(next) => token = Some(next),
-            None => return Ok(false),
+            None => {
+                head.complete = true;
+                break;
+            }
         }
     }
-    Ok(true)
+    Ok(head)
 }
 
 /// The first key under `prefix` after `after` (relative keys).
@@ -186,6 +232,56 @@ mod tests {
             .all(|w| w[1] - w[0] >= 6 && w[1] - w[0] <= 7));
         assert_eq!(evenly(v.clone(), 200), v);
         assert!(evenly(v, 0).is_empty());
+    }
+
+    fn head(keys: &[&str], complete: bool) -> ListingHead {
+        ListingHead {
+            objects: keys
+                .iter()
+                .map(|k| ObjectInfo {
+                    key: k.to_string(),
+                    size: 1,
+                    etag: None,
+                    last_modified: None,
+                })
+                .collect(),
+            complete,
+        }
+    }
+
+    fn range(after: Option<&str>, upto: Option<&str>) -> KeyRange {
+        KeyRange {
+            after: after.map(str::to_string),
+            upto: upto.map(str::to_string),
+        }
+    }
+
+    fn keys(objects: &[ObjectInfo]) -> Vec<&str> {
+        objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_head_serves_the_part_of_a_range_it_covers() {
+        let h = head(&["a", "b", "c", "d"], false);
+        // Inside the head: served whole, nothing to list after it.
+        let (o, ends) = h.within(&range(Some("a"), Some("c")));
+        assert_eq!((keys(o), ends), (vec!["b", "c"], true));
+        // A bound between keys.
+        let (o, ends) = h.within(&range(None, Some("bb")));
+        assert_eq!((keys(o), ends), (vec!["a", "b"], true));
+        // Past the head's end: its tail, then the listing goes on.
+        let (o, ends) = h.within(&range(Some("b"), Some("z")));
+        assert_eq!((keys(o), ends), (vec!["c", "d"], false));
+        let (o, ends) = h.within(&range(Some("c"), None));
+        assert_eq!((keys(o), ends), (vec!["d"], false));
+        // Wholly after the head: nothing from it.
+        let (o, ends) = h.within(&range(Some("x"), None));
+        assert_eq!((keys(o), ends), (Vec::<&str>::new(), false));
+        assert_eq!(h.last_key(), Some("d"));
+        // An empty head (nothing listed ahead) serves nothing and ends nothing.
+        let empty = head(&[], false);
+        let (o, ends) = empty.within(&range(None, Some("m")));
+        assert_eq!((keys(o), ends), (Vec::<&str>::new(), false));
     }
 
     #[test]
