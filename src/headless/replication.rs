@@ -24,13 +24,19 @@ pub fn status_table(r: &ReplicationStatus) -> String {
         ],
         vec![
             "Drain rate".into(),
-            format!("{:.1} tasks/s (last minute)", r.drain_per_s),
+            format!(
+                "{:.1} tasks/s (last minute, since the first that finished)",
+                r.drain_per_s
+            ),
         ],
         vec![
             "ETA".into(),
             match r.eta_s {
                 Some(s) => format!("{s:.0}s"),
-                None => "unknown (nothing drained in the last minute)".into(),
+                None => format!(
+                    "unknown (nothing drained in the last {} s)",
+                    crate::engine::ops::replication::STALL_S
+                ),
             },
         ],
     ];

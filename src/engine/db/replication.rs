@@ -69,8 +69,10 @@ pub struct BacklogCounts {
     pub running: i64,
     pub failed: i64,
     pub oldest_pending_at: Option<DateTime<Utc>>,
-    /// Tasks finished in the drain window.
+    /// Tasks finished in the drain window, and when the first and the last of them finished.
     pub drained: i64,
+    pub first_drained_at: Option<DateTime<Utc>>,
+    pub last_drained_at: Option<DateTime<Utc>>,
     /// Writes the front began and has not recorded yet (requests in flight).
     pub in_flight: i64,
 }
@@ -581,6 +583,10 @@ impl Db {
                 AND (version >= 0 OR next_attempt_at <= $1)) AS oldest_pending_at, \
              (SELECT count(*) FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) \
                 AS drained, \
+             (SELECT min(finished_at) FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) \
+                AS first_drained_at, \
+             (SELECT max(finished_at) FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) \
+                AS last_drained_at, \
              (SELECT count(*) FROM replication_tasks WHERE state = 'pending' AND version < 0 \
                 AND next_attempt_at > $1) AS in_flight"
         )

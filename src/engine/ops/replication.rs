@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::db::TaskRow;
+use crate::engine::db::{BacklogCounts, TaskRow};
 use crate::engine::error::{Error, Result};
 use crate::engine::jobs::{audited, Progress, Report};
 use crate::engine::ops::drift;
@@ -34,7 +34,9 @@ pub struct ReplicationStatus {
     /// When the oldest task not yet done was recorded, and its age in seconds: the lag.
     pub oldest_pending_at: Option<DateTime<Utc>>,
     pub lag_s: f64,
-    /// Tasks finished per second over the last minute.
+    /// Tasks finished per second over the last minute, counted from the first of them (so a
+    /// drain that resumed a few seconds ago is not averaged with the stall before it); 0 when
+    /// tasks are pending and none finished in the last `STALL_S` seconds.
     pub drain_per_s: f64,
     /// Seconds until the backlog drains at that rate (`null` when nothing drains).
     pub eta_s: Option<f64>,
@@ -77,7 +79,7 @@ pub async fn status(ctx: &Ctx, now: DateTime<Utc>) -> Result<ReplicationStatus> 
     let lag_s = b
         .oldest_pending_at
         .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
-    let drain_per_s = b.drained as f64 / DRAIN_WINDOW_S as f64;
+    let drain_per_s = drain_rate(&b, now);
     Ok(ReplicationStatus {
         generated_at: now,
         pending: b.pending,
@@ -93,6 +95,26 @@ pub async fn status(ctx: &Ctx, now: DateTime<Utc>) -> Result<ReplicationStatus> 
             .or((drain_per_s > 0.0).then(|| b.pending as f64 / drain_per_s)),
         troubled,
     })
+}
+
+/// Pending tasks and none finished for this long: the backlog is not draining (the backup
+/// is down, or every task fails), whatever finished before.
+pub const STALL_S: i64 = 10;
+/// The shortest span a rate is taken over, so that a few tasks that just finished do not
+/// promise thousands a second.
+const MIN_SPAN_S: f64 = 5.0;
+
+/// Tasks finished per second: those of the drain window over the time since the first of
+/// them finished (at least `MIN_SPAN_S`), or 0 when tasks wait and none finished lately.
+fn drain_rate(b: &BacklogCounts, now: DateTime<Utc>) -> f64 {
+    let (Some(first), Some(last)) = (b.first_drained_at, b.last_drained_at) else {
+        return 0.0;
+    };
+    if b.pending > 0 && (now - last).num_seconds() >= STALL_S {
+        return 0.0;
+    }
+    let span = ((now - first).num_milliseconds() as f64 / 1000.0).max(MIN_SPAN_S);
+    b.drained as f64 / span
 }
 
 /// Which tasks `retry` puts back.
@@ -275,4 +297,45 @@ async fn queue_resync(
         queued,
         sample: keys.iter().take(20).cloned().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+
+    fn backlog(pending: i64, drained: i64, first_ago: i64, last_ago: i64) -> BacklogCounts {
+        let now = Utc::now();
+        BacklogCounts {
+            pending,
+            pending_bytes: 0,
+            running: 0,
+            failed: 0,
+            oldest_pending_at: None,
+            drained,
+            first_drained_at: (drained > 0).then(|| now - TimeDelta::seconds(first_ago)),
+            last_drained_at: (drained > 0).then(|| now - TimeDelta::seconds(last_ago)),
+            in_flight: 0,
+        }
+    }
+
+    #[test]
+    fn the_drain_rate_is_zero_while_stalled_and_counts_from_a_resumed_drain() {
+        let now = Utc::now();
+        // Draining steadily for the whole minute: 600 in 60 s.
+        let r = drain_rate(&backlog(100, 600, 60, 0), now);
+        assert!((r - 10.0).abs() < 0.1, "{r}");
+        // The backup went down 30 s ago: what finished before says nothing about now.
+        assert_eq!(drain_rate(&backlog(454, 500, 59, 30), now), 0.0);
+        // Back 20 s ago: 3,000 tasks since are 150 a second, not 50.
+        let r = drain_rate(&backlog(12_000, 3_000, 20, 0), now);
+        assert!((r - 150.0).abs() < 1.0, "{r}");
+        // A few that just finished are taken over 5 s at least.
+        let r = drain_rate(&backlog(100, 10, 0, 0), now);
+        assert!((r - 2.0).abs() < 0.1, "{r}");
+        // Nothing pending: the last minute's rate, stalled or not.
+        let r = drain_rate(&backlog(0, 60, 60, 30), now);
+        assert!((r - 1.0).abs() < 0.1, "{r}");
+        assert_eq!(drain_rate(&backlog(5, 0, 0, 0), now), 0.0);
+    }
 }
