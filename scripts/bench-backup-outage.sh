@@ -40,7 +40,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 
 log "building (release)"
@@ -49,16 +48,8 @@ TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 cp "$TARGET/release/mirrorctl" "$TARGET/release/examples/s3_put_load" "$WORK/"
 CODE="release build of $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src migrations examples Cargo.toml Cargo.lock)" ] || echo ' with uncommitted changes')"
 
-PG_VERSION=${PG_VERSION:-15}
-if ! pg_lsclusters -h | grep -q "^$PG_VERSION main .* online"; then
-  log "starting PostgreSQL $PG_VERSION"
-  as_root pg_ctlcluster "$PG_VERSION" main start
-  STARTED_PG=$PG_VERSION
-fi
-PG_PORT=$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1==v && $2=="main" {print $3}')
-as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_roles WHERE rolname='mirrorctl'\" | grep -q 1 || psql -q -p $PG_PORT -c \"CREATE ROLE mirrorctl LOGIN CREATEDB PASSWORD 'mirrorctl'\""
-PG_BASE="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT"
-PG_ADMIN="$PG_BASE/postgres"
+. scripts/postgres.sh
+start_postgres "${PG_VERSION:-15}"
 DB="bench_outage_$$"
 psql "$PG_ADMIN" -qc "CREATE DATABASE $DB" >/dev/null
 URL="$PG_BASE/$DB"

@@ -55,17 +55,8 @@ CODE="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src/engine src/ser
 BIN="$WORK/mirrorctl"
 
 # --- PostgreSQL: the cluster as scripts/test.sh sets it up, a fresh database per run -------------
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-PG_VERSION=${PG_VERSION:-15}
-if ! pg_lsclusters -h | grep -q "^$PG_VERSION main .* online"; then
-  log "starting PostgreSQL $PG_VERSION"
-  as_root pg_ctlcluster "$PG_VERSION" main start
-  STARTED_PG=$PG_VERSION
-fi
-PG_PORT=$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1==v && $2=="main" {print $3}')
-as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_roles WHERE rolname='mirrorctl'\" | grep -q 1 || psql -q -p $PG_PORT -c \"CREATE ROLE mirrorctl LOGIN CREATEDB PASSWORD 'mirrorctl'\""
-PG_BASE="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT"
-PG_ADMIN="$PG_BASE/postgres"
+. scripts/postgres.sh
+start_postgres "${PG_VERSION:-15}"
 TAG="bench_catalog_$$_$(date +%s)"
 DB_A="${TAG}_a" DB_B="${TAG}_b"     # a: the 1M import and serve; b: prefetch/remirror
 for d in "$DB_A" "$DB_B"; do
