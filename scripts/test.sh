@@ -40,15 +40,10 @@ PG_VERSION=$(ls /usr/lib/postgresql | sort -n | tail -1)
 if ! pg_lsclusters -h 2>/dev/null | grep -q "^$PG_VERSION main"; then
   as_root pg_createcluster "$PG_VERSION" main >/dev/null
 fi
-if ! pg_lsclusters -h | grep -q "^$PG_VERSION main .* online"; then
-  log "starting PostgreSQL $PG_VERSION"
-  as_root pg_ctlcluster "$PG_VERSION" main start
-  STARTED_PG=$PG_VERSION
-fi
-PG_PORT=$(pg_lsclusters -h | awk -v v="$PG_VERSION" '$1==v && $2=="main" {print $3}')
-as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_roles WHERE rolname='mirrorctl'\" | grep -q 1 || psql -q -p $PG_PORT -c \"CREATE ROLE mirrorctl LOGIN CREATEDB PASSWORD 'mirrorctl'\""
+. scripts/postgres.sh
+start_postgres "$PG_VERSION"
 as_root su postgres -c "psql -q -p $PG_PORT -tc \"SELECT 1 FROM pg_database WHERE datname='mirrorctl_test'\" | grep -q 1 || psql -q -p $PG_PORT -c 'CREATE DATABASE mirrorctl_test OWNER mirrorctl'"
-export MIRRORCTL_TEST_DATABASE_URL="postgres://mirrorctl:mirrorctl@127.0.0.1:$PG_PORT/mirrorctl_test"
+export MIRRORCTL_TEST_DATABASE_URL="$PG_BASE/mirrorctl_test"
 
 # --- Garage (an independent S3 implementation, out of process) --------------------------------
 . scripts/garage.sh
