@@ -68,7 +68,7 @@ part() { [[ $PARTS == *" $1 "* ]]; }
 echo "== read paths ($RUNS runs each, whole process):$PARTS"
 lat() { scripts/latency.py "$RUNS" "$BIN" --headless "$@" -o json; }
 if part stats; then for w in 24h 7d 30d all; do lat stats --window "$w"; done; fi
-part pages && for s in downloads size last-downloaded name; do
+if part pages; then for s in downloads size last-downloaded name; do
   order=$(case $s in
     downloads) echo "download_count DESC, id DESC" ;;
     size) echo "size DESC, id DESC" ;;
@@ -80,7 +80,7 @@ part pages && for s in downloads size last-downloaded name; do
   lat files --sort "$s" --limit 50
   lat files --sort "$s" --limit 50 --after "$cursor"
   lat files --sort "$s" --limit 50 --last
-done
+done; fi
 if part file; then
   key=$(q "SELECT key FROM mirrored_files WHERE id = 7654321")
   lat file "$key"

@@ -469,6 +469,9 @@ async fn one_worker_per_path_and_a_stale_copy_never_marks_a_newer_version_done()
             .await
             .expect("status");
         assert_eq!(st.pending, 3, "p's v2 task, q's and r's: {st}");
+        // One task finished just now: a rate taken over the shortest span (5 s), an ETA at it.
+        assert_eq!(st.drain_per_s, 0.2, "{st}");
+        assert_eq!(st.eta_s, Some(15.0), "{st}");
         let b = d
             .claim_replication("B", 10, now, until, gone)
             .await

@@ -1,7 +1,6 @@
 //! CPU priority for background work. An archive moves millions of rows on the machine that
-//! serves downloads: at normal priority its bursts of work make the data plane's requests
-//! wait for a core (serve's p99 under 2,000 req/s rose by 6 ms during an archive, however
-//! the export was paced). Under Linux's `SCHED_IDLE` policy a thread runs only when no other
+//! serves downloads: at normal priority the data plane's requests wait for a core (serve's
+//! p99 under 2,000 req/s rose by 6 ms during an archive, paced or not). Under Linux's `SCHED_IDLE` policy a thread runs only when no other
 //! thread wants the core, so the archive takes what the data plane leaves.
 //!
 //! A thread cannot always go back: without `CAP_SYS_NICE` and with the default
@@ -24,22 +23,22 @@ pub fn lower_to_idle() -> bool {
     }
 }
 
-/// Whether the calling thread runs under `SCHED_IDLE`.
-pub fn is_idle() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: reads the calling thread's policy.
-        unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the calling thread runs under `SCHED_IDLE`.
+    fn is_idle() -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: reads the calling thread's policy.
+            unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
 
     #[test]
     fn a_thread_of_its_own_is_lowered_and_the_caller_is_not() {

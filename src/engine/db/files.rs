@@ -2,7 +2,7 @@
 
 use sqlx::QueryBuilder;
 
-use super::key_filter::{key_match, push_filter, KeyMatch};
+use super::key_filter::{key_column, key_match, push_filter, KeyMatch};
 use super::{on_pool, ts, Backend, Db};
 use crate::engine::error::Result;
 use crate::engine::model::{
@@ -59,8 +59,7 @@ fn expr(c: Col, backend: Backend) -> &'static str {
         }
         (Col::LastDownloaded, Backend::Sqlite) => "coalesce(last_downloaded_at, '')",
         (Col::Stale, _) => "is_stale",
-        (Col::Name, Backend::Postgres) => "(key COLLATE \"C\")",
-        (Col::Name, Backend::Sqlite) => "key",
+        (Col::Name, _) => key_column(backend),
         (Col::Id, _) => "id",
     }
 }
@@ -114,7 +113,7 @@ impl Db {
                 qb.push(" AND is_stale");
             }
             if let Some(m) = &m {
-                push_filter(&mut qb, m, backend, expr(Col::Name, backend));
+                push_filter(&mut qb, m, backend);
             }
             if let Some(after) = q.after.as_ref().filter(|_| !q.from_end) {
                 qb.push(" AND (");
@@ -167,7 +166,7 @@ impl Db {
                 qb.push(" AND is_stale");
             }
             if let Some(m) = &m {
-                push_filter(&mut qb, m, backend, expr(Col::Name, backend));
+                push_filter(&mut qb, m, backend);
             }
             qb.build_query_scalar().fetch_one(p).await
         });

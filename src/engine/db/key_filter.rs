@@ -87,12 +87,20 @@ pub(super) fn prefix_end(p: &str) -> String {
     format!("{p}{}", char::MAX)
 }
 
-/// Adds the filter's conditions; `name` is the key column as its index has it.
+/// The key column as the name index has it: byte order on PostgreSQL (`COLLATE "C"`), which
+/// is SQLite's own.
+pub(super) fn key_column(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "(key COLLATE \"C\")",
+        Backend::Sqlite => "key",
+    }
+}
+
+/// Adds the filter's conditions.
 pub(super) fn push_filter<'a, DB: sqlx::Database>(
     qb: &mut QueryBuilder<'a, DB>,
     m: &KeyMatch,
     backend: Backend,
-    name: &str,
 ) where
     String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
@@ -116,6 +124,7 @@ pub(super) fn push_filter<'a, DB: sqlx::Database>(
             qb.push(find).push_bind(text.to_lowercase()).push(") > 0");
         }
         KeyMatch::Prefix(p) if !p.is_empty() => {
+            let name = key_column(backend);
             qb.push(" AND ")
                 .push(name)
                 .push(" >= ")

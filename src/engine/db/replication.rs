@@ -571,24 +571,22 @@ impl Db {
     ) -> Result<BacklogCounts> {
         let r = on_pool!(self, |p| {
             sqlx::query_as::<_, BacklogCounts>(
-            "SELECT \
-             (SELECT count(*) FROM replication_tasks WHERE state IN ('pending', 'running') \
-                AND (version >= 0 OR next_attempt_at <= $1)) AS pending, \
-             (SELECT CAST(coalesce(sum(size), 0) AS BIGINT) FROM replication_tasks WHERE state IN ('pending', 'running') \
-                AND (version >= 0 OR next_attempt_at <= $1)) AS pending_bytes, \
+            // The backlog's count, bytes and oldest task in one pass over the open tasks, and
+            // the drain window's count, first and last finish in one pass over the done ones.
+            "SELECT q.pending, q.pending_bytes, q.oldest_pending_at, \
              (SELECT count(*) FROM replication_tasks WHERE state = 'running' AND claimed_until >= $1) \
                 AS running, \
              (SELECT count(*) FROM replication_tasks WHERE state = 'failed') AS failed, \
-             (SELECT min(created_at) FROM replication_tasks WHERE state IN ('pending', 'running') \
-                AND (version >= 0 OR next_attempt_at <= $1)) AS oldest_pending_at, \
-             (SELECT count(*) FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) \
-                AS drained, \
-             (SELECT min(finished_at) FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) \
-                AS first_drained_at, \
-             (SELECT max(finished_at) FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) \
-                AS last_drained_at, \
+             d.drained, d.first_drained_at, d.last_drained_at, \
              (SELECT count(*) FROM replication_tasks WHERE state = 'pending' AND version < 0 \
-                AND next_attempt_at > $1) AS in_flight"
+                AND next_attempt_at > $1) AS in_flight \
+             FROM (SELECT count(*) AS pending, CAST(coalesce(sum(size), 0) AS BIGINT) AS pending_bytes, \
+                          min(created_at) AS oldest_pending_at \
+                   FROM replication_tasks WHERE state IN ('pending', 'running') \
+                   AND (version >= 0 OR next_attempt_at <= $1)) q, \
+                  (SELECT count(*) AS drained, min(finished_at) AS first_drained_at, \
+                          max(finished_at) AS last_drained_at \
+                   FROM replication_tasks WHERE state = 'done' AND finished_at >= $2) d"
         )
         .bind(now)
         .bind(drained_since)

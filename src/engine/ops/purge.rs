@@ -175,15 +175,10 @@ pub async fn run(ctx: &Ctx, p: PurgeParams, progress: &Progress) -> Result<Purge
     }
     let limit = p.max_delete.unwrap_or(ctx.config.policy.max_delete);
     // The bucket's client is made only to delete: a preview reads the database alone.
-    let bucket = ctx
-        .config
-        .mirror_bucket()
-        .map_err(Error::Usage)?
-        .bucket
-        .clone();
+    let bucket = &ctx.config.mirror_bucket().map_err(Error::Usage)?.bucket;
     // The plan is made under the lock, so the count confirmed is the count deleted.
     audited(ctx, "purge", &p, !p.dry_run, progress, || {
-        plan_and_delete(ctx, &bucket, &p, keys, limit, progress)
+        plan_and_delete(ctx, bucket, &p, keys, limit, progress)
     })
     .await
 }

@@ -3,9 +3,9 @@
 //!
 //! The key space under the prefix is cut into ranges (planned by probing the main bucket's
 //! key tree, when the first pages of a side, listed to find out, do not hold all of it; the
-//! ranges those pages cover are served from them), and each range is merged on its own: both listings and the inventory are read
-//! page by page in UTF-8 byte order and walked together, so memory is bounded by
-//! pages × concurrency whatever the bucket size. Only the keys that disagree are kept, and
+//! ranges those pages cover are served from them), and each range is merged on its own: both
+//! listings and the inventory are read page by page in UTF-8 byte order and walked together,
+//! so memory is bounded by pages × concurrency whatever the bucket size. Only the keys that disagree are kept, and
 //! only when asked: a repair takes them from a bounded queue while the merge goes on.
 //!
 //! Keys under the archive's prefix, when the archive lives in the main bucket, are the
@@ -39,7 +39,8 @@ pub(super) const INVENTORY_PAGE: i64 = 1000;
 pub(super) const READ_AHEAD: usize = 1;
 /// Default of `DriftParams::split_above_pages`. These first pages of each side are listed
 /// before planning and serve the ranges they cover; at 10,000 keys per side on loopback one
-/// range per side took 0.16-0.20 s against 0.31-0.38 s split in 8 (BENCHMARKS.md, "drift after issue 16").
+/// range per side took 0.16-0.20 s against 0.31-0.38 s split in 8 (BENCHMARKS.md, "drift
+/// after issue 16").
 const SPLIT_ABOVE_PAGES: usize = 10;
 /// Key ranges listed at once unless `-j` says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 4;
