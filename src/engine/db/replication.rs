@@ -95,23 +95,44 @@ pub enum TaskEnd {
 /// Upserts a path's inventory row ($1 path, $2 size, $3 etag, $4 content type, $5 last
 /// modified, $6 deleted, $7 now), bumping its version; a delete keeps the last object's
 /// figures. Returns the new version.
-const UPSERT_INVENTORY: &str = "INSERT INTO backup_inventory (path, size, etag, content_type, \
-     is_backed_up, last_modified, deleted, updated_at, version) \
-     VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, 1) \
-     ON CONFLICT (path) DO UPDATE SET \
-     size = CASE WHEN excluded.deleted THEN backup_inventory.size ELSE excluded.size END, \
-     etag = CASE WHEN excluded.deleted THEN backup_inventory.etag ELSE excluded.etag END, \
-     content_type = CASE WHEN excluded.deleted THEN backup_inventory.content_type \
-                    ELSE excluded.content_type END, \
-     last_modified = CASE WHEN excluded.deleted THEN backup_inventory.last_modified \
-                     ELSE excluded.last_modified END, \
-     is_backed_up = FALSE, deleted = excluded.deleted, \
-     updated_at = excluded.updated_at, version = backup_inventory.version + 1 \
-     RETURNING version";
+macro_rules! upsert_inventory {
+    () => {
+        "INSERT INTO backup_inventory (path, size, etag, content_type, \
+             is_backed_up, last_modified, deleted, updated_at, version) \
+             VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, 1) \
+             ON CONFLICT (path) DO UPDATE SET \
+             size = CASE WHEN excluded.deleted THEN backup_inventory.size ELSE excluded.size END, \
+             etag = CASE WHEN excluded.deleted THEN backup_inventory.etag ELSE excluded.etag END, \
+             content_type = CASE WHEN excluded.deleted THEN backup_inventory.content_type \
+                            ELSE excluded.content_type END, \
+             last_modified = CASE WHEN excluded.deleted THEN backup_inventory.last_modified \
+                             ELSE excluded.last_modified END, \
+             is_backed_up = FALSE, deleted = excluded.deleted, \
+             updated_at = excluded.updated_at, version = backup_inventory.version + 1 \
+             RETURNING version"
+    };
+}
+const UPSERT_INVENTORY: &str = upsert_inventory!();
 
-/// For the transactions whose loss costs only a redo (an intent, a claim, a task's end:
-/// copies are idempotent), PostgreSQL does not wait for the WAL flush at commit. The one that
-/// acknowledges a client's write (`record_front_writes`) keeps waiting for it.
+/// PostgreSQL records a confirmed write in one statement (one round trip): the inventory
+/// upsert, then its intent ($9) made a due task of the new version (op $8), or a new task when
+/// the intent is gone.
+const RECORD_WRITE_PG: &str = concat!(
+    "WITH inv AS (",
+    upsert_inventory!(),
+    "), task AS (UPDATE replication_tasks SET op = $8, version = (SELECT version FROM inv), \
+     size = $2, state = 'pending', attempts = 0, next_attempt_at = $7, finished_at = NULL, \
+     claimed_by = NULL, claimed_until = NULL, created_at = $7 WHERE id = $9 RETURNING id), \
+     added AS (INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
+     next_attempt_at) SELECT $1, $8, inv.version, $2, 'pending', $7, $7 FROM inv \
+     WHERE NOT EXISTS (SELECT 1 FROM task)) \
+     SELECT version FROM inv"
+);
+
+/// For the transactions whose loss costs only a redo (a claim, a task's end: copies are
+/// idempotent), PostgreSQL does not wait for the WAL flush at commit. The one that acknowledges
+/// a client's write (`record_front_writes`) keeps waiting for it, and so does an intent (a
+/// single statement, committed on its own).
 const RELAXED_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 
 const TASK_COLUMNS: &str =
@@ -133,12 +154,7 @@ impl Db {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        let pg = self.backend() == super::Backend::Postgres;
         let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            if pg {
-                sqlx::query(RELAXED_COMMIT).execute(&mut *tx).await?;
-            }
             let mut qb = QueryBuilder::new(
                 "INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
                  next_attempt_at, claimed_by) ",
@@ -154,70 +170,68 @@ impl Db {
                     .push_bind(creator);
             });
             qb.push(" RETURNING id");
-            let ids = qb.build_query_scalar::<i64>().fetch_all(&mut *tx).await?;
-            tx.commit().await?;
-            Ok(ids)
+            qb.build_query_scalar::<i64>().fetch_all(p).await
         });
         r.map_err(|e| self.err(e))
     }
 
     /// Records writes the main bucket confirmed, in one transaction: each path's inventory row
     /// (its version bumped; a delete is a soft delete) and its intent made a task due now.
-    /// Returns the new versions, in order.
+    /// Returns the new versions, in order. Rows are written in path order (the writes of one
+    /// path in the order given), so transactions recording several paths at once lock them in
+    /// the same order and never deadlock.
     pub async fn record_front_writes(
         &self,
         writes: &[(i64, FrontWrite)],
         now: DateTime<Utc>,
     ) -> Result<Vec<i64>> {
-        let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
-            let mut conn = p.acquire().await?;
-            let mut tx = conn.begin_write().await?;
-            let mut versions = Vec::with_capacity(writes.len());
-            for (intent, w) in writes {
-                let version: i64 = sqlx::query_scalar(UPSERT_INVENTORY)
-                    .bind(&w.path)
-                    .bind(w.object.as_ref().map_or(0, |o| o.size))
-                    .bind(w.object.as_ref().and_then(|o| o.etag.clone()))
-                    .bind(w.object.as_ref().and_then(|o| o.content_type.clone()))
-                    .bind(w.object.as_ref().and_then(|o| o.last_modified))
-                    .bind(w.object.is_none())
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let size = w.object.as_ref().map_or(0, |o| o.size);
-                let op = if w.object.is_none() { "delete" } else { "put" };
-                let updated = sqlx::query(
-                    "UPDATE replication_tasks SET op = $1, version = $2, size = $3, \
-                     state = 'pending', attempts = 0, next_attempt_at = $4, finished_at = NULL, \
-                     claimed_by = NULL, claimed_until = NULL, created_at = $4 WHERE id = $5",
-                )
-                .bind(op)
-                .bind(version)
-                .bind(size)
-                .bind(now)
-                .bind(*intent)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated == 0 {
-                    sqlx::query(
-                        "INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
-                         next_attempt_at) VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
-                    )
-                    .bind(&w.path)
-                    .bind(op)
-                    .bind(version)
-                    .bind(size)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by(|a, b| writes[*a].1.path.cmp(&writes[*b].1.path));
+        let mut versions = vec![0; writes.len()];
+        let r: Result<(), sqlx::Error> = match &self.pool {
+            super::Pool::Postgres(p) => {
+                let record = |w: &FrontWrite, intent: i64| {
+                    let o = w.object.as_ref();
+                    sqlx::query_scalar::<_, i64>(RECORD_WRITE_PG)
+                        .bind(w.path.clone())
+                        .bind(o.map_or(0, |o| o.size))
+                        .bind(o.and_then(|o| o.etag.clone()))
+                        .bind(o.and_then(|o| o.content_type.clone()))
+                        .bind(o.and_then(|o| o.last_modified))
+                        .bind(o.is_none())
+                        .bind(now)
+                        .bind(if o.is_none() { "delete" } else { "put" })
+                        .bind(intent)
+                };
+                async {
+                    if let [(intent, w)] = writes {
+                        versions[0] = record(w, *intent).fetch_one(p).await?;
+                        return Ok(());
+                    }
+                    let mut tx = p.begin().await?;
+                    for &at in &order {
+                        let (intent, w) = &writes[at];
+                        versions[at] = record(w, *intent).fetch_one(&mut *tx).await?;
+                    }
+                    tx.commit().await
                 }
-                versions.push(version);
+                .await
             }
-            tx.commit().await?;
-            Ok(versions)
-        });
-        r.map_err(|e| self.err(e))
+            super::Pool::Sqlite(p) => {
+                async {
+                    let mut conn = p.acquire().await?;
+                    let mut tx = conn.begin_write().await?;
+                    for &at in &order {
+                        let (intent, w) = &writes[at];
+                        versions[at] = record_write_sqlite(&mut tx, *intent, w, now).await?;
+                    }
+                    tx.commit().await
+                }
+                .await
+            }
+        };
+        r.map_err(|e| self.err(e))?;
+        Ok(versions)
     }
 
     /// Main refused these writes: their intents go.
@@ -676,4 +690,54 @@ where
             qb.push(")");
         }
     }
+}
+
+/// SQLite records a confirmed write in three statements of the caller's transaction (it has
+/// no data-modifying `WITH`): what `RECORD_WRITE_PG` does in one. Returns the new version.
+async fn record_write_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    intent: i64,
+    w: &FrontWrite,
+    now: DateTime<Utc>,
+) -> Result<i64, sqlx::Error> {
+    let o = w.object.as_ref();
+    let size = o.map_or(0, |o| o.size);
+    let op = if o.is_none() { "delete" } else { "put" };
+    let version: i64 = sqlx::query_scalar(UPSERT_INVENTORY)
+        .bind(&w.path)
+        .bind(size)
+        .bind(o.and_then(|o| o.etag.clone()))
+        .bind(o.and_then(|o| o.content_type.clone()))
+        .bind(o.and_then(|o| o.last_modified))
+        .bind(o.is_none())
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+    let updated = sqlx::query(
+        "UPDATE replication_tasks SET op = $1, version = $2, size = $3, \
+         state = 'pending', attempts = 0, next_attempt_at = $4, finished_at = NULL, \
+         claimed_by = NULL, claimed_until = NULL, created_at = $4 WHERE id = $5",
+    )
+    .bind(op)
+    .bind(version)
+    .bind(size)
+    .bind(now)
+    .bind(intent)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        sqlx::query(
+            "INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
+             next_attempt_at) VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+        )
+        .bind(&w.path)
+        .bind(op)
+        .bind(version)
+        .bind(size)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(version)
 }

@@ -5,6 +5,7 @@
 //! replication workers (`super::replicate`) copy main -> backup.
 
 mod auth;
+mod batch;
 mod convert;
 mod ops;
 
@@ -20,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
-use crate::engine::db::Db;
+use crate::engine::db::{Db, FrontWrite};
 use crate::engine::s3::S3Bucket;
 use crate::engine::Ctx;
 
@@ -33,9 +34,36 @@ pub struct Front {
     /// Wakes this process's replication worker when a task is recorded.
     wake: Arc<Notify>,
     metrics: Metrics,
-    /// This replica's fleet instance id: the creator of its write intents.
-    instance: String,
+    /// Writes' intents (path, delete?) and records, each in batches (group commit).
+    intents: batch::Batcher<(String, bool), i64>,
+    records: batch::Batcher<(i64, FrontWrite), i64>,
 }
+
+/// Batches of write intents: begun by `instance`, settled by the grace after their start.
+fn intent_batcher(db: Db, instance: String) -> batch::Batcher<(String, bool), i64> {
+    let instance = Arc::new(instance);
+    batch::Batcher::new(BATCHES_AT_ONCE, move |paths: Vec<(String, bool)>| {
+        let (db, instance) = (db.clone(), instance.clone());
+        async move {
+            let now = chrono::Utc::now();
+            let settle_by = now + chrono::Duration::from_std(ops::INTENT_GRACE).unwrap_or_default();
+            let paths: Vec<(&str, bool)> = paths.iter().map(|(p, d)| (p.as_str(), *d)).collect();
+            db.begin_front_writes(&paths, &instance, now, settle_by)
+                .await
+        }
+    })
+}
+
+/// Batches of confirmed writes: inventory rows and tasks, committed durably.
+fn record_batcher(db: Db) -> batch::Batcher<(i64, FrontWrite), i64> {
+    batch::Batcher::new(BATCHES_AT_ONCE, move |writes: Vec<(i64, FrontWrite)>| {
+        let db = db.clone();
+        async move { db.record_front_writes(&writes, chrono::Utc::now()).await }
+    })
+}
+
+/// Batches of each kind written at once (each holds a database connection meanwhile).
+const BATCHES_AT_ONCE: usize = 1;
 
 /// Serves the S3 API on `listener` until `cancel`; then stops accepting and lets requests in
 /// flight finish for up to `grace`.
@@ -54,12 +82,13 @@ pub async fn start(
     let clients = Arc::new(auth::Clients::new(&cfg.clients));
     let front = Front {
         main,
+        intents: intent_batcher(ctx.db.clone(), instance),
+        records: record_batcher(ctx.db.clone()),
         db: ctx.db.clone(),
         region: cfg.region.clone(),
         clients: clients.clone(),
         wake,
         metrics,
-        instance,
     };
     let mut b = s3s::service::S3ServiceBuilder::new(front);
     b.set_auth(auth::Keys(clients.clone()));

@@ -14,7 +14,7 @@ use s3s::S3Error;
 
 /// How long a write may take before its intent is reconciled anyway (when the fleet table
 /// cannot tell that the process that began it is gone).
-const INTENT_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+pub(super) const INTENT_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 fn body(blob: Option<StreamingBlob>) -> BodyStream {
     match blob {
@@ -36,25 +36,25 @@ impl Front {
     /// process dies before the write is recorded, the path is reconciled with main later.
     /// Without the database nothing is forwarded (503, the client retries).
     async fn intend(&self, paths: &[(&str, bool)]) -> S3Result<Vec<i64>> {
-        let now = Utc::now();
-        let settle_by = now + chrono::Duration::from_std(INTENT_GRACE).unwrap_or_default();
-        self.db
-            .begin_front_writes(paths, &self.instance, now, settle_by)
+        let paths = paths.iter().map(|(p, d)| (p.to_string(), *d)).collect();
+        self.intents
+            .write(paths)
             .await
             .map_err(convert::not_recorded)
     }
 
-    /// Records writes main confirmed (inventory rows and their tasks, one transaction) and
-    /// wakes this process's replication worker.
+    /// Records writes main confirmed (inventory rows and their tasks, one transaction, shared
+    /// with the writes recorded at the same moment) and wakes this process's replication worker.
     async fn record(&self, writes: Vec<(i64, FrontWrite)>) -> S3Result<()> {
         if writes.is_empty() {
             return Ok(());
         }
-        self.db
-            .record_front_writes(&writes, Utc::now())
+        let n = writes.len() as u64;
+        self.records
+            .write(writes)
             .await
             .map_err(convert::not_recorded)?;
-        self.metrics.writes_recorded.inc_by(writes.len() as u64);
+        self.metrics.writes_recorded.inc_by(n);
         self.wake.notify_one();
         Ok(())
     }
