@@ -70,6 +70,19 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
+/// Like `on_pool!`, but on PostgreSQL through `Db::relaxed`, whose sessions do not wait for
+/// the WAL flush at commit: for writes whose loss in a database crash costs only a redo.
+macro_rules! on_relaxed_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match (&$db.pool, &$db.relaxed) {
+            (_, Some($pool)) => async { $body }.await,
+            ($crate::engine::db::Pool::Postgres($pool), None) => async { $body }.await,
+            ($crate::engine::db::Pool::Sqlite($pool), _) => async { $body }.await,
+        }
+    };
+}
+pub(crate) use on_relaxed_pool;
+
 #[derive(Clone)]
 pub(crate) enum Pool {
     Postgres(PgPool),
@@ -113,6 +126,12 @@ impl BeginWrite for sqlx::SqliteConnection {
 #[derive(Clone)]
 pub struct Db {
     pub(crate) pool: Pool,
+    /// PostgreSQL only: sessions with `synchronous_commit = off` (a quarter of
+    /// `max_connections`, taken from it; opened on first use), for the S3 front's write
+    /// intents and the replication workers' claims and task ends. Losing one of those in a
+    /// database crash costs a redo (a reconciliation or an idempotent copy), never an
+    /// acknowledged write; the record that acknowledges a write goes through `pool`.
+    pub(crate) relaxed: Option<PgPool>,
     /// The URL with any password removed, for messages.
     target: String,
     /// Months whose event partition is known to exist, so writes skip the DDL.
@@ -164,6 +183,7 @@ impl Db {
             target: target.clone(),
             message,
         };
+        let mut relaxed = None;
         let pool = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| db_err(format!("bad SQLite URL: {e}")))?
@@ -209,6 +229,16 @@ impl Db {
             // The pool retries a refused connection until its timeout; an operator should hear
             // "unreachable" at once. So: a pool with a short timeout (the fast path, one
             // connection), and when that fails one direct attempt for the real cause.
+            let relaxed_connections = (max_connections / 4).max(1);
+            let max_connections = if max_connections > relaxed_connections {
+                max_connections - relaxed_connections
+            } else {
+                max_connections
+            };
+            relaxed = Some(
+                pool_options::<sqlx::Postgres>(relaxed_connections, timeout)
+                    .connect_lazy_with(opts.clone().options([("synchronous_commit", "off")])),
+            );
             let quick = pool_options::<sqlx::Postgres>(
                 max_connections,
                 timeout.min(Duration::from_secs(2)),
@@ -237,6 +267,7 @@ impl Db {
         };
         Ok(Db {
             pool,
+            relaxed,
             target,
             known_months: Default::default(),
             lock_lease: DEFAULT_LOCK_LEASE,

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
-use super::{on_pool, BeginWrite, Db};
+use super::{on_pool, on_relaxed_pool, BeginWrite, Db};
 use crate::engine::error::Result;
 
 /// A write the main bucket confirmed, as the front records it.
@@ -129,12 +129,6 @@ const RECORD_WRITE_PG: &str = concat!(
      SELECT version FROM inv"
 );
 
-/// For the transactions whose loss costs only a redo (a claim, a task's end: copies are
-/// idempotent), PostgreSQL does not wait for the WAL flush at commit. The one that acknowledges
-/// a client's write (`record_front_writes`) keeps waiting for it, and so does an intent (a
-/// single statement, committed on its own).
-const RELAXED_COMMIT: &str = "SET LOCAL synchronous_commit = off";
-
 const TASK_COLUMNS: &str =
     "id, path, op, version, size, state, attempts, last_error, created_at, next_attempt_at";
 
@@ -144,6 +138,8 @@ impl Db {
     /// the write is recorded, the intent becomes due once its creator is gone from the fleet
     /// (or at `settle_by`) and a worker reconciles the path with what main actually holds, so
     /// a write main took but nobody recorded still reaches the inventory and the backup.
+    /// One statement through the relaxed sessions: the record that follows waits for the WAL
+    /// flush, which covers this earlier commit too.
     pub async fn begin_front_writes(
         &self,
         paths: &[(&str, bool)],
@@ -154,7 +150,7 @@ impl Db {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        let r: Result<Vec<i64>, sqlx::Error> = on_pool!(self, |p| {
+        let r: Result<Vec<i64>, sqlx::Error> = on_relaxed_pool!(self, |p| {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
                  next_attempt_at, claimed_by) ",
@@ -363,11 +359,10 @@ impl Db {
         if !anything.map_err(|e| self.err(e))? {
             return Ok(Vec::new());
         }
-        let r: Result<Vec<ClaimedTask>, sqlx::Error> = on_pool!(self, |p| {
+        let r: Result<Vec<ClaimedTask>, sqlx::Error> = on_relaxed_pool!(self, |p| {
             let mut conn = p.acquire().await?;
             let mut tx = conn.begin_write().await?;
             if pg {
-                sqlx::query(RELAXED_COMMIT).execute(&mut *tx).await?;
                 // 0x6d697272 ("mirr"): the claim lock, one per database.
                 sqlx::query("SELECT pg_advisory_xact_lock(1835627122)")
                     .execute(&mut *tx)
@@ -506,13 +501,9 @@ impl Db {
         max_attempts: u32,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let pg = self.backend() == super::Backend::Postgres;
-        let r: Result<(), sqlx::Error> = on_pool!(self, |p| {
+        let r: Result<(), sqlx::Error> = on_relaxed_pool!(self, |p| {
             let mut conn = p.acquire().await?;
             let mut tx = conn.begin_write().await?;
-            if pg {
-                sqlx::query(RELAXED_COMMIT).execute(&mut *tx).await?;
-            }
             match end {
                 TaskEnd::Replicated { version } => {
                     sqlx::query(
