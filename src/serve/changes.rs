@@ -1,7 +1,8 @@
-//! Follows the database's change announcements (PostgreSQL `LISTEN`): a stale mark, a purge, a
-//! new copy or a catalog change made by any process makes every replica forget what it cached
-//! of that file (its row by id and by key, a remembered 404), within the notification's
-//! delivery time — milliseconds, well inside a second. When the connection is lost, changes
+//! Follows the database's changes (PostgreSQL `LISTEN`, SQLite's change log): a stale mark, a
+//! purge, a new copy or a catalog change made by any process makes every replica forget what it
+//! cached of that file (its row by id and by key, a remembered 404), within the notification's
+//! delivery time on PostgreSQL (milliseconds) or the change log's polling interval on SQLite
+//! (250 ms), well inside a second. When the connection is lost, changes
 //! may have been missed, so everything cached is forgotten, and again on reconnecting.
 
 use std::sync::Arc;

@@ -32,11 +32,12 @@ use super::{json_error, Shared};
 use crate::engine::db::CatalogRow;
 use crate::engine::model::{FileDetail, NewDownloadEvent};
 
-/// How long a file row is reused where changes are announced (PostgreSQL): every change made
-/// by any process is announced and forgets the row at once, so this only bounds how long a
-/// row lives; a lost announcement connection forgets every row.
+/// How long a file row is reused while changes are followed (NOTIFY on PostgreSQL, the change
+/// log on SQLite): every change made by any process forgets the row when it arrives, so this
+/// only bounds how long a row lives; a lost connection forgets every row.
 pub const ROW_TTL_NOTIFIED: Duration = Duration::from_secs(60);
-/// Where they are not (SQLite): a change made by another process is seen within this time.
+/// When changes cannot be followed (the database refused): a change made by another process
+/// is seen within this time.
 pub const ROW_TTL_POLLED: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Hash, PartialEq, Eq)]
@@ -75,7 +76,7 @@ impl Row {
 }
 
 /// File rows (or their absence) by id and key for a short time, so a hit costs no database
-/// round trip. A change is noticed when announced, or within `ROW_TTL_POLLED`; a fill forgets
+/// round trip. A change is noticed when it arrives, or within `ROW_TTL_POLLED`; a fill forgets
 /// its row at once.
 pub type RowCache = TtlCache<Lookup, Option<Arc<Row>>>;
 
