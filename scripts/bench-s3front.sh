@@ -16,6 +16,7 @@
 #
 #   scripts/bench-s3front.sh
 #   BENCH_PUTS=500 BENCH_LAG_SECS=10 BENCH_BIG_MIB=256 scripts/bench-s3front.sh
+#   BENCH_SERVE_ARGS="--threads 1" scripts/bench-s3front.sh    # serve's own flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PUTS=${BENCH_PUTS:-3000}
@@ -41,7 +42,8 @@ LOAD_START=$(cut -d" " -f1-3 /proc/loadavg)
 
 log "building (release)"
 cargo build --release --quiet --bin mirrorctl --example s3_put_load
-cp target/release/mirrorctl target/release/examples/s3_put_load "$WORK/"
+T=${CARGO_TARGET_DIR:-target}/release
+cp "$T/mirrorctl" "$T/examples/s3_put_load" "$WORK/"
 CODE="release build of $(git rev-parse --short HEAD)$([ -z "$(git status --porcelain -- src migrations examples Cargo.toml Cargo.lock)" ] || echo ' with uncommitted changes')"
 
 . scripts/postgres.sh
@@ -92,7 +94,8 @@ sed -i 's/WORKERS/16/' "$WORK/config.toml"
 M=("$WORK/mirrorctl" --config "$WORK/config.toml")
 "${M[@]}" migrate >/dev/null
 start_serve() { # start_serve CONFIG
-  "$WORK/mirrorctl" --config "$1" serve >>"$WORK/serve.log" 2>&1 &
+  # shellcheck disable=SC2086  # BENCH_SERVE_ARGS is split on purpose, e.g. "--threads 1"
+  "$WORK/mirrorctl" --config "$1" serve ${BENCH_SERVE_ARGS:-} >>"$WORK/serve.log" 2>&1 &
   SERVE_PID=$!
   for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && return; sleep 0.1; done
   cat "$WORK/serve.log" >&2; exit 1
@@ -197,7 +200,7 @@ BACKED=$(psql "$URL" -Atc "SELECT size || ' bytes, backed up: ' || is_backed_up 
 rm -f "$BIG"
 
 echo
-echo "code: $CODE; load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "code: $CODE${BENCH_SERVE_ARGS:+, serve $BENCH_SERVE_ARGS}; load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "PUT throughput, $SIZE-byte objects, $CONC at once, median of $ROUNDS rounds of $PUTS:"
 echo "  Garage direct: $MD PUT/s (rounds: ${DIRECT[*]})"
 echo "  through the front, replication off: $MF PUT/s (rounds: ${FRONTS[*]}); front / direct: $RATIO"
