@@ -1293,6 +1293,53 @@ async fn repair_across_endpoints_keeps_etags_so_the_next_check_is_same() {
             "{dst:?}: {out:?}"
         );
     }
+    // The copy above taught `same_ep` that Garage honours the condition: a changed source is
+    // now refused by Garage itself (no HEAD first), and still nothing is written.
+    let out = same_ep
+        .copy_object_from(
+            &main,
+            "sp/small.txt",
+            "changed-later",
+            Some("0123456789abcdef"),
+        )
+        .await
+        .expect("copy");
+    assert_eq!(out, CopyOutcome::SourceChanged);
+    assert!(same_ep.head("changed-later").await.expect("head").is_none());
+}
+
+/// On a server that ignores `x-amz-copy-source-if-match` (s3s-fs), a conditional server-side
+/// copy keeps its promise through a HEAD first, before and after the first copy found out.
+#[tokio::test]
+async fn a_server_ignoring_copy_conditions_still_copies_only_the_wanted_version() {
+    use mirrorctl::engine::s3::CopyOutcome;
+    let s3 = S3Server::s3s().await;
+    let (_, main) = s3.new_bucket("cond-main").await;
+    let (_, backup) = s3.new_bucket("cond-backup").await;
+    assert!(backup.same_endpoint(&main));
+    let put = main
+        .put_bytes("k", Bytes::from_static(b"version one"), None)
+        .await
+        .expect("put");
+    let wanted = put.etag.clone().expect("etag");
+    for round in 0..2 {
+        let out = backup
+            .copy_object_from(&main, "k", "changed", Some("0123456789abcdef"))
+            .await
+            .expect("copy");
+        assert_eq!(out, CopyOutcome::SourceChanged, "round {round}");
+        assert!(backup.head("changed").await.expect("head").is_none());
+        let out = backup
+            .copy_object_from(&main, "k", "k", Some(&wanted))
+            .await
+            .expect("copy");
+        assert!(
+            matches!(out, CopyOutcome::Copied { .. }),
+            "round {round}: {out:?}"
+        );
+        let got = backup.head("k").await.expect("head").expect("copied");
+        assert_eq!(got.etag.as_deref(), Some(wanted.as_str()), "round {round}");
+    }
 }
 
 /// A loopback TCP proxy to `upstream` (`http://host:port`) that holds every chunk of the

@@ -110,6 +110,9 @@ pub struct S3Bucket {
     sign_parts: bool,
     /// Whether two buckets can server-side copy between them.
     endpoint_id: String,
+    /// Whether the endpoint honours `x-amz-copy-source-if-match` (learnt by the first
+    /// conditional copy; see `copy_server_side`).
+    honours_copy_if_match: std::sync::Arc<std::sync::OnceLock<bool>>,
 }
 
 impl std::fmt::Debug for S3Bucket {
@@ -125,6 +128,11 @@ const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~')
     .remove(b'/');
+
+/// The CopySource of `key` in `src`: bucket and escaped key.
+pub(crate) fn copy_source(src: &S3Bucket, key: &str) -> String {
+    format!("{}/{}", src.bucket, utf8_percent_encode(key, COPY_SOURCE))
+}
 
 fn unquote(etag: Option<&str>) -> Option<String> {
     etag.map(|e| e.trim_matches('"').to_string())
@@ -217,6 +225,7 @@ impl S3Bucket {
                 cfg.endpoint_label(),
                 cfg.access_key_id.as_ref().map(|k| k.expose()).unwrap_or("")
             ),
+            honours_copy_if_match: Default::default(),
         })
     }
 
@@ -696,16 +705,11 @@ impl S3Bucket {
 
     /// Server-side copy from another bucket on the same endpoint.
     pub async fn copy_from(&self, src: &S3Bucket, src_key: &str, dst_key: &str) -> Result<()> {
-        let source = format!(
-            "{}/{}",
-            src.bucket,
-            utf8_percent_encode(src_key, COPY_SOURCE)
-        );
         self.client
             .copy_object()
             .bucket(&self.bucket)
             .key(dst_key)
-            .copy_source(source)
+            .copy_source(copy_source(src, src_key))
             .send()
             .await
             .map_err(|e| self.sdk_err(&format!("copy {src_key:?} from {}", src.bucket), e))?;
@@ -816,27 +820,55 @@ impl S3Bucket {
         if_match: Option<&str>,
     ) -> Result<CopyOutcome> {
         // Some servers (s3s-fs) ignore x-amz-copy-source-if-match: a HEAD first keeps the
-        // promise there too, up to the moment between the two requests.
+        // promise there too, up to the moment between the two requests. Where the condition
+        // is honoured (AWS, Garage) that HEAD is a request per copy for nothing, so the first
+        // conditional copy finds out (`honours_copy_if_match`).
+        let honoured = self.honours_copy_if_match.get().copied();
         if let Some(want) = if_match {
-            match src.head(src_key).await? {
-                None => return Ok(CopyOutcome::SourceMissing),
-                Some(m) if m.etag.as_deref() != Some(want.trim_matches('"')) => {
-                    return Ok(CopyOutcome::SourceChanged)
+            if honoured != Some(true) {
+                match src.head(src_key).await? {
+                    None => return Ok(CopyOutcome::SourceMissing),
+                    Some(m) if m.etag.as_deref() != Some(want.trim_matches('"')) => {
+                        return Ok(CopyOutcome::SourceChanged)
+                    }
+                    Some(_) => {}
                 }
-                Some(_) => {}
+            }
+            if honoured.is_none() {
+                // The source has the wanted ETag (the HEAD said so just now): the copy is
+                // wanted, and is made on a condition no ETag meets. Refused (412), the server
+                // honours the condition and the real copy follows; made, it ignores it.
+                let probe = self
+                    .client
+                    .copy_object()
+                    .bucket(&self.bucket)
+                    .key(dst_key)
+                    .copy_source(copy_source(src, src_key))
+                    .copy_source_if_match("\"mirrorctl-probe-matches-no-etag\"")
+                    .send()
+                    .await;
+                match probe {
+                    Ok(out) => {
+                        let _ = self.honours_copy_if_match.set(false);
+                        return Ok(CopyOutcome::Copied {
+                            etag: unquote(out.copy_object_result().and_then(|r| r.e_tag())),
+                            server_side: true,
+                        });
+                    }
+                    Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => {
+                        let _ = self.honours_copy_if_match.set(true);
+                    }
+                    // Anything else is left to the real copy to say.
+                    Err(_) => {}
+                }
             }
         }
-        let source = format!(
-            "{}/{}",
-            src.bucket,
-            utf8_percent_encode(src_key, COPY_SOURCE)
-        );
         let out = self
             .client
             .copy_object()
             .bucket(&self.bucket)
             .key(dst_key)
-            .copy_source(source)
+            .copy_source(copy_source(src, src_key))
             .set_copy_source_if_match(if_match.map(|e| format!("\"{}\"", e.trim_matches('"'))))
             .send()
             .await;

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, TryStreamExt};
 use http_body_util::{BodyDataStream, StreamBody};
 
-use super::{object_info, to_chrono, unquote, ObjectInfo, S3Bucket, COPY_SOURCE};
+use super::{object_info, to_chrono, unquote, ObjectInfo, S3Bucket};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A body passed through: the client's upload, or the bucket's answer.
@@ -305,11 +305,7 @@ impl S3Bucket {
         if_match: Option<String>,
     ) -> Forwarded<(Option<String>, Option<DateTime<Utc>>)> {
         use aws_sdk_s3::types::MetadataDirective;
-        let source = format!(
-            "{}/{}",
-            self.bucket,
-            percent_encoding::utf8_percent_encode(src_key, COPY_SOURCE)
-        );
+        let source = super::copy_source(self, src_key);
         let mut req = self
             .client
             .copy_object()
