@@ -812,6 +812,27 @@ impl S3Bucket {
         }
     }
 
+    /// CopyObject of `src_key` in `src` onto `dst_key`, while the source has ETag `if_match`.
+    async fn copy_if(
+        &self,
+        src: &S3Bucket,
+        src_key: &str,
+        dst_key: &str,
+        if_match: Option<&str>,
+    ) -> Result<
+        aws_sdk_s3::operation::copy_object::CopyObjectOutput,
+        SdkError<aws_sdk_s3::operation::copy_object::CopyObjectError, HttpResponse>,
+    > {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst_key)
+            .copy_source(copy_source(src, src_key))
+            .set_copy_source_if_match(if_match.map(|e| format!("\"{}\"", e.trim_matches('"'))))
+            .send()
+            .await
+    }
+
     async fn copy_server_side(
         &self,
         src: &S3Bucket,
@@ -839,13 +860,12 @@ impl S3Bucket {
                 // wanted, and is made on a condition no ETag meets. Refused (412), the server
                 // honours the condition and the real copy follows; made, it ignores it.
                 let probe = self
-                    .client
-                    .copy_object()
-                    .bucket(&self.bucket)
-                    .key(dst_key)
-                    .copy_source(copy_source(src, src_key))
-                    .copy_source_if_match("\"mirrorctl-probe-matches-no-etag\"")
-                    .send()
+                    .copy_if(
+                        src,
+                        src_key,
+                        dst_key,
+                        Some("mirrorctl-probe-matches-no-etag"),
+                    )
                     .await;
                 match probe {
                     Ok(out) => {
@@ -863,15 +883,7 @@ impl S3Bucket {
                 }
             }
         }
-        let out = self
-            .client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(dst_key)
-            .copy_source(copy_source(src, src_key))
-            .set_copy_source_if_match(if_match.map(|e| format!("\"{}\"", e.trim_matches('"'))))
-            .send()
-            .await;
+        let out = self.copy_if(src, src_key, dst_key, if_match).await;
         match out {
             Ok(out) => Ok(CopyOutcome::Copied {
                 etag: unquote(out.copy_object_result().and_then(|r| r.e_tag())),
