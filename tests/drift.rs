@@ -1295,6 +1295,7 @@ async fn repair_across_endpoints_keeps_etags_so_the_next_check_is_same() {
     }
     // The copy above taught `same_ep` that Garage honours the condition: a changed source is
     // now refused by Garage itself (no HEAD first), and still nothing is written.
+    assert_eq!(same_ep.honours_copy_conditions(), Some(true));
     let out = same_ep
         .copy_object_from(
             &main,
@@ -1308,15 +1309,17 @@ async fn repair_across_endpoints_keeps_etags_so_the_next_check_is_same() {
     assert!(same_ep.head("changed-later").await.expect("head").is_none());
 }
 
-/// On a server that ignores `x-amz-copy-source-if-match` (s3s-fs), a conditional server-side
-/// copy keeps its promise through a HEAD first, before and after the first copy found out.
+/// On s3s-fs too, a conditional server-side copy writes only the wanted version, before and after
+/// the first matching copy found out that the endpoint honours `x-amz-copy-source-if-match`
+/// (s3s-fs 0.14 does: the second round's refusal comes from the server, with no HEAD first).
 #[tokio::test]
-async fn a_server_ignoring_copy_conditions_still_copies_only_the_wanted_version() {
+async fn a_conditional_copy_writes_only_the_wanted_version_and_learns_the_server_honours_it() {
     use mirrorctl::engine::s3::CopyOutcome;
     let s3 = S3Server::s3s().await;
     let (_, main) = s3.new_bucket("cond-main").await;
     let (_, backup) = s3.new_bucket("cond-backup").await;
     assert!(backup.same_endpoint(&main));
+    assert_eq!(backup.honours_copy_conditions(), None);
     let put = main
         .put_bytes("k", Bytes::from_static(b"version one"), None)
         .await
@@ -1339,6 +1342,12 @@ async fn a_server_ignoring_copy_conditions_still_copies_only_the_wanted_version(
         );
         let got = backup.head("k").await.expect("head").expect("copied");
         assert_eq!(got.etag.as_deref(), Some(wanted.as_str()), "round {round}");
+        // The first matching copy found out, so the second round's refusal came from s3s-fs.
+        assert_eq!(
+            backup.honours_copy_conditions(),
+            Some(true),
+            "round {round}"
+        );
     }
 }
 

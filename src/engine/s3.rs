@@ -812,6 +812,12 @@ impl S3Bucket {
         }
     }
 
+    /// What the first conditional server-side copy learnt: whether the endpoint honours
+    /// `x-amz-copy-source-if-match` (then copies skip the HEAD before them); `None` before.
+    pub fn honours_copy_conditions(&self) -> Option<bool> {
+        self.honours_copy_if_match.get().copied()
+    }
+
     /// CopyObject of `src_key` in `src` onto `dst_key`, while the source has ETag `if_match`.
     async fn copy_if(
         &self,
@@ -840,10 +846,10 @@ impl S3Bucket {
         dst_key: &str,
         if_match: Option<&str>,
     ) -> Result<CopyOutcome> {
-        // Some servers (s3s-fs) ignore x-amz-copy-source-if-match: a HEAD first keeps the
-        // promise there too, up to the moment between the two requests. Where the condition
-        // is honoured (AWS, Garage) that HEAD is a request per copy for nothing, so the first
-        // conditional copy finds out (`honours_copy_if_match`).
+        // A server may ignore x-amz-copy-source-if-match: a HEAD first keeps the promise there
+        // too, up to the moment between the two requests. Where the condition is honoured (AWS
+        // documents it; Garage 2.5 and s3s-fs 0.14 do, tested) that HEAD is a request per copy for
+        // nothing, so the first conditional copy finds out (`honours_copy_if_match`).
         let honoured = self.honours_copy_if_match.get().copied();
         if let Some(want) = if_match {
             if honoured != Some(true) {

@@ -114,6 +114,22 @@ macro_rules! upsert_inventory {
 }
 const UPSERT_INVENTORY: &str = upsert_inventory!();
 
+/// Binds `upsert_inventory!`'s parameters ($1-$7) to `$query`: `$path`, then `$object` (an
+/// `Option<&WrittenObject>`, `None` for a delete) and `$now`.
+macro_rules! bind_upsert {
+    ($query:expr, $path:expr, $object:expr, $now:expr) => {{
+        let o: Option<&WrittenObject> = $object;
+        $query
+            .bind($path)
+            .bind(o.map_or(0, |o| o.size))
+            .bind(o.and_then(|o| o.etag.clone()))
+            .bind(o.and_then(|o| o.content_type.clone()))
+            .bind(o.and_then(|o| o.last_modified))
+            .bind(o.is_none())
+            .bind($now)
+    }};
+}
+
 /// PostgreSQL records a confirmed write in one statement (one round trip): the inventory
 /// upsert, then its intent ($9) made a due task of the new version (op $8), or a new task when
 /// the intent is gone.
@@ -187,16 +203,9 @@ impl Db {
         let r: Result<(), sqlx::Error> = match &self.pool {
             super::Pool::Postgres(p) => {
                 let record = |w: &FrontWrite, intent: i64| {
-                    let o = w.object.as_ref();
-                    sqlx::query_scalar::<_, i64>(RECORD_WRITE_PG)
-                        .bind(w.path.clone())
-                        .bind(o.map_or(0, |o| o.size))
-                        .bind(o.and_then(|o| o.etag.clone()))
-                        .bind(o.and_then(|o| o.content_type.clone()))
-                        .bind(o.and_then(|o| o.last_modified))
-                        .bind(o.is_none())
-                        .bind(now)
-                        .bind(if o.is_none() { "delete" } else { "put" })
+                    let q = sqlx::query_scalar::<_, i64>(RECORD_WRITE_PG);
+                    bind_upsert!(q, w.path.clone(), w.object.as_ref(), now)
+                        .bind(if w.object.is_none() { "delete" } else { "put" })
                         .bind(intent)
                 };
                 async {
@@ -287,14 +296,7 @@ impl Db {
             return Ok(current.map_or(0, |c| c.version));
         }
         let r: Result<i64, sqlx::Error> = on_pool!(self, |p| {
-            sqlx::query_scalar(UPSERT_INVENTORY)
-                .bind(path)
-                .bind(main.map_or(0, |o| o.size))
-                .bind(main.and_then(|o| o.etag.clone()))
-                .bind(main.and_then(|o| o.content_type.clone()))
-                .bind(main.and_then(|o| o.last_modified))
-                .bind(main.is_none())
-                .bind(now)
+            bind_upsert!(sqlx::query_scalar(UPSERT_INVENTORY), path, main, now)
                 .fetch_one(p)
                 .await
         });
@@ -694,14 +696,7 @@ async fn record_write_sqlite(
     let o = w.object.as_ref();
     let size = o.map_or(0, |o| o.size);
     let op = if o.is_none() { "delete" } else { "put" };
-    let version: i64 = sqlx::query_scalar(UPSERT_INVENTORY)
-        .bind(&w.path)
-        .bind(size)
-        .bind(o.and_then(|o| o.etag.clone()))
-        .bind(o.and_then(|o| o.content_type.clone()))
-        .bind(o.and_then(|o| o.last_modified))
-        .bind(o.is_none())
-        .bind(now)
+    let version: i64 = bind_upsert!(sqlx::query_scalar(UPSERT_INVENTORY), &w.path, o, now)
         .fetch_one(&mut **tx)
         .await?;
     let updated = sqlx::query(
