@@ -1,6 +1,8 @@
 //! Download events, written in batches so the database is never on a request's path: handlers
 //! hand events to a bounded channel; one task writes them (events, hourly rollup, per-file
-//! counters, in one transaction per batch) at least every `serve.event_flush`.
+//! counters, in one transaction per batch) at least every `serve.event_flush`. The writer
+//! sleeps between flushes rather than waiting on the channel, so a request wakes no thread; it
+//! is woken early only once a batch's worth of events is queued.
 //!
 //! Nothing is lost silently: an event that finds the queue full is counted
 //! (`mirrorctl_download_events_dropped`) and logged (at most every 10 s, with the count). While
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,8 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<NewDownloadEvent>,
+    /// Wakes the writer before its flush is due: a batch is queued.
+    batch_queued: Arc<Notify>,
     metrics: Metrics,
     /// Events the writer holds (taken from the queue, not written yet).
     held: Arc<AtomicI64>,
@@ -58,9 +62,19 @@ impl Recorder {
     ) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let held = Arc::new(AtomicI64::new(0));
-        let task = tokio::spawn(writer(db, rx, flush, metrics.clone(), held.clone(), stop));
+        let batch_queued = Arc::new(Notify::new());
+        let task = tokio::spawn(writer(
+            db,
+            rx,
+            batch_queued.clone(),
+            flush,
+            metrics.clone(),
+            held.clone(),
+            stop,
+        ));
         let r = Recorder {
             tx,
+            batch_queued,
             metrics,
             held,
             unlogged_drops: Arc::new(AtomicU64::new(0)),
@@ -75,6 +89,8 @@ impl Recorder {
         if self.tx.try_send(e).is_err() {
             self.metrics.events_dropped.inc();
             self.dropped();
+        } else if self.tx.max_capacity() - self.tx.capacity() >= BATCH {
+            self.batch_queued.notify_one();
         }
     }
 
@@ -106,6 +122,7 @@ impl Recorder {
 async fn writer(
     db: Db,
     mut rx: mpsc::Receiver<NewDownloadEvent>,
+    batch_queued: Arc<Notify>,
     flush: Duration,
     metrics: Metrics,
     held: Arc<AtomicI64>,
@@ -123,15 +140,32 @@ async fn writer(
                 if backoff.is_none() && pending.len() >= BATCH {
                     break false;
                 }
-                let room = MAX_PENDING.saturating_sub(pending.len()).min(BATCH);
-                tokio::select! {
+                let due = tokio::select! {
                     biased;
                     _ = stop.cancelled() => break true,
-                    _ = tokio::time::sleep_until(deadline) => break false,
-                    n = rx.recv_many(&mut pending, room), if room > 0 => {
-                        held.store(pending.len() as i64, Ordering::Relaxed);
-                        if n == 0 { break true }
+                    _ = tokio::time::sleep_until(deadline) => true,
+                    _ = batch_queued.notified() => false,
+                };
+                // Take what is queued, never waiting on the channel (that would wake this
+                // task, and its thread, for every event).
+                let room = MAX_PENDING.saturating_sub(pending.len()).min(BATCH);
+                let mut closed = false;
+                for _ in 0..room {
+                    match rx.try_recv() {
+                        Ok(e) => pending.push(e),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
                     }
+                }
+                held.store(pending.len() as i64, Ordering::Relaxed);
+                if closed {
+                    break true;
+                }
+                if due {
+                    break false;
                 }
             };
             if stopping {

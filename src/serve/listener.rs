@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::cores::Cores;
 use super::metrics::Metrics;
 use crate::config::ServeConfig;
 
@@ -61,6 +62,7 @@ pub async fn serve(
     app: Router,
     limits: Limits,
     metrics: Metrics,
+    cores: &Cores,
     cancel: CancellationToken,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -92,31 +94,48 @@ pub async fn serve(
         // Answers are written whole by hyper: waiting for an ACK before sending the next
         // segment only delays small answers.
         let _ = stream.set_nodelay(true);
-        let clock = Arc::new(Clock::new(limits));
-        let conn = http.serve_connection(
-            TokioIo::new(Timed {
-                io: stream,
-                clock: clock.clone(),
-            }),
-            // Each request carries the peer address and holds the connection's clock stopped
-            // until its answer's body is done.
-            hyper::service::service_fn({
-                let (app, clock) = (app.clone(), clock.clone());
-                move |mut req: Request<Incoming>| {
-                    let busy = Busy::start(clock.clone());
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    let answer = app.clone().oneshot(req);
-                    async move {
-                        let res = answer.await?;
-                        Ok::<_, Infallible>(res.map(|body| Answer { body, _busy: busy }))
-                    }
-                }
-            }),
-        );
-        let conn = graceful.watch(conn);
+        // The connection is registered afresh on its own thread's runtime (socket, timers),
+        // so that only that thread is woken for it.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("connection from {peer}: {e}");
+                continue;
+            }
+        };
+        let (http, app, watcher) = (http.clone(), app.clone(), graceful.watcher());
         let (metrics, cancel) = (metrics.clone(), cancel.clone());
-        tokio::spawn(async move {
+        cores.spawn(async move {
             let _slot = slot;
+            let stream = match TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!("connection from {peer}: {e}");
+                    return;
+                }
+            };
+            let clock = Arc::new(Clock::new(limits));
+            let conn = http.serve_connection(
+                TokioIo::new(Timed {
+                    io: stream,
+                    clock: clock.clone(),
+                }),
+                // Each request carries the peer address and holds the connection's clock
+                // stopped until its answer's body is done.
+                hyper::service::service_fn({
+                    let clock = clock.clone();
+                    move |mut req: Request<Incoming>| {
+                        let busy = Busy::start(clock.clone());
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        let answer = app.clone().oneshot(req);
+                        async move {
+                            let res = answer.await?;
+                            Ok::<_, Infallible>(res.map(|body| Answer { body, _busy: busy }))
+                        }
+                    }
+                }),
+            );
+            let conn = watcher.watch(conn);
             metrics.connections_open.inc();
             // Dropping the connection closes it.
             let timed_out = tokio::select! {

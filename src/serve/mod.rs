@@ -8,6 +8,7 @@ mod admin;
 mod breaker;
 mod cache;
 mod changes;
+mod cores;
 mod download;
 mod events;
 mod fill;
@@ -207,6 +208,9 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
         .build()
         .map_err(|e| Error::runtime(format!("peer HTTP client: {e}")))?;
     let breaker = breaker::Breaker::new(metrics.mirror_circuit_open.clone());
+    // As many connection threads as the runtime has workers (`--threads`, or one per core).
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    let cores = cores::Cores::start(threads)?;
     let me = fleet::Instance::this_process(addr.to_string(), peer_url.clone());
     let shared = Arc::new(Shared {
         fill_mirror: mirror.clone().with_part_concurrency(1),
@@ -214,7 +218,7 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
         origin,
         rows: download::RowCache::new(row_ttl),
         urls: download::SignedUrls::new(download::URL_REUSE),
-        upstream: upstream::Upstream::new(download::SMALL_HITS_AT_ONCE)?,
+        upstream: upstream::Upstream::new(threads, download::SMALL_HITS_AT_ONCE)?,
         small_hits: tokio::sync::Semaphore::new(download::SMALL_HITS_AT_ONCE),
         fills: fill::Fills::new(spool_dir, uploads.clone(), cfg.max_fills),
         recorder,
@@ -315,6 +319,7 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
                 app,
                 listener::Limits::from_config(&cfg),
                 shared.metrics.clone(),
+                &cores,
                 cancel.clone(),
             );
             let cut_off = async {
@@ -344,6 +349,8 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
             stop_recorder.cancel();
             let _ = recorder_task.await;
             drop(shared);
+            // Last: what requests started (fills, pooled connections) ran on these threads.
+            drop(cores);
             Ok(())
         }
     });

@@ -24,15 +24,26 @@ use crate::engine::error::{chain, Error, Result};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A pooled client for the mirror bucket's presigned URLs.
+type Pooled = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Pooled clients for the mirror bucket's presigned URLs: one per connection thread (see
+/// `cores`), whose connections that thread alone drives, and one for any other thread.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    clients: Vec<Pooled>,
 }
 
 impl Upstream {
-    /// A client keeping up to `idle` connections open to the bucket.
-    pub fn new(idle: usize) -> Result<Upstream> {
+    /// Clients for `threads` connection threads, each keeping up to `idle` connections open
+    /// to the bucket.
+    pub fn new(threads: usize, idle: usize) -> Result<Upstream> {
+        let clients = (0..=threads)
+            .map(|_| Self::client(idle))
+            .collect::<Result<_>>()?;
+        Ok(Upstream { clients })
+    }
+
+    fn client(idle: usize) -> Result<Pooled> {
         crate::engine::tls::install_provider();
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -47,7 +58,13 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(idle)
             .build(connector);
-        Ok(Upstream { client })
+        Ok(client)
+    }
+
+    /// The calling thread's client.
+    fn here(&self) -> &Pooled {
+        let i = super::cores::current().map_or(0, |i| i + 1);
+        &self.clients[i % self.clients.len()]
     }
 
     /// GETs `uri` (with an optional inclusive byte range) up to the answer's headers.
@@ -59,7 +76,7 @@ impl Upstream {
         let req = req
             .body(Empty::new())
             .map_err(|e| Error::runtime(format!("mirror GET: {e}")))?;
-        match tokio::time::timeout(READ_TIMEOUT, self.client.request(req)).await {
+        match tokio::time::timeout(READ_TIMEOUT, self.here().request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(Error::runtime(format!("mirror GET: {}", chain(&e)))),
             Err(_) => Err(Error::runtime(format!(
