@@ -196,8 +196,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     ctx.db.check_schema().await?;
     close_abandoned_operations(&ctx).await;
-    if let Some(Command::Serve { listen, .. }) = &cli.command {
-        crate::serve::run(ctx, listen.as_deref()).await?;
+    if let Some(Command::Serve { listen, threads }) = &cli.command {
+        crate::serve::run(ctx, listen.as_deref(), threads.map(usize::from)).await?;
         return Ok(0);
     }
     if let Some(Command::Check { window }) = &cli.command {

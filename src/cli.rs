@@ -459,9 +459,11 @@ pub enum Command {
         /// Address to listen on (default: serve.listen, 127.0.0.1:8080)
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
-        /// Threads that serve requests (default: one per core). Each hit is mostly socket
-        /// work; on a host shared with a busy S3 server or load generator, fewer threads than
-        /// cores spend less CPU per request (see BENCHMARKS.md)
+        /// Threads that serve download connections, each connection wholly on one of them,
+        /// and threads for the rest (S3 front, replication, uploads). Default: one per core
+        /// for the rest and one per core but one (at least one) for connections. Each hit is
+        /// mostly socket work; on a host shared with a busy S3 server, fewer threads spend
+        /// less CPU per request (see BENCHMARKS.md)
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         threads: Option<u16>,
     },

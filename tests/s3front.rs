@@ -58,6 +58,7 @@ async fn start_front(db: &TestDb, config: Config) -> Front {
             download: bind().await.expect("bind"),
             admin: None,
             s3: Some(bind().await.expect("bind s3")),
+            connection_threads: None,
         },
     )
     .await

@@ -27,6 +27,15 @@ pub fn current() -> Option<usize> {
     CORE.with(|c| c.get())
 }
 
+/// Connection threads when `--threads` is not given: one per core but one, which is left to the
+/// rest of `serve` (the S3 front, replication, fills' uploads, the event writer) and to the
+/// host; at least one. On 2 cores shared with the S3 server and the load generator, one
+/// connection thread served more 1 KiB hits than two at two thirds of the CPU per hit
+/// (BENCHMARKS.md, "serve: hits against nginx").
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 struct Core {
     handle: Handle,
     open: Arc<AtomicUsize>,

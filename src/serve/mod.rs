@@ -135,6 +135,7 @@ pub async fn start_with_admin(
             download: listener,
             admin,
             s3: None,
+            connection_threads: None,
         },
     )
     .await
@@ -145,6 +146,8 @@ pub struct Listeners {
     pub download: TcpListener,
     pub admin: Option<TcpListener>,
     pub s3: Option<TcpListener>,
+    /// Threads that serve download connections (`None`: `cores::default_threads()`).
+    pub connection_threads: Option<usize>,
 }
 
 /// Starts the data plane on its listeners; the replication workers run whenever a backup
@@ -154,6 +157,7 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
         download: listener,
         admin,
         s3,
+        connection_threads,
     } = listeners;
     let addr = listener.local_addr()?;
     let token = match (&admin, &ctx.config.serve.admin_token) {
@@ -208,8 +212,7 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
         .build()
         .map_err(|e| Error::runtime(format!("peer HTTP client: {e}")))?;
     let breaker = breaker::Breaker::new(metrics.mirror_circuit_open.clone());
-    // As many connection threads as the runtime has workers (`--threads`, or one per core).
-    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    let threads = connection_threads.unwrap_or_else(cores::default_threads);
     let cores = cores::Cores::start(threads)?;
     let me = fleet::Instance::this_process(addr.to_string(), peer_url.clone());
     let shared = Arc::new(Shared {
@@ -363,8 +366,9 @@ pub async fn start_listeners(ctx: Arc<Ctx>, listeners: Listeners) -> Result<Serv
     })
 }
 
-/// `mirrorctl serve`: listens until Ctrl-C or SIGTERM, then shuts down gracefully.
-pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
+/// `mirrorctl serve`: listens until Ctrl-C or SIGTERM, then shuts down gracefully. `threads`
+/// (`--threads`) serve the download connections.
+pub async fn run(ctx: Ctx, listen: Option<&str>, threads: Option<usize>) -> Result<()> {
     let listen = listen.unwrap_or(&ctx.config.serve.listen).to_string();
     let addr: SocketAddr = listen.parse().map_err(|_| {
         Error::Usage(format!(
@@ -407,6 +411,7 @@ pub async fn run(ctx: Ctx, listen: Option<&str>) -> Result<()> {
             download: listener,
             admin,
             s3,
+            connection_threads: threads,
         },
     )
     .await?;
