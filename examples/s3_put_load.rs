@@ -4,6 +4,10 @@
 //! directly. Prints one JSON line: puts, errors, seconds, puts_per_s, p50_ms, p99_ms, and
 //! `acked`, the keys written (to check nothing acknowledged was lost), when KEYS_OUT is given.
 //!
+//! With COPY_TO=BUCKET in the environment, each object is also copied server-side into BUCKET
+//! (same endpoint) right after its PUT, and counts once both are done: what a replicated write
+//! costs the S3 server itself, with nothing in front of it.
+//!
 //!   s3_put_load ENDPOINT KEY SECRET BUCKET PREFIX N SIZE CONCURRENCY [RATE] [KEYS_OUT]
 
 use std::sync::Arc;
@@ -33,12 +37,20 @@ async fn main() -> anyhow::Result<()> {
         bucket, endpoint, key, secret,
     ))
     .await?;
+    let copy_to = match std::env::var("COPY_TO") {
+        Ok(dst) => Some(
+            S3Bucket::connect(&BucketConfig::with_static_keys(&dst, endpoint, key, secret))
+                .await?,
+        ),
+        Err(_) => None,
+    };
     let body = Bytes::from((0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>());
     let start = Instant::now();
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let results: Vec<Result<Duration, String>> = futures::stream::iter(0..n)
         .map(|i| {
             let (b, body, acked, prefix) = (b.clone(), body.clone(), acked.clone(), prefix.clone());
+            let copy_to = copy_to.clone();
             async move {
                 if rate > 0.0 {
                     let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -49,6 +61,9 @@ async fn main() -> anyhow::Result<()> {
                 b.put_bytes(&k, body, None)
                     .await
                     .map_err(|e| e.to_string())?;
+                if let Some(dst) = &copy_to {
+                    dst.copy_from(&b, &k, &k).await.map_err(|e| e.to_string())?;
+                }
                 if let Ok(mut a) = acked.lock() {
                     a.push(k);
                 }

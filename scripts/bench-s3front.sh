@@ -5,7 +5,10 @@
 #  1. PUT throughput: BENCH_PUTS objects of BENCH_SIZE bytes (default 3,000 of 64 KiB),
 #     BENCH_CONC at once (default 32), straight to Garage and through the front, BENCH_ROUNDS
 #     rounds (default 3) with the order alternating; the load is examples/s3_put_load.rs
-#     (the AWS SDK). The front also records every write and replicates it meanwhile.
+#     (the AWS SDK). The front also records every write and replicates it meanwhile. A fourth
+#     column PUTs straight to Garage and copies each object server-side into another bucket
+#     right after (COPY_TO): Garage's own work for a replicated write, with no front at all,
+#     which bounds what the front can reach while replicating on the same Garage and cores.
 #  2. Lag: BENCH_RATE PUTs a second (default 200) for BENCH_LAG_SECS (default 30) through the
 #     front; each task's lag (recorded -> copied to the backup) from the task table: p50, p99,
 #     max, and how long the queue took to drain after the last PUT.
@@ -55,7 +58,7 @@ URL="$PG_BASE/$DB"
 . scripts/garage.sh
 start_garage "$WORK/garage" 20G
 s3() { curl -sf --aws-sigv4 aws:amz:us-east-1:s3 -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' --user "$GARAGE_KEY:$GARAGE_SECRET" "$@"; }
-for b in bench-main bench-backup bench-direct; do s3 -X PUT "$GARAGE_ENDPOINT/$b" >/dev/null; done
+for b in bench-main bench-backup bench-direct bench-direct-copy; do s3 -X PUT "$GARAGE_ENDPOINT/$b" >/dev/null; done
 
 PORT=$(free_port) S3_PORT=$(free_port)
 APP_KEY=BENCHAPPKEY0001 APP_SECRET=bench-app-secret-0123456789
@@ -121,11 +124,12 @@ wait_drained() {
 # object also copied to the backup bucket on the same Garage meanwhile, so Garage writes twice).
 log "PUT throughput: $PUTS x $SIZE bytes, $CONC at once, $ROUNDS rounds"
 load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct warm/ 300 "$SIZE" "$CONC" >/dev/null
-DIRECT=() FRONTS=() REPLICATING=()
+DIRECT=() FRONTS=() REPLICATING=() COPYING=()
 put_round() { # put_round SIDE ROUND
   local out
   case $1 in
     direct) out=$(load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct "r$2/" "$PUTS" "$SIZE" "$CONC") ;;
+    copying) out=$(COPY_TO=bench-direct-copy load "$GARAGE_ENDPOINT" "$GARAGE_KEY" "$GARAGE_SECRET" bench-direct "c$2/" "$PUTS" "$SIZE" "$CONC") ;;
     *) out=$(load "$FRONT" "$APP_KEY" "$APP_SECRET" bench-main "$1-r$2/" "$PUTS" "$SIZE" "$CONC") ;;
   esac
   [ "$(field errors <<<"$out")" = 0 ] || { echo "$1 round $2: errors: $out" >&2; exit 1; }
@@ -146,10 +150,13 @@ for r in $(seq 1 "$ROUNDS"); do
   REPLICATING+=("$(put_round replicating "$r")")
   wait_drained >/dev/null
   stop_serve
+  COPYING+=("$(put_round copying "$r")")
 done
 start_serve "$WORK/config.toml"
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 MD=$(median "${DIRECT[@]}") MF=$(median "${FRONTS[@]}") MR=$(median "${REPLICATING[@]}")
+MC=$(median "${COPYING[@]}")
+RATIO_C=$(python3 -c "print(f'{$MC/$MD:.2f}')")
 RATIO=$(python3 -c "print(f'{$MF/$MD:.2f}')")
 RATIO_R=$(python3 -c "print(f'{$MR/$MD:.2f}')")
 
@@ -205,6 +212,7 @@ echo "PUT throughput, $SIZE-byte objects, $CONC at once, median of $ROUNDS round
 echo "  Garage direct: $MD PUT/s (rounds: ${DIRECT[*]})"
 echo "  through the front, replication off: $MF PUT/s (rounds: ${FRONTS[*]}); front / direct: $RATIO"
 echo "  through the front, replicating to the backup meanwhile: $MR PUT/s (rounds: ${REPLICATING[*]}); front / direct: $RATIO_R"
+echo "  Garage direct, each object also copied server-side (no front): $MC PUT/s (rounds: ${COPYING[*]}); / direct: $RATIO_C"
 echo "Lag at $RATE PUT/s for ${LAG_SECS}s (p50 / p99 / max): $LAG; drained ${DRAIN}s after the last PUT"
 echo "Convergence: $(cat "$WORK/conv-a.json") / $(cat "$WORK/conv-b.json"); drained ${CONV_DRAIN}s after; $CONV_OBJECTS live conv/ objects; drift main/backup/inventory: $DRIFT_SUMMARY"
 echo "RSS of serve during a ${BIG_MIB} MiB multipart upload: before $((RSS_BEFORE / 1024)) MiB, max $((RSS_MAX / 1024)) MiB, after $((RSS_AFTER / 1024)) MiB; upload $(python3 -c "print(f'{$T1-$T0:.1f}')") s; inventory: $BACKED"
