@@ -39,8 +39,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let copy_to = match std::env::var("COPY_TO") {
         Ok(dst) => Some(
-            S3Bucket::connect(&BucketConfig::with_static_keys(&dst, endpoint, key, secret))
-                .await?,
+            S3Bucket::connect(&BucketConfig::with_static_keys(&dst, endpoint, key, secret)).await?,
         ),
         Err(_) => None,
     };

@@ -479,6 +479,20 @@ async fn one_worker_per_path_and_a_stale_copy_never_marks_a_newer_version_done()
             .expect("claim B");
         assert_eq!(b.len(), 1);
         assert_eq!((b[0].path.as_str(), b[0].version), ("p", 2));
+        // A copy of an older version than the task's does not end the task: it is pending
+        // again, the row not backed up, and the next claim takes it anew.
+        d.finish_task(&b[0], "B", &TaskEnd::Replicated { version: 1 }, 10, now)
+            .await
+            .expect("finish an older version");
+        let rows = d.inventory_page(None, 10).await.expect("rows");
+        let p_row = rows.iter().find(|r| r.path == "p").expect("p");
+        assert!(!p_row.is_backed_up, "v2 is not in the backup yet");
+        let b = d
+            .claim_replication("B", 10, now, until, gone)
+            .await
+            .expect("claim B again");
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!((b[0].path.as_str(), b[0].version), ("p", 2));
         d.finish_task(&b[0], "B", &TaskEnd::Replicated { version: 2 }, 10, now)
             .await
             .expect("finish v2");

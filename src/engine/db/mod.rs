@@ -171,6 +171,14 @@ fn pool_options<DB: sqlx::Database>(max_connections: u32, timeout: Duration) -> 
 }
 
 impl Db {
+    /// On PostgreSQL, the pool `on_relaxed_pool!` uses; `None` on SQLite.
+    pub(crate) fn relaxed_postgres(&self) -> Option<&PgPool> {
+        match (&self.pool, &self.relaxed) {
+            (_, Some(p)) | (Pool::Postgres(p), None) => Some(p),
+            (Pool::Sqlite(_), None) => None,
+        }
+    }
+
     /// Connects (creating a missing SQLite file) within `timeout`; errors name the target.
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Db> {
         let target = crate::config::redact_url(url);
