@@ -74,10 +74,9 @@ pub(crate) use on_pool;
 /// the WAL flush at commit: for writes whose loss in a database crash costs only a redo.
 macro_rules! on_relaxed_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
-        match (&$db.pool, &$db.relaxed) {
-            (_, Some($pool)) => async { $body }.await,
-            ($crate::engine::db::Pool::Postgres($pool), None) => async { $body }.await,
-            ($crate::engine::db::Pool::Sqlite($pool), _) => async { $body }.await,
+        match &$db.relaxed {
+            Some($pool) => async { $body }.await,
+            None => $crate::engine::db::on_pool!($db, |$pool| $body),
         }
     };
 }
@@ -126,10 +125,10 @@ impl BeginWrite for sqlx::SqliteConnection {
 #[derive(Clone)]
 pub struct Db {
     pub(crate) pool: Pool,
-    /// PostgreSQL only: sessions with `synchronous_commit = off` (a quarter of
-    /// `max_connections`, taken from it; opened on first use), for the S3 front's write
-    /// intents and the replication workers' claims and task ends. Losing one of those in a
-    /// database crash costs a redo (a reconciliation or an idempotent copy), never an
+    /// On PostgreSQL always (`None` on SQLite): sessions with `synchronous_commit = off` (a
+    /// quarter of `max_connections`, taken from it; opened on first use), for the S3 front's
+    /// write intents and the replication workers' claims and task ends. Losing one of those in
+    /// a database crash costs a redo (a reconciliation or an idempotent copy), never an
     /// acknowledged write; the record that acknowledges a write goes through `pool`.
     pub(crate) relaxed: Option<PgPool>,
     /// The URL with any password removed, for messages.
@@ -171,14 +170,6 @@ fn pool_options<DB: sqlx::Database>(max_connections: u32, timeout: Duration) -> 
 }
 
 impl Db {
-    /// On PostgreSQL, the pool `on_relaxed_pool!` uses; `None` on SQLite.
-    pub(crate) fn relaxed_postgres(&self) -> Option<&PgPool> {
-        match (&self.pool, &self.relaxed) {
-            (_, Some(p)) | (Pool::Postgres(p), None) => Some(p),
-            (Pool::Sqlite(_), None) => None,
-        }
-    }
-
     /// Connects (creating a missing SQLite file) within `timeout`; errors name the target.
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Db> {
         let target = crate::config::redact_url(url);
