@@ -705,12 +705,7 @@ impl S3Bucket {
 
     /// Server-side copy from another bucket on the same endpoint.
     pub async fn copy_from(&self, src: &S3Bucket, src_key: &str, dst_key: &str) -> Result<()> {
-        self.client
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(dst_key)
-            .copy_source(copy_source(src, src_key))
-            .send()
+        self.copy_if(src, src_key, dst_key, None)
             .await
             .map_err(|e| self.sdk_err(&format!("copy {src_key:?} from {}", src.bucket), e))?;
         Ok(())
@@ -818,7 +813,7 @@ impl S3Bucket {
         self.honours_copy_if_match.get().copied()
     }
 
-    /// CopyObject of `src_key` in `src` onto `dst_key`, while the source has ETag `if_match`.
+    /// CopyObject of `src_key` in `src` onto `dst_key` (while the source has ETag `if_match`).
     async fn copy_if(
         &self,
         src: &S3Bucket,

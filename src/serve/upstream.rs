@@ -37,28 +37,25 @@ impl Upstream {
     /// Clients for `threads` connection threads, each keeping up to `idle` connections open
     /// to the bucket.
     pub fn new(threads: usize, idle: usize) -> Result<Upstream> {
-        let clients = (0..=threads)
-            .map(|_| Self::client(idle))
-            .collect::<Result<_>>()?;
-        Ok(Upstream { clients })
-    }
-
-    fn client(idle: usize) -> Result<Pooled> {
         crate::engine::tls::install_provider();
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         http.enforce_http(false);
+        // The system's roots are read once; every client gets a copy of the connector.
         let tls = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| Error::runtime(format!("mirror HTTP client: no TLS roots: {e}")))?;
         let connector = tls.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(idle)
-            .build(connector);
-        Ok(client)
+            .pool_max_idle_per_host(idle);
+        let clients = (0..=threads)
+            .map(|_| builder.build(connector.clone()))
+            .collect();
+        Ok(Upstream { clients })
     }
 
     /// The calling thread's client.
