@@ -1,8 +1,8 @@
 //! Download events, written in batches so the database is never on a request's path: handlers
 //! hand events to a bounded channel; one task writes them (events, hourly rollup, per-file
 //! counters, in one transaction per batch) at least every `serve.event_flush`. The writer
-//! sleeps between flushes rather than waiting on the channel, so a request wakes no thread; it
-//! is woken early only once a batch's worth of events is queued.
+//! sleeps between flushes rather than waiting on the channel, so recording a download wakes no
+//! thread; it is woken early only once a batch's worth of events is queued.
 //!
 //! Nothing is lost silently: an event that finds the queue full is counted
 //! (`mirrorctl_download_events_dropped`) and logged (at most every 10 s, with the count). While
@@ -212,5 +212,48 @@ async fn writer(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch's worth of queued events is written long before the flush is due: the writer,
+    /// asleep until then, is woken by the queue (on a real SQLite database).
+    #[tokio::test]
+    async fn a_full_batch_is_written_before_the_flush_is_due() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 2, Duration::from_secs(5))
+            .await
+            .expect("db");
+        db.migrate().await.expect("migrate");
+        let metrics = Metrics::new();
+        let stop = CancellationToken::new();
+        let (r, task) =
+            Recorder::start(db, Duration::from_secs(3600), metrics.clone(), stop.clone());
+        let event = NewDownloadEvent {
+            occurred_at: chrono::Utc::now(),
+            file_id: 0,
+            cache_hit: true,
+            bytes: 1,
+            duration_ms: 1,
+            status: 200,
+        };
+        for _ in 0..BATCH {
+            r.record(event.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metrics.events_written.get() < BATCH as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {BATCH} events written after 30 s (the flush is due in an hour)",
+                metrics.events_written.get()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        task.await.expect("writer");
     }
 }
