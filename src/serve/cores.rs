@@ -1,8 +1,8 @@
 //! Connection threads: one single-threaded runtime per thread, each serving the download
-//! connections handed to it, as nginx's workers do. A connection's request, its mirror GET and
-//! its answer are all driven by one thread, so a hit wakes no other thread; on the shared
-//! multi-threaded runtime an idle worker was woken to steal nearly every I/O event (3.6 context
-//! switches per 64 KiB hit against nginx's 1.9, see BENCHMARKS.md).
+//! connections handed to it, as nginx's workers do. A connection's socket, its timers and its
+//! mirror connections are registered with that thread's runtime, so their readiness wakes no
+//! other thread. On the shared multi-threaded runtime serve switched context 3.0–3.6 times per
+//! 64 KiB hit, against nginx's 1.9 and 2.18 on connection threads (BENCHMARKS.md).
 //!
 //! The acceptor hands each new connection to the thread with the fewest open ones. Work a
 //! request starts (a fill's upload, a pooled mirror connection) runs on its thread's runtime,
