@@ -381,6 +381,50 @@ async fn the_backup_down_grows_an_honest_backlog_that_drains_once_it_is_back() {
     f.stop().await;
 }
 
+/// One batch of writes that writes a path twice, then deletes it, next to another path:
+/// each write gets its own version, in order, every intent becomes a task, and the inventory
+/// ends as the last write left it (a delete keeps the last object's figures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_records_each_write_of_a_path_in_order() {
+    for db in TestDb::all().await {
+        let d = &db.db;
+        let now = Utc::now();
+        let later = now + chrono::Duration::hours(1);
+        let paths = [("a", false), ("b", false), ("a", false), ("a", true)];
+        let ids = d
+            .begin_front_writes(&paths, "writer-1", now, later)
+            .await
+            .expect("intents");
+        let sizes = [Some(1), Some(7), Some(2), None];
+        let writes: Vec<(i64, FrontWrite)> = paths
+            .iter()
+            .zip(&ids)
+            .zip(sizes)
+            .map(|(((path, _), id), size)| {
+                let object = size.map(|size| WrittenObject {
+                    size,
+                    etag: Some(format!("etag-{size}")),
+                    content_type: Some("text/plain".into()),
+                    last_modified: Some(now),
+                });
+                let path = path.to_string();
+                (*id, FrontWrite { path, object })
+            })
+            .collect();
+        let versions = d.record_front_writes(&writes, now).await.expect("record");
+        assert_eq!(versions, [1, 1, 2, 3], "{}", db.url);
+        let a = d.inventory_state("a").await.expect("a").expect("a's row");
+        assert!(a.deleted && a.size == 2 && a.version == 3, "{a:?}");
+        assert_eq!(a.etag.as_deref(), Some("etag-2"));
+        let b = d.inventory_state("b").await.expect("b").expect("b's row");
+        assert!(!b.deleted && b.size == 7 && b.version == 1, "{b:?}");
+        let st = replication::status(&common::ctx(&db, Config::default()), now)
+            .await
+            .expect("status");
+        assert_eq!((st.pending, st.in_flight), (4, 0), "{}: {st}", db.url);
+    }
+}
+
 /// The claim rules, straight on the database: one worker per path, and a task finished for
 /// an older version leaves the newer one pending and the row not backed up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

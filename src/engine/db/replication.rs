@@ -3,6 +3,8 @@
 //! path at a time across every worker of every replica), bring the backup in line with the
 //! inventory, and finish them. The status figures come from the same table.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
@@ -92,24 +94,34 @@ pub enum TaskEnd {
     },
 }
 
+/// What an insert into `backup_inventory` does to a row already there (`excluded` the new
+/// figures): bumps its version; a delete keeps the last object's figures.
+macro_rules! inventory_conflict {
+    () => {
+        "ON CONFLICT (path) DO UPDATE SET \
+         size = CASE WHEN excluded.deleted THEN backup_inventory.size ELSE excluded.size END, \
+         etag = CASE WHEN excluded.deleted THEN backup_inventory.etag ELSE excluded.etag END, \
+         content_type = CASE WHEN excluded.deleted THEN backup_inventory.content_type \
+                        ELSE excluded.content_type END, \
+         last_modified = CASE WHEN excluded.deleted THEN backup_inventory.last_modified \
+                         ELSE excluded.last_modified END, \
+         is_backed_up = FALSE, deleted = excluded.deleted, \
+         updated_at = excluded.updated_at, version = backup_inventory.version + 1"
+    };
+}
+
 /// Upserts a path's inventory row ($1 path, $2 size, $3 etag, $4 content type, $5 last
 /// modified, $6 deleted, $7 now), bumping its version; a delete keeps the last object's
 /// figures. Returns the new version.
 macro_rules! upsert_inventory {
     () => {
-        "INSERT INTO backup_inventory (path, size, etag, content_type, \
+        concat!(
+            "INSERT INTO backup_inventory (path, size, etag, content_type, \
              is_backed_up, last_modified, deleted, updated_at, version) \
-             VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, 1) \
-             ON CONFLICT (path) DO UPDATE SET \
-             size = CASE WHEN excluded.deleted THEN backup_inventory.size ELSE excluded.size END, \
-             etag = CASE WHEN excluded.deleted THEN backup_inventory.etag ELSE excluded.etag END, \
-             content_type = CASE WHEN excluded.deleted THEN backup_inventory.content_type \
-                            ELSE excluded.content_type END, \
-             last_modified = CASE WHEN excluded.deleted THEN backup_inventory.last_modified \
-                             ELSE excluded.last_modified END, \
-             is_backed_up = FALSE, deleted = excluded.deleted, \
-             updated_at = excluded.updated_at, version = backup_inventory.version + 1 \
-             RETURNING version"
+             VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, 1) ",
+            inventory_conflict!(),
+            " RETURNING version"
+        )
     };
 }
 const UPSERT_INVENTORY: &str = upsert_inventory!();
@@ -130,19 +142,31 @@ macro_rules! bind_upsert {
     }};
 }
 
-/// PostgreSQL records a confirmed write in one statement (one round trip): the inventory
-/// upsert, then its intent ($9) made a due task of the new version (op $8), or a new task when
-/// the intent is gone.
-const RECORD_WRITE_PG: &str = concat!(
-    "WITH inv AS (",
-    upsert_inventory!(),
-    "), task AS (UPDATE replication_tasks SET op = $8, version = (SELECT version FROM inv), \
-     size = $2, state = 'pending', attempts = 0, next_attempt_at = $7, finished_at = NULL, \
-     claimed_by = NULL, claimed_until = NULL, created_at = $7 WHERE id = $9 RETURNING id), \
+/// PostgreSQL records confirmed writes, at most one per path, in one statement (one round
+/// trip for a whole batch): the inventory upserts, in path order; then each write's intent
+/// made a due task of the new version, or a new task when the intent is gone. The writes come
+/// as arrays: $1 paths, $2 sizes, $3 ETags, $4 content types, $5 last modified, $6 deleted,
+/// $7 intent ids; $8 is now. Returns each path with its new version.
+const RECORD_WRITES_PG: &str = concat!(
+    "WITH w AS (SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], \
+     $5::timestamptz[], $6::bool[], $7::int8[]) \
+     AS w(path, size, etag, content_type, last_modified, deleted, intent)), \
+     inv AS (INSERT INTO backup_inventory (path, size, etag, content_type, is_backed_up, \
+     last_modified, deleted, updated_at, version) \
+     SELECT path, size, etag, content_type, FALSE, last_modified, deleted, $8, 1 FROM w \
+     ORDER BY path COLLATE \"C\" ",
+    inventory_conflict!(),
+    " RETURNING path, version), \
+     task AS (UPDATE replication_tasks t \
+     SET op = CASE WHEN w.deleted THEN 'delete' ELSE 'put' END, version = inv.version, \
+     size = w.size, state = 'pending', attempts = 0, next_attempt_at = $8, finished_at = NULL, \
+     claimed_by = NULL, claimed_until = NULL, created_at = $8 \
+     FROM w JOIN inv ON inv.path = w.path WHERE t.id = w.intent RETURNING t.id), \
      added AS (INSERT INTO replication_tasks (path, op, version, size, state, created_at, \
-     next_attempt_at) SELECT $1, $8, inv.version, $2, 'pending', $7, $7 FROM inv \
-     WHERE NOT EXISTS (SELECT 1 FROM task)) \
-     SELECT version FROM inv"
+     next_attempt_at) SELECT w.path, CASE WHEN w.deleted THEN 'delete' ELSE 'put' END, \
+     inv.version, w.size, 'pending', $8, $8 FROM w JOIN inv ON inv.path = w.path \
+     WHERE w.intent NOT IN (SELECT id FROM task)) \
+     SELECT path, version FROM inv"
 );
 
 /// The tasks a replication of version $3 of path $2 by task $4 (at $1) ends: this task and
@@ -219,38 +243,32 @@ impl Db {
     /// (its version bumped; a delete is a soft delete) and its intent made a task due now.
     /// Returns the new versions, in order. Rows are written in path order (the writes of one
     /// path in the order given), so transactions recording several paths at once lock them in
-    /// the same order and never deadlock.
+    /// the same order and never deadlock. On PostgreSQL that is one statement per batch, or
+    /// one per round when a path was written more than once (`rounds_by_path`).
     pub async fn record_front_writes(
         &self,
         writes: &[(i64, FrontWrite)],
         now: DateTime<Utc>,
     ) -> Result<Vec<i64>> {
-        let mut order: Vec<usize> = (0..writes.len()).collect();
-        order.sort_by(|a, b| writes[*a].1.path.cmp(&writes[*b].1.path));
         let mut versions = vec![0; writes.len()];
         let r: Result<(), sqlx::Error> = match &self.pool {
             super::Pool::Postgres(p) => {
-                let record = |w: &FrontWrite, intent: i64| {
-                    let q = sqlx::query_scalar::<_, i64>(RECORD_WRITE_PG);
-                    bind_upsert!(q, w.path.clone(), w.object.as_ref(), now)
-                        .bind(if w.object.is_none() { "delete" } else { "put" })
-                        .bind(intent)
-                };
                 async {
-                    if let [(intent, w)] = writes {
-                        versions[0] = record(w, *intent).fetch_one(p).await?;
-                        return Ok(());
+                    let rounds = rounds_by_path(writes);
+                    if let [only] = rounds.as_slice() {
+                        return record_writes_pg(p, writes, only, now, &mut versions).await;
                     }
                     let mut tx = p.begin().await?;
-                    for &at in &order {
-                        let (intent, w) = &writes[at];
-                        versions[at] = record(w, *intent).fetch_one(&mut *tx).await?;
+                    for round in &rounds {
+                        record_writes_pg(&mut *tx, writes, round, now, &mut versions).await?;
                     }
                     tx.commit().await
                 }
                 .await
             }
             super::Pool::Sqlite(p) => {
+                let mut order: Vec<usize> = (0..writes.len()).collect();
+                order.sort_by(|a, b| writes[*a].1.path.cmp(&writes[*b].1.path));
                 async {
                     let mut conn = p.acquire().await?;
                     let mut tx = conn.begin_write().await?;
@@ -719,8 +737,71 @@ where
     }
 }
 
+/// `writes` in rounds that hold at most one write per path: round k has the k-th write of
+/// each path, so recording the rounds in order keeps each path's writes in their order.
+fn rounds_by_path(writes: &[(i64, FrontWrite)]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (at, (_, w)) in writes.iter().enumerate() {
+        let k = seen.entry(w.path.as_str()).or_insert(0);
+        if rounds.len() <= *k {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(at);
+        *k += 1;
+    }
+    rounds
+}
+
+/// Records the writes of one round (`round`: indexes into `writes`, one per path) on
+/// PostgreSQL with `RECORD_WRITES_PG`, and puts their new versions in `versions`.
+async fn record_writes_pg<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    writes: &[(i64, FrontWrite)],
+    round: &[usize],
+    now: DateTime<Utc>,
+    versions: &mut [i64],
+) -> Result<(), sqlx::Error> {
+    let ws = || round.iter().map(|&at| &writes[at]);
+    let objects = || ws().map(|(_, w)| w.object.as_ref());
+    let rows: Vec<(String, i64)> = sqlx::query_as(RECORD_WRITES_PG)
+        .bind(ws().map(|(_, w)| w.path.as_str()).collect::<Vec<_>>())
+        .bind(
+            objects()
+                .map(|o| o.map_or(0, |o| o.size))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            objects()
+                .map(|o| o.and_then(|o| o.etag.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            objects()
+                .map(|o| o.and_then(|o| o.content_type.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            objects()
+                .map(|o| o.and_then(|o| o.last_modified))
+                .collect::<Vec<_>>(),
+        )
+        .bind(objects().map(|o| o.is_none()).collect::<Vec<_>>())
+        .bind(ws().map(|(intent, _)| *intent).collect::<Vec<_>>())
+        .bind(now)
+        .fetch_all(db)
+        .await?;
+    let by_path: HashMap<String, i64> = rows.into_iter().collect();
+    for &at in round {
+        versions[at] = *by_path
+            .get(&writes[at].1.path)
+            .ok_or(sqlx::Error::RowNotFound)?;
+    }
+    Ok(())
+}
+
 /// SQLite records a confirmed write in three statements of the caller's transaction (it has
-/// no data-modifying `WITH`): what `RECORD_WRITE_PG` does in one. Returns the new version.
+/// no data-modifying `WITH`): what `RECORD_WRITES_PG` does in one. Returns the new version.
 async fn record_write_sqlite(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     intent: i64,
