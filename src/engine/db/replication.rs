@@ -250,6 +250,9 @@ impl Db {
         writes: &[(i64, FrontWrite)],
         now: DateTime<Utc>,
     ) -> Result<Vec<i64>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut versions = vec![0; writes.len()];
         let r: Result<(), sqlx::Error> = match &self.pool {
             super::Pool::Postgres(p) => {
